@@ -1,0 +1,1 @@
+"""Offline analysis of a sweep folder: trial and history dataframes, figures, reports."""

@@ -1,0 +1,15 @@
+"""The one error type users see: a clear message that names the culprit."""
+
+from __future__ import annotations
+
+
+class SelftuneError(Exception):
+    """A user-facing error: bad input, bad config, bad data. The CLI prints it and exits 2."""
+
+
+class ConfigError(SelftuneError, ValueError):
+    """A config key or value is wrong; the message names the key and the value."""
+
+
+class DataError(SelftuneError):
+    """A dataset file or folder is missing or malformed; the message names the path."""

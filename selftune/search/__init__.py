@@ -1,0 +1,1 @@
+"""Hyperparameter search: Ray Tune + Optuna + ASHA around the self-training loop."""

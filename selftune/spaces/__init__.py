@@ -1,0 +1,1 @@
+"""Search spaces: small named define-by-run functions that only call trial.suggest_*."""

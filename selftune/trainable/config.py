@@ -1,0 +1,301 @@
+"""The one typed config object: its defaults, each with a comment, are the schema.
+
+Defaults follow the users' hand-tuned V3.1 run (seed 000) at full scale: per-class thresholds
+0.45-0.60, ST weight 1.5, LR 3e-4, warmup 1500 iterations, patience 40 evaluations, scale
+jitter 256-320 px on 256 px crops (factors 1.0-1.25). `demo_config()` scales the iteration
+counts down for the built-in demo data; docs/data.md says how.
+
+Build one from a dict with `TrainConfig.from_dict`: unknown keys and bad values fail with a
+`ConfigError` naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from selftune.errors import ConfigError
+
+ARCHS = (
+    "Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "PAN", "DeepLabV3",
+    "DeepLabV3Plus", "UPerNet", "Segformer", "DPT",
+)
+METHODS = ("supervised", "ema_self_training")
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("cosine", "poly", "constant")
+THRESHOLD_SCHEDULES = ("constant", "linear")
+CLASS_WEIGHTINGS = ("none", "inverse_freq", "explicit")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_DTYPES = ("auto", "bf16", "fp16", "off")
+
+# V3.1's per-class thresholds (seed 000) for classes 1-6; background gets 0.50.
+V31_THRESHOLDS = (0.50, 0.50, 0.55, 0.60, 0.55, 0.45, 0.50)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of the self-training loop. Iteration counts are optimizer steps."""
+
+    # --- model (segmentation-models-pytorch) ---
+    arch: str = "DeepLabV3Plus"  # any smp architecture name, e.g. Unet, DeepLabV3Plus
+    encoder: str = "resnet18"  # any smp/timm encoder name, e.g. resnet50, tu-mobilenetv3_small_050
+    encoder_weights: str | None = None  # None: random init (no hub downloads); "imagenet" needs a network
+
+    # --- data and augmentation ---
+    crop_size: int = 256  # square training crop in pixels
+    scale_min: float = 1.0  # random rescale factor range before cropping (V3.1: 256-320 px on 256)
+    scale_max: float = 1.25
+    hflip: bool = True  # random horizontal flip
+    vflip: bool = True  # random vertical flip (aerial tiles have no "up")
+    batch_size: int = 8  # labelled images per step
+    unlabeled_batch_size: int = 8  # unlabelled images per step (self-training methods only)
+    num_workers: int = 0  # DataLoader workers; 0 loads in the training process
+    train_eval_size: int = 16  # fixed labelled subset scored for train mIoU (the train/val gap)
+    val_max_images: int = 0  # cap on validation images per evaluation; 0 means all
+
+    # --- supervised loss: ce_weight*CE + focal_weight*Focal + dice_weight*Dice ---
+    ce_weight: float = 1.0
+    focal_weight: float = 0.0
+    dice_weight: float = 0.0
+    focal_gamma: float = 2.0  # focal loss focusing parameter (seed 004)
+    focal_alpha: float | None = None  # focal loss class balance; None disables it
+    class_weighting: str = "none"  # none | inverse_freq (from train masks) | explicit
+    class_weights: tuple[float, ...] | None = None  # one per class when class_weighting=explicit
+    ignore_index: int = 255  # mask value ignored by every loss and metric
+
+    # --- self-training ---
+    method: str = "ema_self_training"  # supervised (baseline, no unlabelled data) | ema_self_training
+    thresholds: tuple[float, ...] = V31_THRESHOLDS  # per-class pseudo-label confidence thresholds
+    threshold_schedule: str = "constant"  # constant | linear ramp from thresholds+start_offset
+    threshold_start_offset: float = 0.0  # linear schedule: thresholds start this far from the end value
+    threshold_ramp_iters: int = 10000  # linear schedule: iterations to reach the end value
+    st_weight: float = 1.5  # weight of the unlabelled (pseudo-label) loss
+    st_start_iter: int = 500  # no pseudo-label loss before this iteration
+    st_rampup_iters: int = 1000  # linear ramp of st_weight after st_start_iter
+    ema_decay: float = 0.999  # teacher EMA decay (field: 0.99-0.999)
+    strong_aug: bool = False  # student sees colour jitter + CutMix on unlabelled images
+    color_jitter: float = 0.4  # strength of brightness/contrast/saturation jitter
+    cutmix_prob: float = 0.5  # probability of CutMix on an unlabelled batch
+
+    # --- optimisation ---
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 3e-4  # peak learning rate
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD only
+    lr_schedule: str = "cosine"  # cosine | poly | constant, after warmup
+    poly_power: float = 0.9
+    warmup_iters: int = 1500  # linear LR warmup
+    grad_clip: float = 10.0  # max gradient norm; 0 disables clipping
+    max_iters: int = 75000
+
+    # --- evaluation and early stopping ---
+    eval_every: int = 500  # iterations between evaluations (and checkpoints)
+    patience: int = 40  # evaluations without a new best val mIoU before stopping; 0 disables
+    log_images: bool = True  # TensorBoard panels of input | truth | pseudo-label | prediction
+
+    # --- device and reproducibility ---
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int = 0  # CPU threads for torch; 0 means the process's CPU allocation
+    amp: str = "auto"  # CUDA only: auto (bf16 if supported else fp16) | bf16 | fp16 | off
+    channels_last: bool = True  # CUDA only
+    seed: int = 0
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The config's keys, in schema order."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
+        """Build a config from plain data; unknown keys and bad values fail by name."""
+        data = dict(data or {})
+        known = set(cls.field_names())
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            key = unknown[0]
+            hint = difflib.get_close_matches(str(key), sorted(known), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"unknown config key {key!r}{extra}")
+        hints = get_type_hints(cls)
+        kwargs = {k: _coerce(k, v, hints[k]) for k, v in data.items()}
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a config file: either plain keys, or an exported file with a `config:` section."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+        if "config" in data and isinstance(data["config"], dict):
+            data = data["config"]  # an exported best config carries provenance beside it
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed, validated like `from_dict`."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (tuples become lists) that `from_dict` takes back unchanged."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # ------------------------------------------------------------------ validation
+
+    def __post_init__(self) -> None:
+        _choice("arch", self.arch, ARCHS)
+        _choice("method", self.method, METHODS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("threshold_schedule", self.threshold_schedule, THRESHOLD_SCHEDULES)
+        _choice("class_weighting", self.class_weighting, CLASS_WEIGHTINGS)
+        _choice("device", self.device, DEVICES)
+        _choice("amp", self.amp, AMP_DTYPES)
+        if self.encoder_weights not in (None, "imagenet") and not isinstance(self.encoder_weights, str):
+            raise ConfigError(f"encoder_weights must be null or a weights name, got {self.encoder_weights!r}")
+        for name in ("crop_size", "batch_size", "unlabeled_batch_size", "max_iters", "eval_every"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("num_workers", "train_eval_size", "val_max_images", "warmup_iters", "st_start_iter",
+                     "st_rampup_iters", "threshold_ramp_iters", "patience", "num_threads", "seed"):
+            _at_least(name, getattr(self, name), 0)
+        for name in ("lr",):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(f"{name} must be a positive number, got {getattr(self, name)!r}")
+        for name in ("ce_weight", "focal_weight", "dice_weight", "focal_gamma", "st_weight", "weight_decay",
+                     "grad_clip", "color_jitter", "poly_power", "momentum"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.ce_weight + self.focal_weight + self.dice_weight <= 0:
+            raise ConfigError("ce_weight + focal_weight + dice_weight must be > 0, got all zero")
+        if self.focal_alpha is not None and not 0 <= self.focal_alpha <= 1:
+            raise ConfigError(f"focal_alpha must be in [0, 1] or null, got {self.focal_alpha!r}")
+        for name in ("ema_decay", "cutmix_prob"):
+            v = getattr(self, name)
+            if not 0 <= v <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {v!r}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ConfigError(
+                f"scale_min must be > 0 and <= scale_max, got scale_min={self.scale_min!r}, "
+                f"scale_max={self.scale_max!r}"
+            )
+        if not self.thresholds:
+            raise ConfigError("thresholds must list one value per class, got an empty list")
+        for i, t in enumerate(self.thresholds):
+            if not 0 <= t <= 1:
+                raise ConfigError(f"thresholds[{i}] must be in [0, 1], got {t!r}")
+        if not -1 <= self.threshold_start_offset <= 1:
+            raise ConfigError(f"threshold_start_offset must be in [-1, 1], got {self.threshold_start_offset!r}")
+        if self.class_weighting == "explicit":
+            if not self.class_weights:
+                raise ConfigError("class_weighting is 'explicit' but class_weights is empty")
+        if self.class_weights is not None:
+            for i, w in enumerate(self.class_weights):
+                if not (w >= 0 and math.isfinite(w)):
+                    raise ConfigError(f"class_weights[{i}] must be a finite number >= 0, got {w!r}")
+        if not 0 <= self.ignore_index:
+            raise ConfigError(f"ignore_index must be >= 0, got {self.ignore_index!r}")
+
+    def check_num_classes(self, num_classes: int) -> None:
+        """Per-class fields must match the dataset's class count."""
+        if len(self.thresholds) != num_classes:
+            raise ConfigError(
+                f"thresholds has {len(self.thresholds)} values but the dataset has {num_classes} classes"
+            )
+        if self.class_weighting == "explicit" and len(self.class_weights or ()) != num_classes:
+            raise ConfigError(
+                f"class_weights has {len(self.class_weights or ())} values but the dataset has "
+                f"{num_classes} classes"
+            )
+        if self.ignore_index < num_classes:
+            raise ConfigError(
+                f"ignore_index {self.ignore_index} collides with a class id (the dataset has {num_classes} classes)"
+            )
+
+
+def demo_config(**overrides: Any) -> TrainConfig:
+    """V3.1 scaled to the demo data: 64 px tiles on 2 CPU cores.
+
+    V3.1 runs 75,000 iterations with warmup 1,500 (2%), ST from 500, eval every 500 and patience
+    40 evaluations (20,000 iterations, 27%). The demo keeps those fractions of a 1,200-iteration
+    run: warmup 24 → rounded to 30, ST start 8 → 40 (the demo model needs ~40 steps before its
+    pseudo-labels mean anything), eval every 50, patience 6 evaluations (300 iterations, 25%).
+    """
+    base: dict[str, Any] = dict(
+        arch="Unet", encoder="resnet18", crop_size=64, batch_size=8, unlabeled_batch_size=8,
+        max_iters=1200, warmup_iters=30, st_start_iter=40, st_rampup_iters=100,
+        threshold_ramp_iters=600, eval_every=50, patience=6, ema_decay=0.99, train_eval_size=16,
+    )
+    base.update(overrides)
+    return TrainConfig.from_dict(base)
+
+
+# ---------------------------------------------------------------------- coercion helpers
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Turn YAML/JSON/Optuna values into the field's type, or fail naming the key."""
+    origin = get_origin(hint)
+    args = get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} must not be null")
+    if optional:
+        inner = [a for a in args if a is not type(None)]
+        hint = inner[0] if len(inner) == 1 else hint
+        origin, args = get_origin(hint), get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list of numbers, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{key} must be >= {low}, got {value!r}")
+
+
+__all__ = ["TrainConfig", "demo_config", "V31_THRESHOLDS"]
