@@ -1,1 +1,25 @@
-"""Hyperparameter search: Ray Tune + Optuna + ASHA around the self-training loop."""
+"""Hyperparameter search: Ray Tune + Optuna + ASHA around the self-training loop.
+
+    from selftune.search import SweepConfig, run_sweep
+    summary = run_sweep(SweepConfig(space="thresholds", num_samples=16))
+
+Only `selftune.search.adapter` imports `ray.tune`; importing this package does not import Ray.
+"""
+
+from selftune.search.export import export_best, rank_trials
+from selftune.search.outcome import trial_outcome
+from selftune.search.run import SweepPlan, SweepSummary, plan_sweep, resume_sweep, run_sweep
+from selftune.search.sweepfile import SweepConfig, demo_sweep
+
+__all__ = [
+    "SweepConfig",
+    "SweepPlan",
+    "SweepSummary",
+    "demo_sweep",
+    "export_best",
+    "plan_sweep",
+    "rank_trials",
+    "resume_sweep",
+    "run_sweep",
+    "trial_outcome",
+]

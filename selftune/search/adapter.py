@@ -1,0 +1,247 @@
+"""The one module that imports `ray.tune`: the trial function, honest Optuna bookkeeping, the Tuner.
+
+Everything else in selftune is plain Python, so Ray's API churn touches this file only.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from selftune.search.outcome import optuna_state, trial_outcome
+from selftune.spaces import SpaceContext, apply_params, call_space, get_space
+from selftune.trainable.config import TrainConfig
+
+METRIC = "val_miou"  # what ASHA compares at its rungs (the EMA model's val mIoU)
+OBJECTIVE = "best_val_miou"  # what a finished trial is told to Optuna as
+TIME_ATTR = "iteration"  # optimizer steps, not report calls
+
+
+# ---------------------------------------------------------------------- the trial
+
+
+def trial_function(params: dict[str, Any], *, base: dict[str, Any], data_root: str, cpus: float, gpus: float) -> None:
+    """One trial: apply the sampled params to the base config and run the plain loop."""
+    import torch
+
+    from selftune.trainable.loop import train
+
+    threads = max(1, int(cpus))
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the cluster launcher exports 1; trust our allocation
+    torch.set_num_threads(threads)
+    cfg = apply_params(TrainConfig.from_dict(base), params)
+    if cfg.num_threads == 0:
+        cfg = cfg.replace(num_threads=threads)
+    if 0 < gpus < 1 and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(gpus)  # fractional GPUs share memory; cap ours
+
+    out_dir = Path.cwd() / "train"
+    checkpoint = tune.get_checkpoint()
+
+    def reporter(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        ck = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=ck)
+
+    if checkpoint is None:
+        if out_dir.exists():  # a restarted trial: keep the failed attempt's files beside the new run
+            shutil.move(str(out_dir), str(out_dir.with_name(f"train.attempt-{int(time.time())}")))
+        train(cfg, Path(data_root), out_dir, reporter=reporter, progress=False)
+        return
+    with checkpoint.as_directory() as ck_dir:
+        train(cfg, Path(data_root), out_dir, resume_from=Path(ck_dir), reporter=reporter, progress=False)
+
+
+# ---------------------------------------------------------------------- the searcher
+
+
+class HonestOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna the truth about how each trial ended.
+
+    Ray's OptunaSearch tells a trial that ASHA stopped as COMPLETE with its early, low metric,
+    which biases TPE. Here each evaluation is an intermediate value at the loop's iteration,
+    a scheduler-stopped trial is PRUNED, a diverged or errored one is FAIL, and a finished one
+    is COMPLETE with its best val mIoU.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self.metric not in result:
+            return
+        step = int(result.get(TIME_ATTR, result.get("training_iteration", 0)))
+        value = float(result[self.metric])
+        reported = self.__dict__.setdefault("_reported_steps", {}).setdefault(trial_id, set())
+        if step not in reported and value == value:  # one value per step; NaN is never a value
+            self._ot_trials[trial_id].report(value, step)
+            reported.add(step)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        state = getattr(optuna.trial.TrialState, optuna_state(trial_outcome(result, errored=error)))
+        value = None
+        if state == optuna.trial.TrialState.COMPLETE:
+            value = result.get(OBJECTIVE, result.get(self.metric)) if result else None
+            if value is None or value != value:
+                state, value = optuna.trial.TrialState.FAIL, None
+        self._ot_study.tell(ot_trial, value, state=state)
+        self._completed_trials.add(trial_id)
+
+
+def _space_for_optuna(space: str, ctx: SpaceContext, trial: Any) -> dict[str, Any]:
+    """Define-by-run wrapper; a module-level partial so the searcher state pickles."""
+    return call_space(get_space(space), trial, ctx)
+
+
+def make_searcher(
+    kind: str, space: str, ctx: SpaceContext, *, seed: int, num_samples: int, max_concurrent: int,
+    study_name: str, storage_url: str,
+) -> ConcurrencyLimiter:
+    """TPE (multivariate, constant liar, seeded) or random, over a persisted Optuna study."""
+    if kind == "random":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        startup = min(10, max(3, num_samples // 3)) if num_samples > 0 else 10
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, constant_liar=True, n_startup_trials=startup
+        )
+    cls = OptunaSearch if kind == "tpe-stock" else HonestOptunaSearch
+    searcher = cls(
+        space=functools.partial(_space_for_optuna, space, ctx), metric=METRIC, mode="max",
+        sampler=sampler, study_name=study_name, storage=open_optuna_storage(storage_url),
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+
+
+def open_optuna_storage(url: str) -> optuna.storages.BaseStorage:
+    """A JournalStorage file (`journal:PATH`) or an RDB URL (sqlite://, postgresql://, ...)."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    return optuna.storages.RDBStorage(url)
+
+
+# ---------------------------------------------------------------------- the tuner
+
+
+@dataclass(frozen=True)
+class TunerSpec:
+    """Plain values the driver hands over; nothing Ray-specific leaks out of this module."""
+
+    name: str
+    storage: str
+    base: dict[str, Any]
+    data_root: str
+    space: str
+    ctx: SpaceContext
+    searcher: str
+    seed: int
+    scheduler: str
+    max_t: int
+    grace_period: int
+    reduction_factor: float
+    num_samples: int
+    time_budget_s: float | None
+    max_concurrent: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    optuna_storage: str
+    keep_checkpoints: int
+    max_failures: int
+    reuse_actors: bool
+    wandb_project: str | None
+    mlflow_uri: str | None
+    verbose: int
+
+
+def _trainable(spec: TunerSpec) -> Any:
+    fn = tune.with_parameters(
+        trial_function, base=spec.base, data_root=spec.data_root, cpus=spec.cpus_per_trial, gpus=spec.gpus_per_trial
+    )
+    return tune.with_resources(fn, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+
+
+def _callbacks(spec: TunerSpec) -> list[Any]:
+    callbacks: list[Any] = []
+    if spec.wandb_project:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        callbacks.append(WandbLoggerCallback(project=spec.wandb_project, group=spec.name))
+    if spec.mlflow_uri:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        callbacks.append(MLflowLoggerCallback(tracking_uri=spec.mlflow_uri, experiment_name=spec.name))
+    return callbacks
+
+
+def build_tuner(spec: TunerSpec) -> tune.Tuner:
+    searcher = make_searcher(
+        spec.searcher, spec.space, spec.ctx, seed=spec.seed, num_samples=spec.num_samples,
+        max_concurrent=spec.max_concurrent, study_name=spec.name, storage_url=spec.optuna_storage,
+    )
+    if spec.scheduler == "asha":
+        scheduler: Any = ASHAScheduler(
+            time_attr=TIME_ATTR, max_t=spec.max_t, grace_period=spec.grace_period,
+            reduction_factor=spec.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        _trainable(spec),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
+            time_budget_s=spec.time_budget_s, reuse_actors=spec.reuse_actors,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=spec.storage, verbose=spec.verbose, callbacks=_callbacks(spec),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
+            ),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            sync_config=tune.SyncConfig(sync_artifacts=True),
+        ),
+    )
+
+
+def can_restore(path: str) -> bool:
+    return tune.Tuner.can_restore(path)
+
+
+def restore_tuner(path: str, spec: TunerSpec, *, restart_errored: bool) -> tune.Tuner:
+    """Continue a sweep whose driver died: unfinished trials resume from their checkpoints."""
+    return tune.Tuner.restore(
+        path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=not restart_errored,
+        restart_errored=restart_errored,
+    )
+
+
+def fit(tuner: tune.Tuner) -> list[dict[str, Any]]:
+    """Run the sweep; return one plain dict per trial (id, path, config, last result, error, checkpoint)."""
+    grid = tuner.fit()
+    out = []
+    for result in grid:
+        best_ck = None
+        if result.best_checkpoints:
+            best_ck = max(result.best_checkpoints, key=lambda pair: pair[1].get(METRIC, float("-inf")))[0].path
+        out.append(
+            {
+                "trial_id": (result.metrics or {}).get("trial_id"),
+                "path": result.path,
+                "config": result.config,
+                "last_result": result.metrics,
+                "error": result.error is not None,
+                "best_checkpoint": best_ck,
+            }
+        )
+    return out

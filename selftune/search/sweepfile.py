@@ -1,0 +1,145 @@
+"""The sweep file: one typed object for data, base config, space, searcher, scheduler, resources, storage.
+
+Documented key by key in docs/sweep.md. Unknown keys fail by name, like `TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selftune.errors import ConfigError
+from selftune.trainable.config import TrainConfig, demo_config
+
+SEARCHERS = ("tpe", "tpe-stock", "random")
+SCHEDULERS = ("asha", "fifo")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything a sweep needs. Iteration counts are optimizer steps of the loop."""
+
+    name: str = "selftune"  # experiment folder name under storage; fixed so the sweep can resume
+    data: str | None = None  # dataset root; None uses the built-in demo data
+    base: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys every trial starts from
+    base_config: str | None = None  # or a train config YAML to start from (base overrides it)
+    space: str = "thresholds"  # a space name from selftune.spaces, or module:function
+    searcher: str = "tpe"  # tpe (honest bookkeeping) | tpe-stock (Ray's OptunaSearch as is) | random
+    seed: int = 0  # seeds the sampler
+    scheduler: str = "asha"  # asha | fifo
+    max_t: int | None = None  # longest a trial may run, in iterations; None: base max_iters
+    grace_period: int | None = None  # None: covers warmup + ST start + ST ramp over the whole space
+    reduction_factor: float = 3.0  # ASHA keeps 1/reduction_factor of trials at each rung
+    num_samples: int = 8  # number of trials (-1: until time_budget_s runs out)
+    time_budget_s: float | None = None  # stop starting and running trials after this many seconds
+    max_concurrent: int = 2  # trials running at once
+    cpus_per_trial: float = 1.0  # each trial sets torch/OMP threads from this
+    gpus_per_trial: float = 0.0  # fractional values share a GPU (memory is not isolated)
+    gpu_wait_s: float = 0.0  # on an autoscaling cluster, wait this long for GPU nodes before failing
+    storage: str = "selftune_results"  # local folder, NFS path, or s3:// / gs:// URI
+    optuna_storage: str | None = None  # None: a JournalStorage file in the experiment folder; or an RDB URL
+    keep_checkpoints: int = 1  # best checkpoints kept per trial (Ray always keeps the latest too)
+    max_failures: int = 0  # retries of a trial that raised
+    address: str | None = None  # Ray cluster address ("auto" to attach); None starts Ray in-process
+    num_cpus: int | None = None  # CPUs of the in-process Ray (None: all); ignored with address
+    reuse_actors: bool = True
+    wandb_project: str | None = None  # log trials to W&B through Ray's callback (needs wandb)
+    mlflow_uri: str | None = None  # log trials to MLflow through Ray's callback (needs mlflow)
+    verbose: int = 1  # Ray's progress table: 0 silent, 1 table, 2 more
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> SweepConfig:
+        data = dict(data or {})
+        known = [f.name for f in fields(cls)]
+        for key in data:
+            if key not in known:
+                hint = difflib.get_close_matches(str(key), known, n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(f"unknown sweep key {key!r}{extra}")
+        if "base" in data and not isinstance(data["base"], dict):
+            raise ConfigError(f"sweep key 'base' must be a mapping of train config keys, got {data['base']!r}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SweepConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"sweep file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"sweep file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"sweep file {path} must hold a mapping, got {type(data).__name__}")
+        try:
+            sweep = cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if sweep.base_config and not Path(sweep.base_config).is_absolute():
+            sweep = dataclasses.replace(sweep, base_config=str(path.parent / sweep.base_config))
+        return sweep
+
+    def replace(self, **changes: Any) -> SweepConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __post_init__(self) -> None:
+        if self.searcher not in SEARCHERS:
+            raise ConfigError(f"searcher must be one of {', '.join(SEARCHERS)}; got {self.searcher!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}; got {self.scheduler!r}")
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name must be a non-empty folder name, got {self.name!r}")
+        if self.num_samples == 0 or self.num_samples < -1:
+            raise ConfigError(f"num_samples must be >= 1 (or -1 with time_budget_s), got {self.num_samples!r}")
+        if self.num_samples == -1 and not self.time_budget_s:
+            raise ConfigError("num_samples -1 (unlimited) needs a time_budget_s")
+        if self.max_concurrent < 1:
+            raise ConfigError(f"max_concurrent must be >= 1, got {self.max_concurrent!r}")
+        if self.cpus_per_trial <= 0:
+            raise ConfigError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial!r}")
+        if self.gpus_per_trial < 0:
+            raise ConfigError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial!r}")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise ConfigError(f"gpus_per_trial above 1 must be whole, got {self.gpus_per_trial!r}")
+        if self.reduction_factor <= 1:
+            raise ConfigError(f"reduction_factor must be > 1, got {self.reduction_factor!r}")
+        for key in ("max_t", "grace_period"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"{key} must be >= 1, got {v!r}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ConfigError(f"time_budget_s must be > 0, got {self.time_budget_s!r}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}")
+
+    def base_train_config(self) -> TrainConfig:
+        """The config every trial starts from: the file (or the demo defaults), then `base`."""
+        if self.base_config:
+            start = TrainConfig.from_yaml(self.base_config).to_dict()
+        elif self.data is None:
+            start = demo_config().to_dict()
+        else:
+            start = {}
+        try:
+            return TrainConfig.from_dict({**start, **self.base})
+        except ConfigError as exc:
+            raise ConfigError(f"sweep 'base': {exc}") from None
+
+
+def demo_sweep(**overrides: Any) -> SweepConfig:
+    """`selftune sweep --demo`: a complete small sweep on the demo data, sized for 2 CPU cores, 10 minutes."""
+    base = dict(max_iters=300, eval_every=25, warmup_iters=10, st_start_iter=25, st_rampup_iters=50, patience=4)
+    sweep = dict(
+        name="demo", data=None, base=base, space="thresholds", num_samples=10, max_concurrent=2,
+        cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=540.0,
+    )
+    sweep.update(overrides)
+    return SweepConfig.from_dict(sweep)

@@ -1,0 +1,130 @@
+"""The named search spaces. Each is a define-by-run function that only calls `trial.suggest_*`.
+
+A space function takes `(trial, ctx)`: `ctx` is a `SpaceContext` with the class count and the
+base config's iteration scale, so that iteration ranges (warmup, ST start, patience) follow the
+run length instead of being hard-coded to one dataset. It may return a dict of constants.
+
+Parameter names are config fields (`lr`, `st_weight`, ...), or one of the per-class forms:
+- `thresholds[c]`: class c's threshold, searched independently;
+- `threshold_base` + `threshold_offset[c]`: class c's threshold is base + offset, clipped to [0, 1].
+`selftune.spaces.params.apply_params` turns a trial's parameters into a `TrainConfig`.
+
+Trade-off of the two threshold forms (K classes): independent thresholds are K wide dimensions
+(0.30-0.95 each); TPE needs many trials before it learns K separate effects. Base + offsets puts
+most of the effect in one wide dimension (the base) and K narrow ones (±0.15) that only refine
+it, so good regions are found with fewer trials, at the cost of not reaching configurations
+where classes need thresholds more than 0.3 apart. `thresholds_shared` is one dimension only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from optuna import Trial
+
+
+@dataclass(frozen=True)
+class SpaceContext:
+    """What a space may scale its ranges by."""
+
+    num_classes: int = 7
+    max_iters: int = 1200  # the base config's run length (the sweep's max_t)
+    eval_every: int = 50
+
+
+# ---------------------------------------------------------------------- shared pieces
+
+
+def _thresholds_offsets(trial: Trial, ctx: SpaceContext) -> None:
+    trial.suggest_float("threshold_base", 0.30, 0.95)
+    for c in range(ctx.num_classes):
+        trial.suggest_float(f"threshold_offset[{c}]", -0.15, 0.15)
+
+
+def _thresholds_independent(trial: Trial, ctx: SpaceContext) -> None:
+    for c in range(ctx.num_classes):
+        trial.suggest_float(f"thresholds[{c}]", 0.30, 0.95)
+
+
+def _core_training(trial: Trial, ctx: SpaceContext) -> None:
+    """ST weight, LR, warmup and patience: the knobs the users turned by hand (seed 000)."""
+    trial.suggest_float("st_weight", 0.25, 3.0, log=True)
+    trial.suggest_float("lr", 1e-4, 3e-3, log=True)
+    trial.suggest_int("warmup_iters", 0, max(1, ctx.max_iters // 20))
+    evals = max(2, ctx.max_iters // ctx.eval_every)
+    trial.suggest_int("patience", max(1, evals // 8), max(2, evals // 2))
+
+
+def _wide_extras(trial: Trial, ctx: SpaceContext) -> None:
+    """The rest of what the seeds changed between versions."""
+    trial.suggest_float("ema_decay", 0.99, 0.9995)
+    trial.suggest_float("grad_clip", 1.0, 20.0, log=True)
+    trial.suggest_int("st_start_iter", 0, max(1, ctx.max_iters // 10))
+    trial.suggest_int("st_rampup_iters", 0, max(1, ctx.max_iters // 5))
+    if trial.suggest_categorical("threshold_schedule", ["constant", "linear"]) == "linear":
+        trial.suggest_float("threshold_start_offset", -0.2, 0.2)
+        trial.suggest_int("threshold_ramp_iters", max(1, ctx.max_iters // 10), max(2, ctx.max_iters // 2))
+    trial.suggest_float("dice_weight", 0.0, 1.0)
+    if trial.suggest_float("focal_weight", 0.0, 1.0) > 0.05:
+        trial.suggest_float("focal_gamma", 0.5, 4.0)
+    trial.suggest_categorical("class_weighting", ["none", "inverse_freq"])
+    trial.suggest_float("scale_min", 0.75, 1.0)
+    trial.suggest_float("scale_max", 1.0, 1.5)
+    if trial.suggest_categorical("strong_aug", [False, True]):
+        trial.suggest_float("color_jitter", 0.1, 0.6)
+        trial.suggest_float("cutmix_prob", 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------- named spaces
+
+
+def thresholds(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
+    """Core: per-class thresholds (base + offsets), ST weight, LR, warmup, patience."""
+    _thresholds_offsets(trial, ctx)
+    _core_training(trial, ctx)
+    return {}
+
+
+def thresholds_independent(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
+    """Core, with each class's threshold searched on its own (K wide dimensions)."""
+    _thresholds_independent(trial, ctx)
+    _core_training(trial, ctx)
+    return {}
+
+
+def thresholds_shared(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
+    """Core, with one threshold for every class (the cheapest form)."""
+    trial.suggest_float("threshold_base", 0.30, 0.95)
+    _core_training(trial, ctx)
+    return {}
+
+
+def wide(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
+    """Core plus EMA decay, clipping, ST start/ramp, threshold schedule, losses, weighting, scale, strong aug."""
+    _thresholds_offsets(trial, ctx)
+    _core_training(trial, ctx)
+    _wide_extras(trial, ctx)
+    return {}
+
+
+def supervised(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
+    """The supervised-only baseline, tuned as hard: LR, warmup, patience, losses, weighting, scale."""
+    trial.suggest_float("lr", 1e-4, 3e-3, log=True)
+    trial.suggest_int("warmup_iters", 0, max(1, ctx.max_iters // 20))
+    evals = max(2, ctx.max_iters // ctx.eval_every)
+    trial.suggest_int("patience", max(1, evals // 8), max(2, evals // 2))
+    trial.suggest_float("dice_weight", 0.0, 1.0)
+    trial.suggest_categorical("class_weighting", ["none", "inverse_freq"])
+    trial.suggest_float("scale_min", 0.75, 1.0)
+    trial.suggest_float("scale_max", 1.0, 1.5)
+    return {"method": "supervised"}
+
+
+SPACES = {
+    "thresholds": thresholds,
+    "thresholds_independent": thresholds_independent,
+    "thresholds_shared": thresholds_shared,
+    "wide": wide,
+    "supervised": supervised,
+}
