@@ -1,0 +1,62 @@
+"""TrainConfig: the schema. Unknown keys and bad values fail naming the key and the value."""
+
+from __future__ import annotations
+
+import pytest
+
+from selftune.errors import ConfigError
+from selftune.trainable.config import TrainConfig, demo_config
+
+
+def test_defaults_follow_v31() -> None:
+    cfg = TrainConfig()
+    assert cfg.st_weight == 1.5 and cfg.lr == 3e-4 and cfg.warmup_iters == 1500 and cfg.patience == 40
+    assert min(cfg.thresholds[1:]) == 0.45 and max(cfg.thresholds[1:]) == 0.60
+    assert cfg.encoder_weights is None
+
+
+def test_unknown_key_suggests_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'st_wieght' \(did you mean 'st_weight'\?\)"):
+        TrainConfig.from_dict({"st_wieght": 2.0})
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"lr": -1}, r"lr must be a positive number, got -1"),
+        ({"max_iters": 2.5}, r"max_iters must be an integer, got 2.5"),
+        ({"thresholds": [0.5, 1.2]}, r"thresholds\[1\] must be in \[0, 1\], got 1.2"),
+        ({"arch": "UNet"}, r"arch must be one of .*got 'UNet'"),
+        ({"scale_min": 1.5, "scale_max": 1.0}, r"scale_min must be > 0 and <= scale_max"),
+        ({"strong_aug": "yes"}, r"strong_aug must be true or false, got 'yes'"),
+        ({"class_weighting": "explicit"}, r"class_weights is empty"),
+        ({"ema_decay": 1.5}, r"ema_decay must be in \[0, 1\], got 1.5"),
+    ],
+)
+def test_bad_values_fail_by_name(data, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.from_dict(data)
+
+
+def test_yaml_round_trip_and_exported_form(tmp_path) -> None:
+    cfg = demo_config(lr=1e-3)
+    p = tmp_path / "c.yaml"
+    p.write_text(cfg.to_yaml())
+    assert TrainConfig.from_yaml(p) == cfg
+    p.write_text("provenance: {trial_id: x}\nconfig:\n" + "".join(f"  {line}\n" for line in cfg.to_yaml().splitlines()))
+    assert TrainConfig.from_yaml(p) == cfg
+
+
+def test_yaml_errors_name_the_file(tmp_path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("lr: [\n")
+    with pytest.raises(ConfigError, match="c.yaml is not valid YAML"):
+        TrainConfig.from_yaml(p)
+    p.write_text("lrr: 1\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'lrr'"):
+        TrainConfig.from_yaml(p)
+
+
+def test_class_count_checks() -> None:
+    with pytest.raises(ConfigError, match="thresholds has 7 values but the dataset has 3 classes"):
+        TrainConfig().check_num_classes(3)
