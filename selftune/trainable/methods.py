@@ -1,0 +1,143 @@
+"""Training methods: each one a small unit beside the others, picked by `cfg.method`.
+
+The loop asks a method four things per step:
+
+1. `uses_unlabeled(it)`: does this step draw an unlabelled batch?
+2. `pseudo_batch(teacher, images_u, it, generator)`: the student's unlabelled input and its
+   targets (no gradient; the teacher is in eval mode).
+3. `unlabeled_loss(logits_u, batch, loss_fn)`: the loss on the student's logits for that input.
+4. `update_teacher(teacher, student)`: after the optimizer step.
+
+The student sees the labelled and the unlabelled images in one forward pass (one set of
+BatchNorm statistics per step). A method with state of its own (an s4GAN discriminator and its
+optimizer) keeps it in `state_dict` / `load_state_dict`, which the checkpoint round-trips; a
+round-based method (train, pseudo-label, retrain) overrides `update_teacher` to copy the student
+at round boundaries instead of averaging it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from selftune.errors import ConfigError
+from selftune.trainable import augment, functional
+from selftune.trainable.config import TrainConfig
+
+
+@dataclass
+class PseudoBatch:
+    """What the student trains on for one unlabelled batch."""
+
+    images: torch.Tensor  # float [B, 3, H, W]: student input (strong-augmented when configured)
+    labels: torch.Tensor  # int64 [B, H, W]: targets, ignore_index where rejected
+    accepted: torch.Tensor  # int64 [K]: accepted pixels per class (teacher's view, before CutMix)
+    predicted: torch.Tensor  # int64 [K]: pixels the teacher assigned to each class
+
+
+class Method:
+    """Base: supervised training with an EMA copy of the model (the reported and kept model)."""
+
+    name: ClassVar[str] = ""
+    needs_unlabeled: ClassVar[bool] = False
+
+    def __init__(self, cfg: TrainConfig, num_classes: int):
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self._thr_cache: tuple[tuple[float, ...], torch.Tensor] | None = None
+
+    def uses_unlabeled(self, it: int) -> bool:
+        return self.needs_unlabeled and it >= self.cfg.st_start_iter
+
+    def thresholds_at(self, it: int) -> list[float]:
+        """The per-class pseudo-label thresholds in force at step `it`."""
+        c = self.cfg
+        return functional.threshold_at(
+            it, c.thresholds, schedule=c.threshold_schedule, start_offset=c.threshold_start_offset,
+            ramp_iters=c.threshold_ramp_iters, start_iter=c.st_start_iter,
+        )
+
+    def thresholds_tensor(self, it: int, device: torch.device) -> torch.Tensor:
+        """`thresholds_at(it)` as a tensor on `device`, rebuilt only when the values change."""
+        values = tuple(self.thresholds_at(it))
+        if self._thr_cache is None or self._thr_cache[0] != values or self._thr_cache[1].device != device:
+            self._thr_cache = (values, torch.tensor(values, dtype=torch.float32, device=device))
+        return self._thr_cache[1]
+
+    def st_weight(self, it: int) -> float:
+        c = self.cfg
+        if not self.needs_unlabeled:
+            return 0.0
+        return functional.st_weight_at(it, weight=c.st_weight, start_iter=c.st_start_iter, rampup_iters=c.st_rampup_iters)
+
+    def pseudo_batch(
+        self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, generator: torch.Generator
+    ) -> PseudoBatch:
+        raise NotImplementedError(f"method {self.name!r} does not use unlabelled data")
+
+    def unlabeled_loss(self, logits_u: torch.Tensor, batch: PseudoBatch, loss_fn: functional.SegmentationLoss) -> torch.Tensor:
+        return loss_fn(logits_u, batch.labels)
+
+    def update_teacher(self, teacher: torch.nn.Module, student: torch.nn.Module) -> None:
+        functional.ema_update(teacher, student, self.cfg.ema_decay)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Supervised(Method):
+    """The baseline: labelled images only (the EMA model is still kept and scored)."""
+
+    name = "supervised"
+
+
+class EmaSelfTraining(Method):
+    """Mean-teacher self-training with per-class confidence thresholds (the users' V3).
+
+    The EMA teacher labels the (weakly augmented) unlabelled batch; pixels below the threshold of
+    their predicted class are ignored. With `strong_aug`, the student sees the batch with colour
+    jitter and CutMix (boxes pasted from a shuffled copy of the batch, labels pasted alike).
+    """
+
+    name = "ema_self_training"
+    needs_unlabeled = True
+
+    @torch.no_grad()
+    def pseudo_batch(
+        self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, generator: torch.Generator
+    ) -> PseudoBatch:
+        probs = teacher(images_u).float().softmax(dim=1)
+        pl = functional.pseudo_labels(probs, self.thresholds_tensor(it, images_u.device), self.cfg.ignore_index)
+        accepted, predicted = functional.pseudo_label_counts(pl, self.num_classes)
+        images, labels = images_u, pl.labels
+        if self.cfg.strong_aug:
+            b, _, h, w = images.shape
+            images = augment.color_jitter(images, self.cfg.color_jitter, generator)
+            box = augment.cutmix_boxes(b, h, w, self.cfg.cutmix_prob, generator)
+            perm = torch.randperm(b, generator=generator)
+            images = augment.apply_cutmix(images, box, perm)
+            labels = augment.apply_cutmix(labels, box, perm)
+        return PseudoBatch(images, labels, accepted, predicted)
+
+
+METHODS: dict[str, type[Method]] = {
+    Supervised.name: Supervised,
+    EmaSelfTraining.name: EmaSelfTraining,
+}
+
+
+def create_method(cfg: TrainConfig, num_classes: int) -> Method:
+    """The method named by `cfg.method`."""
+    try:
+        cls = METHODS[cfg.method]
+    except KeyError:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {cfg.method!r}") from None
+    return cls(cfg, num_classes)
+
+
+__all__ = ["METHODS", "EmaSelfTraining", "Method", "PseudoBatch", "Supervised", "create_method"]
