@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -48,10 +49,11 @@ def trial_function(params: dict[str, Any], *, base: dict[str, Any], data_root: s
 
     out_dir = Path.cwd() / "train"
     checkpoint = tune.get_checkpoint()
+    node_id = ray.get_runtime_context().get_node_id()  # which node ran each report, for analysis
 
     def reporter(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         ck = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=ck)
+        tune.report({**metrics, "node_id": node_id}, checkpoint=ck)
 
     if checkpoint is None:
         if out_dir.exists():  # a restarted trial: keep the failed attempt's files beside the new run

@@ -1,0 +1,138 @@
+"""End to end: a tiny real sweep (Ray + Optuna + ASHA + smp) on local Ray, then export and retrain.
+
+One sweep is run per test session (module fixture) and several tests read what it left on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from selftune.analysis.trials import read_trials
+from selftune.cli import main
+from selftune.search.outcome import COMPLETED, DIVERGED, EARLY_STOPPED, STOPPED_BY_SCHEDULER
+from selftune.search.sweepfile import SweepConfig
+from selftune.trainable.config import TrainConfig
+
+TINY_BASE = dict(
+    arch="Unet", encoder="tu-mobilenetv3_small_050", crop_size=32, batch_size=4, unlabeled_batch_size=4,
+    train_eval_size=4, max_iters=40, eval_every=10, warmup_iters=2, st_start_iter=10, st_rampup_iters=10,
+    patience=0, log_images=True, ema_decay=0.9,
+)
+
+SPACE_MODULE = '''
+def tiny(trial, ctx):
+    """Thresholds and ST weight, plus an LR choice that includes one that diverges."""
+    trial.suggest_float("threshold_base", 0.3, 0.95)
+    trial.suggest_float("st_weight", 0.5, 2.0)
+    trial.suggest_categorical("lr", [1e-3, 3e-3, 1e30])
+    return {}
+'''
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six sequential trials (max_concurrent=1, so scheduling is deterministic) with ASHA and TPE."""
+    import sys
+
+    import ray
+
+    mod_dir = tmp_path_factory.mktemp("spaces")
+    (mod_dir / "tiny_spaces.py").write_text(SPACE_MODULE)
+    sys.path.insert(0, str(mod_dir))
+    storage = tmp_path_factory.mktemp("results")
+    sweep = SweepConfig(
+        name="tiny", data=str(tiny_data), base=TINY_BASE, space="tiny_spaces:tiny", searcher="tpe", seed=3,
+        num_samples=6, max_concurrent=1, reduction_factor=2, storage=str(storage), num_cpus=2, verbose=0,
+    )
+    from selftune.search import run_sweep
+
+    summary = run_sweep(sweep)
+    ray.shutdown()
+    assert summary.trials == 6
+    return Path(summary.experiment_dir)
+
+
+def _study(sweep_dir: Path) -> optuna.Study:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(sweep_dir / "optuna_journal.log")))
+    return optuna.load_study(study_name="tiny", storage=storage)
+
+
+def test_optuna_is_told_how_each_trial_ended(sweep_dir: Path) -> None:
+    trials = read_trials(str(sweep_dir))
+    study = _study(sweep_dir)
+    assert len(study.trials) == len(trials) == 6
+    expected = {COMPLETED: "COMPLETE", EARLY_STOPPED: "COMPLETE", STOPPED_BY_SCHEDULER: "PRUNED", DIVERGED: "FAIL"}
+    by_params = {json.dumps(t.params, sort_keys=True): t for t in trials}
+    states = []
+    for ot in study.trials:
+        rec = by_params[json.dumps(ot.params, sort_keys=True)]
+        assert ot.state.name == expected[rec.outcome], (rec.trial_id, rec.outcome, ot.state)
+        states.append(ot.state.name)
+        if ot.state.name in ("COMPLETE", "PRUNED"):
+            # every evaluation is an intermediate value, at the loop's iteration
+            assert sorted(ot.intermediate_values) == [r["iteration"] for r in rec.results]
+            assert ot.intermediate_values[rec.results[-1]["iteration"]] == pytest.approx(rec.results[-1]["val_miou"])
+        if ot.state.name == "COMPLETE":
+            assert ot.value == pytest.approx(max(r["val_miou"] for r in rec.results))
+        if rec.outcome == DIVERGED:
+            assert ot.params["lr"] == 1e30
+    assert {"COMPLETE", "PRUNED", "FAIL"} <= set(states), states
+
+
+def test_asha_counts_iterations_and_waits_for_self_training(sweep_dir: Path) -> None:
+    meta = yaml.safe_load((sweep_dir / "selftune_sweep.yaml").read_text())
+    assert meta["max_t"] == 40
+    assert meta["grace_period"] == 20  # st_start_iter 10 + st_rampup_iters 10
+    for t in read_trials(str(sweep_dir)):
+        if t.outcome == STOPPED_BY_SCHEDULER:
+            assert t.results[-1]["iteration"] >= 20  # never cut before the grace period
+            assert t.results[-1]["iteration"] < 40
+
+
+def test_trials_leave_tensorboard_checkpoints_and_best_model(sweep_dir: Path) -> None:
+    for t in read_trials(str(sweep_dir)):
+        train_dir = Path(t.path) / "train"
+        assert (train_dir / "config.yaml").is_file()
+        assert list(train_dir.glob("events.out.tfevents.*"))
+        if t.outcome != DIVERGED:
+            assert (train_dir / "best_model_ema.pt").is_file()
+            assert t.checkpoints and all((Path(c) / "state.pt").is_file() for c in t.checkpoints)
+
+
+def test_best_config_export_then_train_round_trip(sweep_dir: Path, tiny_data: Path, tmp_path: Path) -> None:
+    best = yaml.safe_load((sweep_dir / "best_config.yaml").read_text())
+    prov = best["provenance"]
+    assert prov["rank"] == 1 and prov["trial_id"] and prov["data_fingerprint"] and prov["selftune_version"]
+    assert Path(prov["checkpoint"]).is_dir() and Path(prov["best_model"]).is_file()
+    values = [max(r["val_miou"] for r in t.results) for t in read_trials(str(sweep_dir)) if t.outcome != DIVERGED]
+    assert prov["value"] == pytest.approx(max(values))
+
+    out = tmp_path / "top2"
+    assert main(["export", str(sweep_dir), "--top-k", "2", "--out", str(out)]) == 0
+    ranks = [yaml.safe_load((out / f"rank_{r}.yaml").read_text())["provenance"] for r in (1, 2)]
+    assert ranks[0]["value"] >= ranks[1]["value"]
+
+    exported = tmp_path / "best.yaml"
+    assert main(["export", str(sweep_dir), "--out", str(exported)]) == 0
+    cfg = TrainConfig.from_yaml(exported)
+    assert cfg.to_dict() == best["config"]
+    run = tmp_path / "retrain"
+    assert main(["train", "--config", str(exported), "--data", str(tiny_data), "--out", str(run)]) == 0
+    assert TrainConfig.from_yaml(run / "config.yaml") == cfg
+    assert (run / "best_model_ema.pt").is_file()
+
+
+def test_existing_sweep_name_is_refused_and_untouched(sweep_dir: Path, tiny_data: Path, capsys) -> None:
+    before = sorted(p.name for p in sweep_dir.iterdir())
+    rc = main(["sweep", "--demo", "--data", str(tiny_data), "--storage", str(sweep_dir.parent), "--name", "tiny"])
+    assert rc == 2
+    assert "a sweep named 'tiny' already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in sweep_dir.iterdir()) == before

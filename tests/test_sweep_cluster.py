@@ -1,0 +1,124 @@
+"""Resume after the driver is SIGKILLed, a multi-node cluster on one machine, and cluster.yaml."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+
+from selftune.analysis.trials import read_trials
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = dict(
+    arch="Unet", encoder="tu-mobilenetv3_small_050", crop_size=32, batch_size=4, unlabeled_batch_size=4,
+    train_eval_size=4, max_iters=60, eval_every=10, warmup_iters=2, st_start_iter=10, st_rampup_iters=10,
+    patience=0, log_images=False, ema_decay=0.9,
+)
+
+
+def test_cluster_yaml_passes_rays_own_schema() -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    workers = config["available_node_types"]["gpu_worker"]
+    assert workers["min_workers"] == 0 and workers["resources"]["GPU"] >= 1
+    assert config["available_node_types"]["head"]["resources"].get("GPU", 0) == 0
+    assert "requirements.lock" in " ".join(config["setup_commands"])
+    text = (ROOT / "cluster.yaml").read_text().lower()
+    assert "aws_secret_access_key" not in text and "aws_access_key_id" not in text
+    opened = [p["FromPort"] for p in config["provider"]["security_group"]["IpPermissions"]]
+    assert opened == [22]  # never the dashboard (8265), client (10001) or GCS (6379) ports
+
+
+def test_resume_after_driver_sigkill_accounts_for_every_trial(tiny_data: Path, tmp_path: Path) -> None:
+    storage = tmp_path / "results"
+    script = textwrap.dedent(f"""
+        from selftune.search import SweepConfig, run_sweep
+        run_sweep(SweepConfig(name="killed", data={str(tiny_data)!r}, base={BASE!r}, space="thresholds_shared",
+                              num_samples=4, max_concurrent=1, scheduler="fifo", storage={str(storage)!r},
+                              num_cpus=2, verbose=0))
+    """)
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    exp = storage / "killed"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:  # kill once a trial has finished and the next has reported
+            lines = sorted(len((d / "result.json").read_text().splitlines()) for d in exp.glob("*/")
+                           if (d / "result.json").is_file()) if exp.is_dir() else []
+            if len(lines) >= 2 and lines[-1] == 6 and 1 <= lines[0] < 6:
+                break
+            assert driver.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the sweep never reached the point to kill it")
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)  # Ray's own processes from that session
+        except ProcessLookupError:
+            pass
+    time.sleep(1)
+    before = {t.trial_id: t for t in read_trials(str(exp))}
+    interrupted = [t for t in before.values() if t.results and t.results[-1]["iteration"] < 60]
+    assert interrupted, "no trial was cut mid-run"
+
+    import ray
+
+    from selftune.search import resume_sweep
+
+    try:
+        summary = resume_sweep(str(exp), num_cpus=2)
+    finally:
+        ray.shutdown()
+    after = read_trials(str(exp))
+    assert summary.trials == len(after) == 4
+    assert all(t.finished and t.outcome == "completed" for t in after), [(t.trial_id, t.ray_status) for t in after]
+    for t in after:
+        iterations = [r["iteration"] for r in t.results]
+        assert iterations == sorted(set(iterations)) and iterations[-1] == 60
+    for t in interrupted:  # it continued from its checkpoint rather than starting over
+        resumed = next(a for a in after if a.trial_id == t.trial_id)
+        assert resumed.results[len(t.results) - 1]["iteration"] == t.results[-1]["iteration"]
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="killed", storage=JournalStorage(JournalFileBackend(str(exp / "optuna_journal.log"))))
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_trials_spread_over_a_multi_node_cluster(tiny_data: Path, tmp_path: Path) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from selftune.search import SweepConfig, run_sweep
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]  # logical GPUs
+    cluster.wait_for_nodes()
+    storage = tmp_path / "shared"
+    try:
+        ray.init(address=cluster.address)
+        summary = run_sweep(SweepConfig(
+            name="spread", data=str(tiny_data), base={**BASE, "max_iters": 20}, space="thresholds_shared",
+            num_samples=4, max_concurrent=2, scheduler="fifo", gpus_per_trial=1, cpus_per_trial=1,
+            storage=str(storage), address=cluster.address, verbose=0,
+        ))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    trials = read_trials(summary.experiment_dir)
+    assert len(trials) == 4 and all(t.outcome == "completed" for t in trials)
+    worker_ids = {n.node_id for n in nodes}
+    used = {r["node_id"] for t in trials for r in t.results}
+    assert used == worker_ids  # both GPU nodes ran trials; the GPU-less head ran none
+    assert all(Path(t.path).parent == storage / "spread" for t in trials)
