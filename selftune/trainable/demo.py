@@ -1,0 +1,575 @@
+"""The built-in demo dataset: procedural aerial plantation tiles with the users' 7 classes.
+
+Made to be a fair testbed for tuning self-training on 2 CPU cores:
+
+- every class is recognisable from local colour, texture and shape (areca: large star-shaped
+  palm crowns on a regular grid; snake fruit: dense small spiky clumps; road: thin long strips;
+  open land: blobs of bare soil in the same tones as dirt roads; buildings: small gabled roofs
+  with shadows; water: smooth dark ponds and streams; background: grass with scattered shrubs);
+- each class's look (colours, crown size and spacing, ground scale, roofs, water tint) and the
+  lighting, haze, shadows and noise change from tile to tile, so 24 labelled tiles cover the
+  variety poorly while 1000 unlabelled tiles cover it well;
+- class frequencies are long-tailed (water and buildings are rare);
+- the unlabelled pool is slightly shifted (more haze, warmer and dimmer light).
+
+Everything is vectorised numpy over the whole tile; each tile has its own seed derived from
+(spec.seed, split, index), so a spec always gives byte-identical files (same numpy version).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from selftune.errors import DataError
+
+DEMO_VERSION = 1  # bump when the generator's output changes: ensure_demo then rebuilds its cache
+MARKER = ".selftune_demo.json"
+CLASS_NAMES = ("background", "water body", "building", "road", "areca tree", "snake fruit", "open land")
+CLASS_COLORS = (
+    (0, 0, 0), (30, 100, 255), (230, 30, 60), (255, 220, 40), (60, 190, 75), (150, 40, 170), (175, 115, 50),
+)
+BACKGROUND, WATER, BUILDING, ROAD, ARECA, SNAKE_FRUIT, OPEN_LAND = range(7)
+_SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "unlabeled": 4}
+UNLABELED_PER_FOLDER = 250  # the pool is written in nested folders, as large pools usually are
+_OWNED = ("classes.csv", "train", "val", "test", "unlabeled", MARKER)
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """What to generate. Sizes are in pixels; counts are tiles per split."""
+
+    size: int = 64
+    n_train: int = 24
+    n_val: int = 48
+    n_test: int = 96
+    n_unlabeled: int = 1000
+    seed: int = 0
+    unlabeled_masks: bool = False  # also write ROOT/unlabeled/masks (oracle experiments only; not part of the format)
+
+    def __post_init__(self) -> None:
+        if self.size < 16:
+            raise DataError(f"demo size must be >= 16 pixels, got {self.size}")
+        for name in ("n_train", "n_val"):
+            if getattr(self, name) < 1:
+                raise DataError(f"demo {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_test", "n_unlabeled", "seed"):
+            if getattr(self, name) < 0:
+                raise DataError(f"demo {name} must be >= 0, got {getattr(self, name)}")
+
+
+# ---------------------------------------------------------------------- field helpers
+
+
+def _value_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Smooth noise in [0, 1]: a (cells+1)^2 random grid, smoothstep-interpolated to size x size."""
+    grid = rng.random((cells + 1, cells + 1), dtype=np.float32)
+    p = (np.arange(size, dtype=np.float32) + np.float32(0.5)) * np.float32(cells / size)
+    i = np.minimum(p.astype(np.int64), cells - 1)
+    f = p - i.astype(np.float32)
+    f = f * f * (3 - 2 * f)
+    rows = grid[i] * (1 - f)[:, None] + grid[i + 1] * f[:, None]  # (size, cells+1)
+    return rows[:, i] * (1 - f)[None, :] + rows[:, i + 1] * f[None, :]
+
+
+def _fractal(rng: np.random.Generator, size: int, cells: int, octaves: int = 3) -> np.ndarray:
+    """Zero-mean fractal noise, roughly in [-0.5, 0.5]."""
+    out = np.zeros((size, size), dtype=np.float32)
+    amp, total = 1.0, 0.0
+    for _ in range(octaves):
+        out += amp * (_value_noise(rng, size, min(cells, size)) - 0.5)
+        total += amp
+        amp *= 0.5
+        cells *= 2
+    return out / total
+
+
+def _shift(a: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """a moved by (dy, dx) pixels (bilinear, edges repeated): out[y, x] = a[y - dy, x - dx]."""
+    s = a.shape[0]
+    yy = np.clip(np.arange(s) - dy, 0, s - 1)
+    xx = np.clip(np.arange(s) - dx, 0, s - 1)
+    y0, x0 = np.floor(yy).astype(np.int64), np.floor(xx).astype(np.int64)
+    y1, x1 = np.minimum(y0 + 1, s - 1), np.minimum(x0 + 1, s - 1)
+    fy, fx = (yy - y0)[:, None], (xx - x0)[None, :]
+    top = a[y0][:, x0] * (1 - fx) + a[y0][:, x1] * fx
+    bot = a[y1][:, x0] * (1 - fx) + a[y1][:, x1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def _blur3(img: np.ndarray) -> np.ndarray:
+    """A [1, 2, 1]^2 / 16 blur over the first two axes (edges repeated)."""
+    p = np.pad(img, [(1, 1), (1, 1)] + [(0, 0)] * (img.ndim - 2), mode="edge")
+    v = p[:-2] + 2 * p[1:-1] + p[2:]
+    return (v[:, :-2] + 2 * v[:, 1:-1] + v[:, 2:]) / 16.0
+
+
+def _crowns(
+    x: np.ndarray, y: np.ndarray, rng: np.random.Generator, *, spacing: float, angle: float, jitter: float,
+    radius: float, radius_var: float, fronds: int, frond_amp: float, keep: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tree crowns on a jittered, rotated lattice: (coverage in [0, 1], d/R, angle) of the nearest crown.
+
+    Each lattice cell has its own jitter, radius and frond phase (from per-call random tables
+    indexed by a hash of the cell), and a crown only with probability `keep` (gaps in rows).
+    With jitter 1 and a low `keep` the crowns are scattered at random (stratified sampling).
+    """
+    table = 512  # a power of two: the hash below is a bit mask
+    ju, jv, rr, ph, kp = rng.random((5, table), dtype=np.float32)
+    c, s = math.cos(angle), math.sin(angle)
+    u = (x * c + y * s) / spacing
+    v = (-x * s + y * c) / spacing
+    iu0, iv0 = np.floor(u).astype(np.int32), np.floor(v).astype(np.int32)
+
+    def cell(du: int | np.ndarray, dv: int | np.ndarray) -> tuple[np.ndarray, ...]:
+        """Hash, offsets (lattice units) and radius of the neighbour cell (du, dv) of each pixel."""
+        iu, iv = iu0 + du, iv0 + dv
+        h = (iu * 7919 + iv * 104729 + 13) & (table - 1)
+        dx = u - (iu + 0.5 + jitter * (ju.take(h) - 0.5))
+        dy = v - (iv + 0.5 + jitter * (jv.take(h) - 0.5))
+        return h, dx, dy, radius * (1 + radius_var * (rr.take(h) - 0.5))
+
+    # A crown reaches at most `reach` lattice units from its centre. When that is less than the
+    # gap to the cell beyond the nearest edge, the 2x2 cells nearest the pixel are enough.
+    reach = radius / spacing * (1 + radius_var / 2) * (1 + frond_amp)
+    if reach < 1 - jitter / 2:
+        su = np.where(u - iu0 < 0.5, -1, 1).astype(np.int32)
+        sv = np.where(v - iv0 < 0.5, -1, 1).astype(np.int32)
+        candidates = [(0, 0), (su, 0), (0, sv), (su, sv)]
+    else:
+        candidates = [(du, dv) for du in (-1, 0, 1) for dv in (-1, 0, 1)]
+    best_q = np.full(x.shape, np.inf, dtype=np.float32)
+    best_du = np.zeros(x.shape, dtype=np.int32)
+    best_dv = np.zeros(x.shape, dtype=np.int32)
+    for du, dv in candidates:
+        h, dx, dy, r = cell(du, dv)
+        q = np.where(kp.take(h) < keep, np.sqrt(dx * dx + dy * dy) * spacing / r, np.inf)
+        better = q < best_q
+        best_q = np.where(better, q, best_q)
+        best_du = np.where(better, du, best_du)
+        best_dv = np.where(better, dv, best_dv)
+    h, dx, dy, r = cell(best_du, best_dv)  # the nearest crown's geometry, per pixel
+    d = np.sqrt(dx * dx + dy * dy) * spacing
+    ang = np.arctan2(dy, dx) + np.float32(angle)
+    if frond_amp:
+        r = r * (1 + frond_amp * np.cos(fronds * ang + np.float32(6.283) * ph.take(h)))
+    cov = np.clip(r - d + 0.5, 0, 1) * np.isfinite(best_q)
+    return cov.astype(np.float32), (d / np.maximum(r, 1e-3)).astype(np.float32), ang.astype(np.float32)
+
+
+def _crowns_in(region: np.ndarray, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, **kw: float) -> tuple[
+    np.ndarray, np.ndarray, np.ndarray
+]:
+    """`_crowns` evaluated only over the bounding box of `region` (coverage 0 elsewhere)."""
+    cov, rho, ang = np.zeros(x.shape, np.float32), np.full(x.shape, 9.0, np.float32), np.zeros(x.shape, np.float32)
+    rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+    if rows.size:
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        cov[box], rho[box], ang[box] = _crowns(x[box], y[box], rng, **kw)  # type: ignore[arg-type]
+    return cov, rho, ang
+
+
+def _jitter_color(
+    rng: np.random.Generator, base: tuple[float, float, float], amount: float, spread: float | None = None
+) -> np.ndarray:
+    """A per-tile variant of a base colour: brightness times 1 +- amount, each channel +- spread."""
+    spread = amount / 3 if spread is None else spread
+    c = np.asarray(base) * rng.uniform(1 - amount, 1 + amount) + rng.normal(0, spread, 3)
+    return np.clip(c, 0.02, 0.98).astype(np.float32)
+
+
+# ---------------------------------------------------------------------- one tile
+
+
+def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One tile: (HxWx3 uint8 image, HxW uint8 class ids). `shifted` draws the unlabelled pool's conditions."""
+    s = size
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + np.float32(0.5)
+    zoom = rng.uniform(0.85, 1.2)  # ground sampling distance varies between surveys
+    sun = rng.uniform(0, 2 * math.pi)
+    sun_len = rng.uniform(0.8, 2.2) * zoom
+    sdy, sdx = math.sin(sun) * sun_len, math.cos(sun) * sun_len  # shadows fall this way
+
+    # ---- layout: cover regions (warped Voronoi), clearings, water, roads, buildings
+    labels = np.zeros((s, s), dtype=np.uint8)
+    n_regions = int(rng.integers(2, 6))
+    seeds = rng.uniform(-0.2 * s, 1.2 * s, (n_regions, 2)).astype(np.float32)
+    wy = _fractal(rng, s, 3) * 0.5 * s
+    wx = _fractal(rng, s, 3) * 0.5 * s
+    d2 = (yy[None] + wy - seeds[:, 0, None, None]) ** 2 + (xx[None] + wx - seeds[:, 1, None, None]) ** 2
+    region = np.argmin(d2, axis=0)
+    covers = rng.choice([BACKGROUND, SNAKE_FRUIT, ARECA, OPEN_LAND], size=n_regions, p=[0.34, 0.3, 0.2, 0.16])
+    labels[:] = covers[region]
+    if rng.random() < 0.35:  # a clearing of bare soil
+        cy, cx = rng.uniform(0, s, 2)
+        r = rng.uniform(0.08, 0.2) * s
+        blob = np.hypot(yy - cy, xx - cx) / r + _fractal(rng, s, 4) * 1.2
+        labels[blob < 1] = OPEN_LAND
+    road_angle = None
+    road_dist = np.full((s, s), np.inf, dtype=np.float32)
+    if rng.random() < 0.45:
+        for _ in range(1 if rng.random() < 0.75 else 2):
+            ang = rng.uniform(0, math.pi)
+            oy, ox = rng.uniform(0.2 * s, 0.8 * s, 2)
+            along = (xx - ox) * math.cos(ang) + (yy - oy) * math.sin(ang)
+            across = -(xx - ox) * math.sin(ang) + (yy - oy) * math.cos(ang)
+            across = across + rng.uniform(-1, 1) * 0.6 * along**2 / s  # gentle curve
+            width = rng.uniform(1.6, 3.4) * zoom
+            road_dist = np.minimum(road_dist, np.abs(across) - width / 2)
+            road_angle = ang if road_angle is None else road_angle
+            road_anchor = (oy, ox, ang, width)
+        labels[road_dist < 0] = ROAD
+    water = np.zeros((s, s), dtype=bool)
+    if rng.random() < 0.16:
+        if rng.random() < 0.55:  # pond
+            cy, cx = rng.uniform(0.1 * s, 0.9 * s, 2)
+            r = rng.uniform(0.12, 0.28) * s
+            water = np.hypot(yy - cy, xx - cx) / r + _fractal(rng, s, 4) * 0.8 < 1
+        else:  # stream
+            ang = rng.uniform(0, math.pi)
+            oy, ox = rng.uniform(0.25 * s, 0.75 * s, 2)
+            across = -(xx - ox) * math.sin(ang) + (yy - oy) * math.cos(ang) + _fractal(rng, s, 2) * 0.5 * s
+            water = np.abs(across) < rng.uniform(2.0, 4.5) * zoom
+        labels[water] = WATER
+    roof = np.zeros((s, s), dtype=np.float32)  # building coverage
+    roof_shade = np.zeros((s, s), dtype=np.float32)
+    roof_col = np.zeros((s, s, 3), dtype=np.float32)
+    roof_shadow = np.zeros((s, s), dtype=np.float32)
+    p_building = 0.55 if road_angle is not None else 0.12
+    if rng.random() < p_building:
+        for _ in range(int(rng.integers(1, 5))):
+            bl, bw = rng.uniform(3.5, 8.0, 2) * zoom
+            if road_angle is not None:
+                oy, ox, ang, width = road_anchor
+                t = rng.uniform(-0.4, 0.4) * s
+                side = rng.choice([-1.0, 1.0])
+                off = side * (width / 2 + bw / 2 + rng.uniform(0.8, 2.5))
+                cy = oy + t * math.sin(ang) + off * math.cos(ang)
+                cx = ox + t * math.cos(ang) - off * math.sin(ang)
+                ang_b = ang + rng.normal(0, 0.08)
+            else:
+                cy, cx = rng.uniform(0.1 * s, 0.9 * s, 2)
+                ang_b = rng.uniform(0, math.pi)
+            height = rng.uniform(0.8, 1.6)
+            color = _jitter_color(rng, [(0.62, 0.64, 0.66), (0.58, 0.27, 0.2), (0.72, 0.42, 0.28),
+                                        (0.32, 0.42, 0.6), (0.86, 0.86, 0.83)][rng.integers(0, 5)], 0.12)
+            for k, (ody, odx) in enumerate(((0.0, 0.0), (sdy * height, sdx * height))):
+                u = (xx - cx - odx) * math.cos(ang_b) + (yy - cy - ody) * math.sin(ang_b)
+                v = -(xx - cx - odx) * math.sin(ang_b) + (yy - cy - ody) * math.cos(ang_b)
+                cov = np.clip(bl / 2 - np.abs(u) + 0.5, 0, 1) * np.clip(bw / 2 - np.abs(v) + 0.5, 0, 1)
+                if k == 0:
+                    new = cov > roof
+                    roof = np.maximum(roof, cov)
+                    lit = math.sin(sun - ang_b) > 0
+                    roof_shade = np.where(new, np.where((v > 0) == lit, 1.08, 0.8), roof_shade)
+                    roof_col = np.where(new[:, :, None], color, roof_col)
+                else:
+                    roof_shadow = np.maximum(roof_shadow, cov)
+        roof *= ~water
+        labels[roof > 0.5] = BUILDING
+
+    # ---- appearance: per-tile colours and textures for each class
+    fine = _fractal(rng, s, 16, 2)
+    mid = _fractal(rng, s, 6, 3)
+    soil = _jitter_color(rng, [(0.58, 0.44, 0.31), (0.68, 0.6, 0.47), (0.55, 0.52, 0.48), (0.62, 0.38, 0.26)]
+                         [rng.integers(0, 4)], 0.1)
+    dry = rng.uniform(0, 0.8)  # green to dry grass
+    grass = _jitter_color(rng, (0.34 + 0.2 * dry, 0.5, 0.24 + 0.08 * dry), 0.12, spread=0.02)
+    img = np.empty((s, s, 3), dtype=np.float32)
+
+    # background: grass with darker patches and scattered shrubs (not on a grid)
+    bg = grass * (1 + 0.35 * mid[:, :, None] + 0.12 * fine[:, :, None])
+    img[:] = bg
+    shrub_spacing = rng.uniform(7.0, 12.0) * zoom
+    is_bg = labels == BACKGROUND
+    shrub_cov, shrub_rho, shrub_ang = _crowns_in(
+        is_bg, xx, yy, rng, spacing=shrub_spacing, angle=rng.uniform(0, math.pi / 2), jitter=1.0,
+        radius=rng.uniform(0.12, 0.28) * shrub_spacing, radius_var=0.8, fronds=3, frond_amp=0.15,
+        keep=rng.uniform(0.3, 0.8),
+    )
+    shrub_col = _jitter_color(rng, (0.25, 0.36, 0.17), 0.15)
+
+    # open land: soil with slow tone changes and sparse grass specks
+    open_img = soil * (1 + 0.25 * mid[:, :, None] + 0.06 * fine[:, :, None])
+    specks = (fine > rng.uniform(0.2, 0.35))[:, :, None]
+    open_img = np.where(specks, open_img * 0.6 + grass * 0.4, open_img)
+
+    # areca: large star-shaped crowns on a regular grid over a grassy-to-soily understory
+    spacing_a = rng.uniform(8.0, 12.0) * zoom
+    a_cov, a_rho, a_ang = _crowns_in(
+        labels == ARECA, xx, yy, rng, spacing=spacing_a, angle=rng.uniform(0, math.pi / 2), jitter=0.12,
+        radius=rng.uniform(0.3, 0.4) * spacing_a, radius_var=0.25, fronds=int(rng.integers(6, 10)),
+        frond_amp=rng.uniform(0.15, 0.3), keep=rng.uniform(0.85, 1.0),
+    )
+    under = grass * (1 - (mix := rng.uniform(0, 0.7))) + soil * mix
+    areca_ground = under * (1 + 0.2 * mid[:, :, None] + 0.1 * fine[:, :, None])
+    areca_col = _jitter_color(rng, (0.5, 0.62, 0.28), 0.15)
+
+    # snake fruit: dense small spiky clumps over deep shade
+    spacing_s = rng.uniform(3.4, 5.0) * zoom
+    s_cov, s_rho, s_ang = _crowns_in(
+        labels == SNAKE_FRUIT, xx, yy, rng, spacing=spacing_s, angle=rng.uniform(0, math.pi / 2), jitter=0.7,
+        radius=rng.uniform(0.38, 0.55) * spacing_s, radius_var=0.5, fronds=5,
+        frond_amp=rng.uniform(0.2, 0.4), keep=0.93,
+    )
+    snake_col = _jitter_color(rng, (0.3, 0.42, 0.2), 0.18)
+    snake_ground = snake_col * 0.35 * (1 + 0.3 * fine[:, :, None])
+
+    # compose ground by class, then objects with their shadows
+    lab = labels[:, :, None]
+    img = np.where(lab == OPEN_LAND, open_img, img)
+    img = np.where(lab == ARECA, areca_ground, img)
+    img = np.where(lab == SNAKE_FRUIT, snake_ground, img)
+    shadow = np.zeros((s, s), dtype=np.float32)
+    shadow = np.maximum(shadow, _shift(shrub_cov * is_bg, sdy * 0.6, sdx * 0.6))
+    areca_here = a_cov * (labels == ARECA)
+    snake_here = s_cov * (labels == SNAKE_FRUIT)
+    shadow = np.maximum(shadow, _shift(areca_here, sdy * 1.4, sdx * 1.4))
+    shadow = np.maximum(shadow, _shift(snake_here, sdy * 0.5, sdx * 0.5))
+    shadow = np.maximum(shadow, roof_shadow)
+    img *= (1 - 0.55 * shadow)[:, :, None]
+
+    def crown_shade(rho: np.ndarray, ang: np.ndarray, fronds: float) -> np.ndarray:
+        lit = 1.0 - 0.25 * np.cos(ang - sun) * np.clip(rho, 0, 1)  # the side facing the sun is brighter
+        return ((0.7 + 0.45 * (1 - np.clip(rho, 0, 1) ** 2)) * lit * (0.9 + 0.1 * np.cos(fronds * ang)))[:, :, None]
+
+    shrubs = shrub_col * crown_shade(shrub_rho, shrub_ang, 0) * (1 + 0.2 * fine[:, :, None])
+    img = np.where(is_bg[:, :, None], img * (1 - shrub_cov[:, :, None]) + shrubs * shrub_cov[:, :, None], img)
+    crowns_a = areca_col * crown_shade(a_rho, a_ang, 14)
+    img = img * (1 - areca_here[:, :, None]) + crowns_a * areca_here[:, :, None]
+    crowns_s = snake_col * crown_shade(s_rho, s_ang, 10) * (1 + 0.25 * fine[:, :, None])
+    img = img * (1 - snake_here[:, :, None]) + crowns_s * snake_here[:, :, None]
+
+    # roads: the soil's tones (dirt) or grey (paved), smoother than open land, darker verges
+    if np.isfinite(road_dist).any():
+        paved = rng.random() < 0.4
+        road_col = _jitter_color(rng, (0.55, 0.55, 0.53), 0.1) if paved else soil * rng.uniform(0.95, 1.15)
+        road_img = road_col * (1 + 0.05 * fine[:, :, None] + 0.08 * mid[:, :, None])
+        cov = np.clip(0.5 - road_dist, 0, 1) * (~water)
+        verge = np.clip(1.2 - np.abs(road_dist - 0.6), 0, 1) * (~water) * (1 - cov)
+        img = img * (1 - 0.25 * verge[:, :, None])
+        img = img * (1 - cov[:, :, None]) + road_img * cov[:, :, None]
+
+    # water: smooth, dark, tinted per tile; darker in the middle
+    if water.any():
+        tint = _jitter_color(rng, [(0.24, 0.22, 0.15), (0.1, 0.2, 0.16), (0.08, 0.13, 0.22)][rng.integers(0, 3)],
+                             0.15, spread=0.02)
+        depth = _blur3(_blur3(water.astype(np.float32)))  # 0 outside, 1 well inside
+        glint = np.clip(_value_noise(rng, s, 3) - 0.7, 0, 1) * rng.uniform(0, 0.6)
+        water_img = tint * (1.15 - 0.3 * depth[:, :, None]) + glint[:, :, None] * 0.3
+        bank = np.clip(depth * (1 - depth) * 4, 0, 1) * (~water)  # wet, darker ground along the shore
+        img = img * (1 - 0.35 * bank[:, :, None])
+        img = np.where(water[:, :, None], water_img, img)
+
+    if roof.any():
+        roof_img = roof_col * roof_shade[:, :, None] * (1 + 0.03 * fine[:, :, None])
+        img = img * (1 - roof[:, :, None]) + roof_img * roof[:, :, None]
+
+    # ---- acquisition: illumination, colour cast, cloud shadow, haze, blur, noise
+    gain = rng.uniform(0.7, 1.1) if shifted else rng.uniform(0.78, 1.2)
+    warm = rng.uniform(-0.03, 0.08) if shifted else rng.uniform(-0.07, 0.05)
+    img = img * gain * np.array([1 + warm, 1.0, 1 - warm])
+    cloud = 1 - rng.uniform(0, 0.3) * np.clip(_value_noise(rng, s, 2) * 2 - 0.6, 0, 1)
+    img = img * cloud[:, :, None]
+    haze = rng.uniform(0.08, 0.42) if shifted else rng.uniform(0.0, 0.3)
+    haze_map = haze * (0.75 + 0.5 * _value_noise(rng, s, 2))
+    haze_col = _jitter_color(rng, (0.74, 0.77, 0.8), 0.05)
+    img = img * (1 - haze_map[:, :, None]) + haze_col * haze_map[:, :, None]
+    blur = rng.uniform(0.0, 0.7)
+    img = img * (1 - blur) + _blur3(img) * blur
+    sigma = rng.uniform(0.005, 0.035)
+    img = img + sigma * rng.standard_normal((s, s, 1), dtype=np.float32)
+    img = img + (sigma * 0.4) * rng.standard_normal((s, s, 3), dtype=np.float32)
+    image = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    return image, labels
+
+
+def tile_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of one tile: a pure function of (seed, split, index)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_CODES[split], index]))
+
+
+# ---------------------------------------------------------------------- writing
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(path, format="PNG", compress_level=6)
+
+
+def _is_nonempty_dir(p: Path) -> bool:
+    return p.is_dir() and any(p.iterdir())
+
+
+def _tile_paths(spec: DemoSpec) -> list[tuple[str, int, str]]:
+    """(split, index, relative path without folder) of every tile, in generation order."""
+    out = []
+    for split, n in (("train", spec.n_train), ("val", spec.n_val), ("test", spec.n_test)):
+        out += [(split, i, f"{split}_{i:04d}.png") for i in range(n)]
+    out += [
+        ("unlabeled", i, f"part{i // UNLABELED_PER_FOLDER:03d}/u{i:06d}.png") for i in range(spec.n_unlabeled)
+    ]
+    return out
+
+
+def generate_demo(
+    root: Path, spec: DemoSpec = DemoSpec(), *, overwrite: bool = False, progress: bool = False,
+    workers: int | None = 1,
+) -> Path:
+    """Write the demo dataset to ROOT and return ROOT.
+
+    Refuses a non-empty ROOT unless `overwrite`, which first removes only what a demo writes
+    there (classes.csv, train/, val/, test/, unlabeled/). The set is written into a staging
+    folder beside ROOT and moved into place at the end, so an interrupted run never leaves a
+    half-written dataset and concurrent calls cannot mix files.
+
+    `workers` > 1 renders in forked processes (Linux; the files are the same either way);
+    None picks the CPU count when that is safe (a process without other Python threads).
+    """
+    root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataError(f"demo destination {root} exists and is not a folder")
+    if _is_nonempty_dir(root) and not overwrite:
+        raise DataError(f"demo destination {root} is not empty; pass overwrite=True (--overwrite) to replace it")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    stage = root.parent / f".{root.name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
+    stage.mkdir()  # not mkdtemp: that makes the folder private (0700), and it becomes ROOT
+    try:
+        _write_all(stage, spec, progress, _pick_workers(workers))
+        if root.exists():
+            if overwrite:
+                for name in _OWNED:
+                    p = root / name
+                    if p.is_dir():
+                        shutil.rmtree(p)
+                    elif p.exists():
+                        p.unlink()
+            for item in sorted(stage.iterdir(), key=lambda p: p.name == MARKER):  # marker last
+                os.replace(item, root / item.name)
+            stage.rmdir()
+        else:
+            try:
+                os.rename(stage, root)
+            except OSError:
+                if (root / MARKER).is_file():  # another process finished the same job first
+                    shutil.rmtree(stage, ignore_errors=True)
+                    return root
+                raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return root
+
+
+def _pick_workers(workers: int | None) -> int:
+    import multiprocessing
+    import threading
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    if workers is None:  # forking a process with other threads (Ray, gRPC) is not safe
+        return (os.cpu_count() or 1) if threading.active_count() == 1 else 1
+    return max(1, workers)
+
+
+def _render_and_save(job: tuple[Path, int, bool, int, str, int, str]) -> int:
+    stage, seed, masks, size, split, i, rel = job
+    image, mask = render_tile(tile_rng(seed, split, i), size, shifted=split == "unlabeled")
+    if split == "unlabeled":
+        _save_png(image, stage / "unlabeled" / "images" / rel)
+        if masks:
+            _save_png(mask, stage / "unlabeled" / "masks" / rel)
+    else:
+        _save_png(image, stage / split / "images" / rel)
+        _save_png(mask, stage / split / "masks" / rel)
+    return 1
+
+
+def _write_all(stage: Path, spec: DemoSpec, progress: bool, workers: int) -> None:
+    for split in ("train", "val", "test"):
+        if split == "test" and spec.n_test == 0:
+            continue
+        (stage / split / "images").mkdir(parents=True)
+        (stage / split / "masks").mkdir(parents=True)
+    n_parts = -(-spec.n_unlabeled // UNLABELED_PER_FOLDER)
+    (stage / "unlabeled" / "images").mkdir(parents=True)
+    for kind in ("images", "masks") if spec.unlabeled_masks else ("images",):
+        for part in range(n_parts):
+            (stage / "unlabeled" / kind / f"part{part:03d}").mkdir(parents=True, exist_ok=True)
+    lines = ["id,name,r,g,b"] + [
+        f"{i},{n},{r},{g},{b}" for i, (n, (r, g, b)) in enumerate(zip(CLASS_NAMES, CLASS_COLORS, strict=True))
+    ]
+    (stage / "classes.csv").write_text("\n".join(lines) + "\n")
+    jobs = [(stage, spec.seed, spec.unlabeled_masks, spec.size, split, i, rel) for split, i, rel in _tile_paths(spec)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc="demo tiles", unit="tile")
+    try:
+        if workers > 1 and len(jobs) >= 64:
+            import multiprocessing
+
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for n in pool.imap_unordered(_render_and_save, jobs, chunksize=16):
+                    if bar is not None:
+                        bar.update(n)
+        else:
+            for job in jobs:
+                _render_and_save(job)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    meta = {"version": DEMO_VERSION, "spec": dataclasses.asdict(spec)}
+    (stage / MARKER).write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def default_demo_root() -> Path:
+    return Path.home() / ".cache" / "selftune" / "demo"
+
+
+def _marker(root: Path) -> dict | None:
+    try:
+        return json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_demo(root: Path | None = None) -> Path:
+    """The default demo set at ~/.cache/selftune/demo (or ROOT): generated if absent; returns its path.
+
+    The default cache is regenerated when it was made by another generator version or spec.
+    """
+    is_default = root is None
+    root = default_demo_root() if root is None else Path(root).expanduser()
+    meta = _marker(root)
+    wanted = {"version": DEMO_VERSION, "spec": dataclasses.asdict(DemoSpec())}
+    if meta is not None and (meta == wanted or not is_default):
+        return root
+    if meta is None and _is_nonempty_dir(root):
+        raise DataError(f"{root} is not empty and is not a selftune demo dataset (no {MARKER}); remove it or pass --data")
+    return generate_demo(root, DemoSpec(), overwrite=meta is not None, workers=None)
+
+
+__all__ = [
+    "CLASS_COLORS",
+    "CLASS_NAMES",
+    "DEMO_VERSION",
+    "DemoSpec",
+    "default_demo_root",
+    "ensure_demo",
+    "generate_demo",
+    "render_tile",
+    "tile_rng",
+]
