@@ -438,32 +438,32 @@ def generate_demo(
     root = Path(root).expanduser()
     if root.exists() and not root.is_dir():
         raise DataError(f"demo destination {root} exists and is not a folder")
-    if _is_nonempty_dir(root) and not overwrite:
+    replace = _is_nonempty_dir(root)
+    if replace and not overwrite:
         raise DataError(f"demo destination {root} is not empty; pass overwrite=True (--overwrite) to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
     stage = root.parent / f".{root.name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
     stage.mkdir()  # not mkdtemp: that makes the folder private (0700), and it becomes ROOT
     try:
         _write_all(stage, spec, progress, _pick_workers(workers))
-        if root.exists():
-            if overwrite:
-                for name in _OWNED:
-                    p = root / name
-                    if p.is_dir():
-                        shutil.rmtree(p)
-                    elif p.exists():
-                        p.unlink()
+        if replace:
+            for name in _OWNED:
+                p = root / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
             for item in sorted(stage.iterdir(), key=lambda p: p.name == MARKER):  # marker last
                 os.replace(item, root / item.name)
             stage.rmdir()
         else:
             try:
-                os.rename(stage, root)
+                os.rename(stage, root)  # atomic; also onto an empty folder
             except OSError:
-                if (root / MARKER).is_file():  # another process finished the same job first
+                if (root / MARKER).is_file():  # another process generated it meanwhile
                     shutil.rmtree(stage, ignore_errors=True)
                     return root
-                raise
+                raise DataError(f"demo destination {root} was filled by something else while generating") from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
