@@ -46,7 +46,7 @@ class Method:
     def __init__(self, cfg: TrainConfig, num_classes: int):
         self.cfg = cfg
         self.num_classes = num_classes
-        self._thr_cache: tuple[tuple[float, ...], torch.Tensor] | None = None
+        self._thr_cache: tuple[tuple[tuple[float, ...], str], torch.Tensor] | None = None
 
     def uses_unlabeled(self, it: int) -> bool:
         return self.needs_unlabeled and it >= self.cfg.st_start_iter
@@ -61,9 +61,9 @@ class Method:
 
     def thresholds_tensor(self, it: int, device: torch.device) -> torch.Tensor:
         """`thresholds_at(it)` as a tensor on `device`, rebuilt only when the values change."""
-        values = tuple(self.thresholds_at(it))
-        if self._thr_cache is None or self._thr_cache[0] != values or self._thr_cache[1].device != device:
-            self._thr_cache = (values, torch.tensor(values, dtype=torch.float32, device=device))
+        key = (tuple(self.thresholds_at(it)), str(device))
+        if self._thr_cache is None or self._thr_cache[0] != key:
+            self._thr_cache = (key, torch.tensor(key[0], dtype=torch.float32, device=device))
         return self._thr_cache[1]
 
     def st_weight(self, it: int) -> float:

@@ -1,0 +1,157 @@
+"""Files of a training run: atomic writes, the resumable state, the best EMA model.
+
+Every file is written to a temporary name in its folder and moved into place with `os.replace`,
+so a crash leaves either the old file or the new one, never half of one. Everything is read back
+with `torch.load(..., weights_only=True)`: the files hold only tensors and plain Python data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selftune.errors import ConfigError, DataError
+from selftune.trainable.config import TrainConfig
+
+STATE_VERSION = 1
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.pt"
+BEST_FILE = "best_model_ema.pt"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+# Keys that may change when a run is resumed: a longer run, a different patience.
+RESUMABLE_CHANGES = ("max_iters", "patience")
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    # open(..., "xb") rather than mkstemp: the file gets the usual permissions (umask), not 0600
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """`torch.save` to `path` atomically."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def load(path: Path) -> dict[str, Any]:
+    """`torch.load(path, weights_only=True)` onto the CPU; DataError naming the file if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise DataError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} is not a selftune checkpoint (got {type(obj).__name__})")
+    return obj
+
+
+def state_path(resume_from: Path) -> Path:
+    """`resume_from` is a checkpoint folder (holding state.pt), a run folder, or state.pt itself."""
+    p = Path(resume_from)
+    for candidate in (p, p / STATE_FILE, p / CHECKPOINT_DIR / STATE_FILE):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"no checkpoint to resume from at {p} (expected {p / STATE_FILE})")
+
+
+def load_state(resume_from: Path) -> dict[str, Any]:
+    path = state_path(resume_from)
+    state = load(path)
+    missing = [k for k in ("config", "iteration", "model", "ema", "optimizer") if k not in state]
+    if missing:
+        raise DataError(f"{path} is not a selftune training state (missing {', '.join(missing)})")
+    return state
+
+
+def check_resume_config(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
+    """A run resumes only with the config it was started with (save max_iters and patience)."""
+    now = cfg.to_dict()
+    try:
+        before = TrainConfig.from_dict(saved).to_dict()
+    except ConfigError as exc:
+        raise ConfigError(f"the config saved in {where} is not valid any more: {exc}") from None
+    differ = [k for k in now if now[k] != before[k] and k not in RESUMABLE_CHANGES]
+    if differ:
+        details = ", ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in differ)
+        raise ConfigError(
+            f"cannot resume from {where}: the config differs in {', '.join(differ)} ({details}); "
+            f"only {' and '.join(RESUMABLE_CHANGES)} may change on resume"
+        )
+
+
+def load_model_file(path: Path) -> tuple[TrainConfig, tuple[str, ...] | None, dict[str, torch.Tensor], dict[str, Any]]:
+    """(config, class names, EMA weights, info) from best_model_ema.pt, a state.pt or their folders."""
+    p = Path(path)
+    if p.is_dir():
+        for candidate in (p / BEST_FILE, p / STATE_FILE, p / CHECKPOINT_DIR / STATE_FILE):
+            if candidate.is_file():
+                p = candidate
+                break
+        else:
+            raise DataError(f"no {BEST_FILE} or {STATE_FILE} in {path}")
+    obj = load(p)
+    weights = obj.get("model") if "ema" not in obj else obj["ema"]
+    if not isinstance(weights, dict) or "config" not in obj:
+        raise DataError(f"{p} is not a selftune model file (expected {BEST_FILE} or {STATE_FILE})")
+    names = obj.get("class_names")
+    info = {"file": str(p), "iteration": obj.get("iteration"), "val_miou": obj.get("val_miou")}
+    return TrainConfig.from_dict(obj["config"]), tuple(names) if names else None, weights, info
+
+
+def truncate_metrics(path: Path, last_iteration: int) -> None:
+    """Drop metrics.jsonl lines past `last_iteration` (written after the checkpoint being resumed)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            it = json.loads(line).get("iteration", 0)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+        if it <= last_iteration:
+            kept.append(line + "\n")
+    write_atomic(path, "".join(kept))
+
+
+__all__ = [
+    "BEST_FILE",
+    "CHECKPOINT_DIR",
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "STATE_FILE",
+    "check_resume_config",
+    "load",
+    "load_model_file",
+    "load_state",
+    "save_atomic",
+    "state_path",
+    "truncate_metrics",
+    "write_atomic",
+]

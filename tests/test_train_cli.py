@@ -1,0 +1,65 @@
+"""`selftune train` and `selftune evaluate` through the real command line entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from selftune.cli import main
+
+TINY_SETS = [
+    "encoder=tu-mobilenetv3_small_050", "arch=Unet", "crop_size=32", "batch_size=4", "unlabeled_batch_size=4",
+    "train_eval_size=4", "warmup_iters=2", "st_start_iter=2", "st_rampup_iters=2", "eval_every=3",
+    "thresholds=[0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]", "log_images=false",
+]
+
+
+def sets(*extra: str) -> list[str]:
+    out: list[str] = []
+    for item in (*TINY_SETS, *extra):
+        out += ["--set", item]
+    return out
+
+
+def test_train_then_resume_then_evaluate(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    rc = main(["train", "--data", str(tiny_data), "--out", str(run), "--no-progress", *sets("max_iters=3")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "status: completed" in out and "best val mIoU:" in out
+    assert str(run / "best_model_ema.pt") in out
+    assert (run / "config.yaml").is_file() and (run / "checkpoint" / "state.pt").is_file()
+
+    rc = main(["train", "--data", str(tiny_data), "--out", str(run), "--resume", "--no-progress",
+               *sets("max_iters=6")])
+    assert rc == 0
+    assert [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [3, 6]
+    capsys.readouterr()
+
+    png = tmp_path / "plots" / "confusion.png"
+    rc = main(["evaluate", "--checkpoint", str(run / "best_model_ema.pt"), "--data", str(tiny_data),
+               "--confusion", str(png)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for name in ("background", "water body", "snake fruit", "open land", "mIoU"):
+        assert name in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    rc = main(["evaluate", "--checkpoint", str(run / "checkpoint"), "--data", str(tiny_data), "--split", "val"])
+    assert rc == 0
+    assert "split 'val'" in capsys.readouterr().out
+
+
+def test_train_exit_codes(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "d"), "--no-progress",
+               *sets("max_iters=6", "lr=1e30", "grad_clip=0")])
+    assert rc == 3
+    assert "status: diverged" in capsys.readouterr().out
+    rc = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "x"), *sets("learning_rate=0.1")])
+    assert rc == 2
+    assert "unknown config key 'learning_rate'" in capsys.readouterr().err
+    rc = main(["train", "--data", str(tiny_data), "--resume", *sets()])
+    assert rc == 2
+    assert "--resume needs --out" in capsys.readouterr().err
