@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,14 +17,14 @@ import pyarrow.fs as pafs
 import yaml
 
 from selftune.errors import SelftuneError
-from selftune.search.outcome import trial_outcome
 
 SWEEP_FILE = "selftune_sweep.yaml"
+ERROR_FILES = ("error.txt", "error.pkl")
 
 
 @dataclass
 class TrialRecord:
-    """One trial as found on disk."""
+    """One trial as found on disk (or, for a trial Ray has created but not started, in its state file)."""
 
     trial_id: str
     path: str  # the trial folder (a URI for remote storage)
@@ -32,6 +33,8 @@ class TrialRecord:
     ray_status: str = "UNKNOWN"  # TERMINATED | ERROR | RUNNING | PENDING | PAUSED | UNKNOWN
     errored: bool = False
     checkpoints: list[str] = field(default_factory=list)
+    number: int | None = None  # Ray's creation index (the `_<n>_` in the folder name), 1-based
+    error_file: str | None = None  # error.txt of the last failure, if any
 
     @property
     def finished(self) -> bool:
@@ -39,78 +42,156 @@ class TrialRecord:
 
     @property
     def outcome(self) -> str:
+        # imported here: selftune.search imports this module (export), so a top-level import is circular
+        from selftune.search.outcome import trial_outcome
+
         last = self.results[-1] if self.results else None
         return trial_outcome(last, errored=self.errored, finished=self.finished)
 
 
-def _fs(path: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path or a URI (s3://, gs://, file://, ...)."""
     if "://" in path:
-        return pafs.FileSystem.from_uri(path)
+        try:
+            return pafs.FileSystem.from_uri(path)
+        except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise SelftuneError(f"cannot open {path}: {exc}") from None
     return pafs.LocalFileSystem(), path
 
 
-def _read_text(fs: pafs.FileSystem, path: str) -> str:
+_fs = filesystem  # the old private name
+
+
+def read_text(fs: pafs.FileSystem, path: str) -> str:
     with fs.open_input_stream(path) as f:
         return f.read().decode()
+
+
+def as_uri(original: str, fs_path: str) -> str:
+    """A path pyarrow returned, as the user can use it again: with the scheme of the path they gave."""
+    if "://" not in original:
+        return fs_path
+    return f"{original.split('://', 1)[0]}://{fs_path}"
 
 
 def _join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts)
 
 
+def _is_file(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
 def read_sweep_meta(path: str) -> dict[str, Any]:
     """The driver's record of the sweep (resolved sweep file, data root, fingerprint, max_t)."""
-    fs, root = _fs(str(path))
-    info = fs.get_file_info(_join(root, SWEEP_FILE))
-    if info.type != pafs.FileType.File:
-        raise SelftuneError(f"{path} is not a selftune sweep folder (no {SWEEP_FILE} in it)")
-    return yaml.safe_load(_read_text(fs, _join(root, SWEEP_FILE))) or {}
+    fs, root = filesystem(str(path))
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise SelftuneError(f"{path} does not exist")
+    if info.type != pafs.FileType.Directory:
+        raise SelftuneError(f"{path} is not a selftune sweep folder (it is not a folder)")
+    if not _is_file(fs, _join(root, SWEEP_FILE)):
+        hint = ""
+        subs = [i for i in fs.get_file_info(pafs.FileSelector(root)) if i.type == pafs.FileType.Directory]
+        found = [posixpath.basename(i.path) for i in subs if _is_file(fs, _join(i.path, SWEEP_FILE))]
+        if found:
+            hint = f"; sweeps inside it: {', '.join(sorted(found)[:10])}"
+        raise SelftuneError(f"{path} is not a selftune sweep folder (no {SWEEP_FILE} in it){hint}")
+    meta = yaml.safe_load(read_text(fs, _join(root, SWEEP_FILE))) or {}
+    if not isinstance(meta, dict):
+        raise SelftuneError(f"{_join(str(path), SWEEP_FILE)} is not a sweep record (expected a mapping)")
+    return meta
 
 
-def read_trials(path: str) -> list[TrialRecord]:
-    """Every trial of a sweep folder, finished or not, in trial-id order."""
-    path = str(path)
-    read_sweep_meta(path)
-    fs, root = _fs(path)
-    statuses: dict[str, str] = {}
+def _read_state(fs: pafs.FileSystem, root: str) -> dict[str, dict[str, Any]]:
+    """Ray's latest experiment state: trial id -> {status, dir, params, number}."""
     states = [
         i for i in fs.get_file_info(pafs.FileSelector(root))
         if posixpath.basename(i.path).startswith("experiment_state") and i.path.endswith(".json")
     ]
-    for info in sorted(states, key=lambda i: i.mtime_ns or 0)[-1:]:
+    out: dict[str, dict[str, Any]] = {}
+    # the file name holds the session's start time; a resumed sweep writes a newer one with every trial
+    for info in sorted(states, key=lambda i: (posixpath.basename(i.path), i.mtime_ns or 0))[-1:]:
         try:
-            state = json.loads(_read_text(fs, info.path))
+            state = json.loads(read_text(fs, info.path))
             for trial_json, _meta in state.get("trial_data", []):
                 t = json.loads(trial_json)
-                statuses[t["trial_id"]] = t.get("status", "UNKNOWN")
-        except (ValueError, KeyError):
+                tag = str(t.get("experiment_tag") or "")
+                number = int(tag.split("_", 1)[0]) if tag.split("_", 1)[0].isdigit() else None
+                params = t.get("evaluated_params") or t.get("config") or {}
+                out[t["trial_id"]] = {
+                    "status": t.get("status", "UNKNOWN"), "dir": t.get("relative_logdir"),
+                    "params": params if isinstance(params, dict) else {}, "number": number,
+                }
+        except (ValueError, KeyError, TypeError):
             pass  # a state file caught mid-write: statuses stay unknown
+    return out
+
+
+def _read_results(fs: pafs.FileSystem, path: str) -> list[dict[str, Any]]:
+    """Every complete line of result.json; a line cut by a killed driver (always the last) is dropped."""
+    if not _is_file(fs, path):
+        return []
+    results = []
+    for line in read_text(fs, path).splitlines():
+        line = line.strip()
+        if line:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                break
+            if isinstance(row, dict):
+                results.append(row)
+    return results
+
+
+def read_trials(path: str) -> list[TrialRecord]:
+    """Every trial of a sweep folder, finished or not (pending ones included), in trial-id order."""
+    path = str(path)
+    read_sweep_meta(path)
+    fs, root = filesystem(path)
+    state = _read_state(fs, root)
+    by_dir = {s["dir"]: tid for tid, s in state.items() if s["dir"]}
     records = []
+    seen = set()
     for info in fs.get_file_info(pafs.FileSelector(root)):
         if info.type != pafs.FileType.Directory:
             continue
         tdir = info.path
-        if fs.get_file_info(_join(tdir, "params.json")).type != pafs.FileType.File:
+        if not _is_file(fs, _join(tdir, "params.json")):
             continue
-        params = json.loads(_read_text(fs, _join(tdir, "params.json")) or "{}")
-        results = []
-        if fs.get_file_info(_join(tdir, "result.json")).type == pafs.FileType.File:
-            for line in _read_text(fs, _join(tdir, "result.json")).splitlines():
-                line = line.strip()
-                if line:
-                    try:
-                        results.append(json.loads(line))
-                    except ValueError:
-                        break  # a line cut by a killed driver
+        params = json.loads(read_text(fs, _join(tdir, "params.json")) or "{}")
+        results = _read_results(fs, _join(tdir, "result.json"))
         children = fs.get_file_info(pafs.FileSelector(tdir))
         checkpoints = sorted(c.path for c in children if posixpath.basename(c.path).startswith("checkpoint_"))
-        errored = any(posixpath.basename(c.path) in ("error.txt", "error.pkl") for c in children)
+        error_file = next((c.path for c in children if posixpath.basename(c.path) == ERROR_FILES[0]), None)
+        has_error = any(posixpath.basename(c.path) in ERROR_FILES for c in children)
         name = posixpath.basename(tdir)
-        trial_id = results[0]["trial_id"] if results else next((t for t in statuses if t in name), name)
-        status = statuses.get(trial_id, "UNKNOWN")
-        if status == "ERROR":
-            errored = True
-        records.append(
-            TrialRecord(trial_id, tdir, params, results, status, errored, checkpoints)
-        )
+        trial_id = by_dir.get(name) or (results[0].get("trial_id") if results else None)
+        if not trial_id:
+            trial_id = next((t for t in state if t in name), name)
+        trial_state = state.get(trial_id, {})
+        status = trial_state.get("status", "UNKNOWN")
+        # Ray's status is the truth when we have it: a trial that failed once and then succeeded on a
+        # retry keeps its error.txt but is TERMINATED. Without a state file, an error file and no final
+        # status in the last report mean it failed.
+        last_status = results[-1].get("status") if results else None
+        if status == "UNKNOWN":
+            errored = has_error and last_status not in ("completed", "early_stopped", "diverged")
+        else:
+            errored = status == "ERROR"
+        number = trial_state.get("number")
+        if number is None:
+            m = re.search(re.escape(trial_id) + r"_(\d+)_", name)
+            number = int(m.group(1)) if m else None
+        records.append(TrialRecord(
+            trial_id, as_uri(path, tdir), params, results, status, errored, [as_uri(path, c) for c in checkpoints],
+            number, as_uri(path, error_file) if error_file else None,
+        ))
+        seen.add(trial_id)
+    for trial_id, s in state.items():  # created by Ray but not started yet: no folder
+        if trial_id not in seen:
+            tdir = _join(root, s["dir"]) if s["dir"] else _join(root, trial_id)
+            records.append(TrialRecord(trial_id, as_uri(path, tdir), dict(s["params"]), [], s["status"], s["status"] == "ERROR",
+                                       [], s["number"], None))
     return sorted(records, key=lambda r: r.trial_id)
