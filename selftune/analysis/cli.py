@@ -1,9 +1,34 @@
-"""`selftune analyze` (registered here; built out in the analysis module)."""
+"""`selftune analyze PATH`: trial tables, figures and an HTML report of a sweep, plus a terminal summary."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 
-def register(sub: Any) -> None:  # filled in by the analysis work
-    return None
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "analyze", help="trial tables, figures and an HTML report of a sweep",
+        description="Analyse a sweep folder offline (local, NFS, or s3:// / gs://; no Ray cluster needed): "
+        "write trials.parquet/.csv, history.parquet, figures (PNG and interactive HTML) and report.html, "
+        "and print the top trials, the status counts and what to run next. See docs/analysis.md.",
+    )
+    p.add_argument("path", help="the sweep folder (storage/name)")
+    p.add_argument("--out", help="output folder (default: PATH/analysis); only files of this command are written there")
+    p.add_argument("--metric", default="val_miou",
+                   help="the metric to rank, plot and compute importance for (default: val_miou)")
+    p.add_argument("--mode", choices=["max", "min"],
+                   help="whether higher or lower --metric is better (default: min for losses and gaps, else max)")
+    p.add_argument("--color-by", metavar="PARAM",
+                   help="hyperparameter that colours the learning curves (default: the most important one)")
+    p.add_argument("--top-k", type=int, default=5, help="trials in the summary table and the per-class IoU plot (default 5)")
+    p.set_defaults(func=analyze_cmd)
+
+
+def analyze_cmd(args: argparse.Namespace) -> int:
+    from selftune.analysis.report import analyze, print_summary
+
+    result = analyze(args.path, args.out, metric=args.metric, mode=args.mode, color_by=args.color_by,
+                     top_k=args.top_k)
+    print_summary(result, args.top_k)
+    return 0

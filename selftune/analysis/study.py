@@ -1,0 +1,239 @@
+"""The sweep's Optuna study, read offline, and hyperparameter importance from it.
+
+`load_study(path)` finds the persisted study (the `optuna_journal.log` in the sweep folder, or the
+`optuna_storage` the sweep recorded) and returns an in-memory copy, so the live journal is never
+locked or written and remote sweep folders work too.
+
+`param_importances(...)` runs `optuna.importance.get_param_importances` (PED-ANOVA, Optuna's
+default; fANOVA needs scikit-learn) on an *analysis study*: one COMPLETE trial per completed,
+early-stopped or ASHA-stopped trial, with the parameter distributions of the persisted study.
+Its value is the trial's best `metric` for a trial that finished, and its last reported value (the
+last intermediate value Optuna was told) for a trial ASHA (or the time budget) stopped, so pruned trials count with what
+they had shown when they were cut. Diverged, errored and running trials are left out. Values come
+from the trials' result.json, so any reported metric works, not only the study's objective.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from selftune.analysis.tables import Sweep
+from selftune.analysis.trials import as_uri, filesystem
+from selftune.errors import SelftuneError
+
+JOURNAL_FILE = "optuna_journal.log"
+MIN_TRIALS_FOR_IMPORTANCE = 4  # scored trials; PED-ANOVA compares the top ones against all
+SCORED = ("completed", "early_stopped", "stopped_by_asha", "stopped_by_budget")
+CUT = ("stopped_by_asha", "stopped_by_budget")  # judged by their last value, as Optuna saw them (PRUNED)
+
+
+def _study_from_storage(storage: Any, name: str) -> Any:
+    import optuna
+
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        if len(names) != 1:
+            raise SelftuneError(f"no Optuna study named {name!r} in the storage (it holds: {', '.join(names) or 'none'})")
+        name = names[0]
+    memory = optuna.storages.InMemoryStorage()
+    optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=memory)
+    return optuna.load_study(study_name=name, storage=memory)
+
+
+def _journal_study(fs: Any, journal: str, name: str) -> Any:
+    """Copy the journal to a temporary file first: it may be remote, read-only, or still being written."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    with tempfile.TemporaryDirectory(prefix="selftune-journal-") as tmp:
+        local = os.path.join(tmp, JOURNAL_FILE)
+        with fs.open_input_stream(journal) as src, open(local, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # JournalStorage is "experimental" in some versions
+            return _study_from_storage(optuna.storages.JournalStorage(JournalFileBackend(local)), name)
+
+
+def load_study(path: str, meta: dict[str, Any] | None = None) -> Any:
+    """The sweep's Optuna study (an in-memory copy). Raises SelftuneError naming where it looked."""
+    import optuna
+
+    from selftune.analysis.trials import read_sweep_meta
+
+    path = str(path)
+    meta = meta if meta is not None else read_sweep_meta(path)
+    name = str(meta.get("sweep", {}).get("name") or path.rstrip("/").rsplit("/", 1)[-1])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    fs, root = filesystem(path)
+    journal = root.rstrip("/") + "/" + JOURNAL_FILE
+    looked = [as_uri(path, journal)]
+    from pyarrow.fs import FileType
+
+    if fs.get_file_info(journal).type == FileType.File:
+        return _journal_study(fs, journal, name)
+    recorded = str(meta.get("optuna_storage") or "")
+    if recorded.startswith("journal:"):
+        local = recorded.removeprefix("journal:")
+        looked.append(local)
+        if os.path.isfile(local):
+            from pyarrow.fs import LocalFileSystem
+
+            return _journal_study(LocalFileSystem(), local, name)
+    elif recorded:
+        looked.append(recorded)
+        try:
+            return _study_from_storage(optuna.storages.RDBStorage(recorded, skip_compatibility_check=True), name)
+        except SelftuneError:
+            raise
+        except Exception as exc:  # no driver, no network, no database: say so
+            raise SelftuneError(f"cannot open the sweep's Optuna storage {recorded}: {exc}") from None
+    raise SelftuneError(f"no Optuna study found for {path} (looked at: {', '.join(looked)})")
+
+
+# ---------------------------------------------------------------------- the analysis study
+
+
+@dataclass
+class Importance:
+    """Parameter importances (sum 1), or why there are none."""
+
+    values: dict[str, float] = field(default_factory=dict)  # param name -> importance, largest first
+    n_trials: int = 0
+    evaluator: str = ""
+    note: str = ""  # why importances are missing or rough
+    quantile: float = 0.1  # PED-ANOVA's target quantile used
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.values)
+
+    def ranked(self) -> list[str]:
+        return list(self.values)
+
+
+def param_distributions(study: Any | None, trials: pd.DataFrame) -> dict[str, Any]:
+    """Each parameter's Optuna distribution: from the persisted study, else inferred from the values seen."""
+    import optuna.distributions as od
+
+    dists: dict[str, Any] = {}
+    if study is not None:
+        for t in study.get_trials(deepcopy=False):
+            for k, d in t.distributions.items():
+                dists.setdefault(k, d)
+    for col in [c for c in trials.columns if c.startswith("param.")]:
+        name = col.removeprefix("param.")
+        if name in dists:
+            continue
+        values = [v for v in trials[col].tolist() if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if not values:
+            continue
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            lo, hi = float(min(values)), float(max(values))
+            if all(float(v).is_integer() for v in values) and len(set(values)) > 2:
+                dists[name] = od.IntDistribution(int(lo), int(hi))
+            elif len(set(values)) <= 3:
+                dists[name] = od.CategoricalDistribution(sorted(set(values)))
+            else:
+                dists[name] = od.FloatDistribution(lo, hi, log=lo > 0 and hi / lo >= 100)
+        else:
+            dists[name] = od.CategoricalDistribution(sorted({json.dumps(v) if not isinstance(v, str) else v for v in values}))
+    return dists
+
+
+def trial_values(sweep: Sweep) -> pd.Series:
+    """The value each scored trial is judged by: best `metric` if it finished, last one if ASHA cut it."""
+    t = sweep.trials
+    key_best, key_final = f"best.{sweep.metric}", f"final.{sweep.metric}"
+    final = t[key_final] if key_final in t else pd.Series(float("nan"), index=t.index)
+    values = t[key_best].where(~t["status"].isin(CUT), final)
+    return values.where(t["status"].isin(SCORED))
+
+
+def analysis_study(sweep: Sweep, study: Any | None) -> Any | None:
+    """An in-memory study of COMPLETE trials (see the module doc), or None without a scored trial."""
+    import optuna
+
+    dists = param_distributions(study, sweep.trials)
+    values = trial_values(sweep)
+    direction = "maximize" if sweep.mode == "max" else "minimize"
+    out = optuna.create_study(direction=direction, study_name=f"{sweep.name}:{sweep.metric}")
+    frozen = []
+    for i, row in sweep.trials.iterrows():
+        value = values.loc[i]
+        if pd.isna(value) or not math.isfinite(float(value)):
+            continue
+        params, pdists = {}, {}
+        for name, dist in dists.items():
+            v = row.get(f"param.{name}")
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            if isinstance(dist, optuna.distributions.CategoricalDistribution) and v not in dist.choices:
+                continue
+            if isinstance(dist, optuna.distributions.IntDistribution):
+                v = int(v)
+            if not dist._contains(dist.to_internal_repr(v)):
+                continue  # outside the persisted range (a space edited between runs): leave it out
+            params[name], pdists[name] = v, dist
+        frozen.append(optuna.trial.create_trial(
+            params=params, distributions=pdists, value=float(value),
+            user_attrs={"trial_id": row["trial_id"], "status": row["status"]},
+        ))
+    if not frozen:
+        return None
+    out.add_trials(frozen)
+    return out
+
+
+def param_importances(sweep: Sweep, study: Any | None) -> tuple[Importance, Any | None]:
+    """PED-ANOVA importances over the analysis study (returned too, for the plots)."""
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    astudy = analysis_study(sweep, study)
+    n = len(astudy.trials) if astudy is not None else 0
+    if n < MIN_TRIALS_FOR_IMPORTANCE:
+        return Importance(n_trials=n, note=(
+            f"importance needs at least {MIN_TRIALS_FOR_IMPORTANCE} completed or ASHA-stopped trials with a "
+            f"{sweep.metric} value; this sweep has {n}"
+        )), astudy
+    varied = [k for k, d in astudy.trials[0].distributions.items() if not d.single()]
+    if not varied:
+        return Importance(n_trials=n, note="no parameter was searched (every distribution is a single value)"), astudy
+    # PED-ANOVA compares the top `target_quantile` of trials with all of them; Optuna advises at least
+    # 5 trials in the top group, so small sweeps use a larger quantile (at most the top half).
+    quantile = min(0.5, max(0.1, 5 / n))
+    evaluator = PedAnovaImportanceEvaluator(target_quantile=quantile)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            values = optuna.importance.get_param_importances(astudy, evaluator=evaluator)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            return Importance(n_trials=n, note=f"Optuna could not compute importances: {exc}"), astudy
+    if not values or not any(v > 0 for v in values.values()):
+        return Importance(n_trials=n, note=(
+            f"PED-ANOVA found no parameter that separates the top {quantile:.0%} of the {n} trials from the rest"
+        )), astudy
+    note = f"rough: only {n} trials" if n < 20 else ""
+    return Importance({k: float(v) for k, v in values.items()}, n, f"PED-ANOVA (top {quantile:.0%} of {n} trials)",
+                      note, quantile), astudy
+
+
+def optuna_states(sweep: Sweep, study: Any | None) -> pd.Series:
+    """The state the persisted study holds for each trial (matched by params), for a cross-check column."""
+    out: list[str | None] = []
+    ot_trials = study.get_trials(deepcopy=False) if study is not None else []
+    params_of = {r.trial_id: r.params for r in sweep.records}
+    for tid in sweep.trials["trial_id"]:
+        params = params_of.get(tid, {})
+        match = next((ot for ot in ot_trials if ot.params and all(params.get(k) == v for k, v in ot.params.items())), None)
+        out.append(match.state.name if match is not None else None)
+    return pd.Series(out, index=sweep.trials.index, dtype=object)
