@@ -32,7 +32,7 @@ TIME_ATTR = "iteration"  # optimizer steps, not report calls
 # ---------------------------------------------------------------------- the trial
 
 
-def trial_function(params: dict[str, Any], *, base: dict[str, Any], data_root: str, cpus: float, gpus: float) -> None:
+def selftune_trial(params: dict[str, Any], *, base: dict[str, Any], data_root: str, cpus: float, gpus: float) -> None:
     """One trial: apply the sampled params to the base config and run the plain loop."""
     import torch
 
@@ -89,6 +89,8 @@ class HonestOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        if result:  # Ray passes the last report here, not to on_trial_result
+            self.on_trial_result(trial_id, result)
         ot_trial = self._ot_trials[trial_id]
         state = getattr(optuna.trial.TrialState, optuna_state(trial_outcome(result, errored=error)))
         value = None
@@ -169,7 +171,7 @@ class TunerSpec:
 
 def _trainable(spec: TunerSpec) -> Any:
     fn = tune.with_parameters(
-        trial_function, base=spec.base, data_root=spec.data_root, cpus=spec.cpus_per_trial, gpus=spec.gpus_per_trial
+        selftune_trial, base=spec.base, data_root=spec.data_root, cpus=spec.cpus_per_trial, gpus=spec.gpus_per_trial
     )
     return tune.with_resources(fn, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
 
