@@ -133,7 +133,7 @@ def test_focal_and_dice_terms_match_hand_computation():
             terms.append(-((1 - pt) ** gamma) * torch.log(pt))
         per_class.append(sum(terms) / len(terms))
     focal_ref = sum(per_class) / 3
-    focal = fx.SegmentationLoss(3, ce_weight=0, focal_weight=1, focal_gamma=gamma, ignore_index=IGN)(logits, target)
+    focal = fx.SegmentationLoss(3, ce_weight=0, focal_weight=1, focal_gamma=gamma, ignore_index=IGN)(logits.detach(), target)
     assert float(focal) == pytest.approx(float(focal_ref), rel=1e-5)
     # smp's soft Dice over valid pixels, 1 - 2|P∩Y| / (|P| + |Y|) per class, averaged over present classes
     prob = x.softmax(0)
@@ -143,10 +143,10 @@ def test_focal_and_dice_terms_match_hand_computation():
         card = sum(prob[c, i, j] + (labels[(i, j)] == c) for i, j in valid)
         dice_terms.append(1 - 2 * inter / card)
     dice_ref = sum(dice_terms) / 3  # every class is present once here
-    dice = fx.SegmentationLoss(3, ce_weight=0, dice_weight=1, ignore_index=IGN)(logits, target)
+    dice = fx.SegmentationLoss(3, ce_weight=0, dice_weight=1, ignore_index=IGN)(logits.detach(), target)
     assert float(dice) == pytest.approx(float(dice_ref), rel=1e-5)
-    ce = fx.SegmentationLoss(3, ignore_index=IGN)(logits, target)
-    total = fx.SegmentationLoss(3, ce_weight=0.5, focal_weight=2.0, dice_weight=3.0, ignore_index=IGN)(logits, target)
+    ce = fx.SegmentationLoss(3, ignore_index=IGN)(logits.detach(), target)
+    total = fx.SegmentationLoss(3, ce_weight=0.5, focal_weight=2.0, dice_weight=3.0, ignore_index=IGN)(logits.detach(), target)
     assert float(total) == pytest.approx(float(0.5 * ce + 2.0 * focal + 3.0 * dice), rel=1e-6)
 
 
@@ -167,7 +167,7 @@ def test_loss_without_valid_pixels_is_zero_with_zero_gradient():
                                   ignore_index=IGN)
     loss = loss_fn(logits, target)
     loss.backward()
-    assert float(loss) == 0.0
+    assert loss.item() == 0.0
     assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 

@@ -7,6 +7,17 @@ write metrics, checkpoint, report. The helpers it uses follow it in the order it
 Step numbering: `it` is the 0-based index of the optimizer step being taken; `iteration` (in
 metrics, checkpoints and reports) is the number of steps completed, so the evaluation after step
 `it` is at iteration `it + 1` and a run resumed from a checkpoint at iteration n starts at `it = n`.
+
+Metrics (one dict per evaluation, the same in reports, metrics.jsonl and TensorBoard):
+iteration; val_miou (EMA model, the sweep's objective), val_miou_raw (the trained weights),
+val_loss (EMA, supervised loss per val image), train_miou (EMA, first train_eval_size train images
+centre-cropped), train_val_gap = train_miou - val_miou, best_val_miou, best_iteration; since the
+last evaluation: loss_sup (mean per step), loss_st (mean per self-training step), st_count
+(accepted pseudo-label pixels), st_ratio (accepted / unlabelled pixels); at the last step: lr,
+st_weight; per class (names lower-cased to [a-z0-9_]): val_iou/, val_iou_raw/, st_count/,
+st_ratio/ (accepted / pixels the teacher gave that class; 0 when none), threshold/; status
+(running | completed | early_stopped | diverged; a diverged report also has `message`).
+A class absent from both the truth and the prediction has IoU NaN and is left out of the mean.
 """
 
 from __future__ import annotations
@@ -81,6 +92,7 @@ class Window:
     loss_sup: float = 0.0
     loss_st: float = 0.0
     steps: int = 0
+    st_steps: int = 0  # steps that used unlabelled data
 
     @classmethod
     def empty(cls, num_classes: int, device: torch.device) -> Window:
@@ -89,12 +101,12 @@ class Window:
 
     def state_dict(self) -> dict[str, Any]:
         return {"accepted": self.accepted.cpu(), "predicted": self.predicted.cpu(), "loss_sup": self.loss_sup,
-                "loss_st": self.loss_st, "steps": self.steps}
+                "loss_st": self.loss_st, "steps": self.steps, "st_steps": self.st_steps}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> Window:
         return cls(state["accepted"].to(device), state["predicted"].to(device), float(state["loss_sup"]),
-                   float(state["loss_st"]), int(state["steps"]))
+                   float(state["loss_st"]), int(state["steps"]), int(state["st_steps"]))
 
 
 def train(
@@ -204,8 +216,9 @@ def train(
         for it in range(start, cfg.max_iters):
             images, masks = to_device.labeled(next(labeled))
             st_weight = method.st_weight(it)
+            self_training = method.uses_unlabeled(it)
             with autocast():
-                if method.uses_unlabeled(it):
+                if self_training:
                     if unlabeled is None:
                         pool = UnlabeledDataset(data_root, unlabeled_index(data_root))
                         unlabeled = make_batches(pool, batch_size=cfg.unlabeled_batch_size, seed=cfg.seed,
@@ -223,8 +236,6 @@ def train(
                     loss_sup = loss_fn(model(images), masks)
                     loss_st = accepted_now = torch.zeros((), device=device)
                 loss = loss_sup + st_weight * loss_st
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
             # One host sync per step: the divergence guard and the progress bar need these numbers.
             v_sup, v_st, v_loss, v_cnt = torch.stack(
                 [loss_sup.detach(), loss_st.detach(), loss.detach(), accepted_now.float()]
@@ -235,6 +246,8 @@ def train(
                 message = (f"diverged: the loss is {v_loss} at step {it + 1} (supervised {v_sup}, self-training "
                            f"{v_st}, lr {lr_used:.3g}); the run stopped and kept the weights of step {it}")
                 break
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -245,6 +258,7 @@ def train(
             window.loss_sup += v_sup
             window.loss_st += v_st
             window.steps += 1
+            window.st_steps += self_training
             iteration = it + 1
             bar.update(1)
             thr = sum(method.thresholds_at(it)) / num_classes
@@ -548,7 +562,8 @@ def window_metrics(
     accepted, predicted = window.accepted.cpu(), window.predicted.cpu()
     steps = max(1, window.steps)
     out: dict[str, Any] = {
-        "lr": lr, "loss_sup": window.loss_sup / steps, "loss_st": window.loss_st / steps, "st_weight": st_weight,
+        "lr": lr, "loss_sup": window.loss_sup / steps, "loss_st": window.loss_st / max(1, window.st_steps),
+        "st_weight": st_weight,
         "st_count": int(accepted.sum()), "st_ratio": float(acceptance_ratio(accepted.sum(), predicted.sum())),
     }
     ratios = acceptance_ratio(accepted, predicted).tolist()
