@@ -244,7 +244,8 @@ def train(
             if not math.isfinite(v_loss):
                 status, iteration = "diverged", it + 1
                 message = (f"diverged: the loss is {v_loss} at step {it + 1} (supervised {v_sup}, self-training "
-                           f"{v_st}, lr {lr_used:.3g}); the run stopped and kept the weights of step {it}")
+                           f"{v_st}, lr {lr_used:.3g}); the run stopped with the weights after {it} steps. "
+                           "A lower lr, a longer warmup_iters or grad_clip > 0 may help")
                 break
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -411,8 +412,8 @@ def input_multiple(model: torch.nn.Module) -> int:
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":  # fused: one kernel for all parameters on CUDA
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=params[0].is_cuda or None)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ConfigError(f"optimizer must be adamw or sgd, got {cfg.optimizer!r}")
