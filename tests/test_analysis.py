@@ -1,0 +1,354 @@
+"""Offline analysis of a real tiny sweep: tables, Optuna importance, figures, report, CLI, bad input,
+half-finished sweeps, and the tools users already know (TensorBoard, optuna-dashboard, the notebook).
+
+One sweep is run per module (about 50 s on 2 CPUs) and `analyze` runs on it once; the tests read
+what they left on disk.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from selftune.analysis import analyze, load_history, load_study, load_trials, read_trials
+from selftune.analysis.report import Analysis
+from selftune.cli import main
+from selftune.errors import SelftuneError
+from selftune.search.outcome import optuna_state
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_BASE = dict(
+    arch="Unet", encoder="tu-mobilenetv3_small_050", crop_size=32, batch_size=4, unlabeled_batch_size=4,
+    train_eval_size=4, max_iters=40, eval_every=10, warmup_iters=2, st_start_iter=10, st_rampup_iters=10,
+    patience=0, log_images=True, ema_decay=0.9,
+)
+SPACE_MODULE = '''
+def tiny(trial, ctx):
+    """A threshold, a log-scale ST weight, and an LR choice that includes one that diverges."""
+    trial.suggest_float("threshold_base", 0.3, 0.95)
+    trial.suggest_float("st_weight", 0.25, 3.0, log=True)
+    trial.suggest_categorical("lr", [3e-4, 1e-3, 3e-3, 1e30])
+    return {}
+'''
+FIGURES = ("progress", "learning_curves", "importance", "parallel_coordinates", "slice", "per_class_iou",
+           "pseudo_labels")
+KNOWN_STATUSES = {"completed", "early_stopped", "stopped_by_asha", "stopped_by_budget", "diverged", "errored",
+                  "running"}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six sequential trials with ASHA (reduction factor 2): some finish, some are cut. The seeded random
+    searcher draws lr 1e30 (which diverges) for exactly one of them, the fourth."""
+    import ray
+
+    mod_dir = tmp_path_factory.mktemp("analysis_spaces")
+    (mod_dir / "analysis_test_spaces.py").write_text(SPACE_MODULE)
+    sys.path.insert(0, str(mod_dir))
+    from selftune.search import SweepConfig, run_sweep
+
+    sweep = SweepConfig(
+        name="tiny", data=str(tiny_data), base=TINY_BASE, space="analysis_test_spaces:tiny", searcher="random", seed=17,
+        num_samples=6, max_concurrent=1, reduction_factor=2, storage=str(tmp_path_factory.mktemp("results")),
+        num_cpus=2, verbose=0,
+    )
+    try:
+        summary = run_sweep(sweep)
+    finally:
+        ray.shutdown()
+        sys.path.remove(str(mod_dir))
+    return Path(summary.experiment_dir)
+
+
+@pytest.fixture(scope="module")
+def before(sweep_dir: Path) -> dict[str, float]:
+    """Every file of the sweep folder and its mtime, before any analysis wrote anything."""
+    return {str(p.relative_to(sweep_dir)): p.stat().st_mtime for p in sweep_dir.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def analysis(sweep_dir: Path, before: dict[str, float]) -> Analysis:
+    return analyze(str(sweep_dir))  # default out: PATH/analysis
+
+
+# ---------------------------------------------------------------------- the API
+
+
+def test_load_trials_has_one_row_per_trial_with_params_metrics_and_status(sweep_dir: Path) -> None:
+    trials = load_trials(str(sweep_dir))
+    records = {r.trial_id: r for r in read_trials(str(sweep_dir))}
+    assert len(trials) == len(records) == 6
+    assert set(trials["status"]) <= KNOWN_STATUSES
+    assert {"completed", "stopped_by_asha"} <= set(trials["status"]), trials["status"].tolist()
+    for _, row in trials.iterrows():
+        rec = records[row["trial_id"]]
+        assert {k: row[f"param.{k}"] for k in rec.params} == rec.params
+        assert row["iteration"] == rec.results[-1]["iteration"]
+        scores = [r["val_miou"] for r in rec.results if math.isfinite(r["val_miou"])]
+        assert row["best.val_miou"] == pytest.approx(max(scores))
+        best = max((r for r in rec.results if math.isfinite(r["val_miou"])), key=lambda r: r["val_miou"])
+        assert row["best_iteration"] == best["iteration"]
+        assert row["best.val_iou/road"] == pytest.approx(best["val_iou/road"])  # metrics at the best evaluation
+        assert row["final.val_miou"] == pytest.approx(rec.results[-1]["val_miou"])
+        assert row["wall_time_s"] > 0 and row["cpu_hours"] == pytest.approx(row["wall_time_s"] / 3600)
+        assert row["gpu_hours"] == 0
+        if row["status"] != "diverged":
+            assert Path(row["checkpoint"], "state.pt").is_file()  # the best checkpoint Ray kept
+            assert Path(row["best_model"]).is_file()
+    ranked = trials[~trials["status"].isin(["diverged", "errored"])]["best.val_miou"].tolist()
+    assert ranked == sorted(ranked, reverse=True)  # best first
+    diverged = trials[trials["status"] == "diverged"]
+    assert (diverged["param.lr"] == 1e30).all()
+    assert all(isinstance(m, str) and "diverged" in m for m in diverged["message"])
+
+    by_loss = load_trials(str(sweep_dir), metric="val_loss")  # a loss ranks lowest first
+    losses = by_loss[~by_loss["status"].isin(["diverged", "errored"])]["best.val_loss"].tolist()
+    assert losses == sorted(losses)
+
+
+def test_load_history_is_long_format_with_every_reported_metric(sweep_dir: Path) -> None:
+    history = load_history(str(sweep_dir))
+    records = read_trials(str(sweep_dir))
+    assert len(history) == sum(len(r.results) for r in records)
+    assert not history.duplicated(["trial_id", "iteration"]).any()
+    for name in ("val_miou", "val_miou_raw", "val_loss", "train_miou", "train_val_gap", "best_val_miou", "lr",
+                 "loss_sup", "loss_st", "st_weight", "st_count", "st_ratio", "val_iou/road", "st_count/road",
+                 "st_ratio/road", "threshold/road", "status", "node_id", "training_iteration", "time_total_s"):
+        assert name in history.columns, name
+    one = records[0]
+    rows = history[history["trial_id"] == one.trial_id]
+    assert rows["iteration"].tolist() == [r["iteration"] for r in one.results]
+    assert rows["val_miou"].tolist() == pytest.approx([r["val_miou"] for r in one.results], nan_ok=True)
+
+
+def test_statuses_agree_with_the_optuna_study(sweep_dir: Path, analysis: Analysis) -> None:
+    study = load_study(str(sweep_dir))
+    assert len(study.trials) == 6
+    states = analysis.trials.set_index("trial_id")["optuna_state"]
+    for trial_id, status in analysis.trials.set_index("trial_id")["status"].items():
+        assert states[trial_id] == optuna_state(status), (trial_id, status)
+
+
+def test_importance_comes_from_optuna_over_completed_and_pruned_trials(analysis: Analysis) -> None:
+    imp = analysis.importance
+    assert imp.ok, imp.note
+    assert set(imp.values) <= {"threshold_base", "st_weight", "lr"}
+    assert sum(imp.values.values()) == pytest.approx(1.0)
+    assert "PED-ANOVA" in imp.evaluator
+    t = analysis.trials
+    assert imp.n_trials == int(t["status"].isin(["completed", "early_stopped", "stopped_by_asha"]).sum())
+    assert analysis.color_by == imp.ranked()[0]  # learning curves coloured by the most important one
+
+
+def test_load_trials_reads_uris_through_pyarrow(sweep_dir: Path) -> None:
+    trials = load_trials(f"file://{sweep_dir}")
+    assert len(trials) == 6
+    assert all(p.startswith("file://") for p in trials["path"])
+    assert trials["best.val_miou"].tolist() == load_trials(str(sweep_dir))["best.val_miou"].tolist()
+
+
+# ---------------------------------------------------------------------- what analyze writes
+
+
+def test_analyze_writes_tables_figures_and_a_self_contained_report(
+    sweep_dir: Path, analysis: Analysis, before: dict[str, float]
+) -> None:
+    from PIL import Image
+
+    out = sweep_dir / "analysis"
+    assert Path(analysis.out) == out
+    assert pd.read_parquet(out / "trials.parquet")["trial_id"].tolist() == analysis.trials["trial_id"].tolist()
+    assert len(pd.read_csv(out / "trials.csv")) == 6
+    assert len(pd.read_parquet(out / "history.parquet")) == len(analysis.history)
+    for name in FIGURES:
+        with Image.open(out / f"{name}.png") as im:
+            assert im.size[0] >= 600 and im.size[1] >= 250, name
+        html = (out / f"{name}.html").read_text()
+        assert 'src="plotly.min.js"' in html and 'src="http' not in html  # works offline
+    assert (out / "plotly.min.js").stat().st_size > 1_000_000
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == len(FIGURES)
+    for name in FIGURES:
+        assert f"href='{name}.html'" in report
+    assert "What to run next" in report and "stopped by ASHA" in report
+    assert f"selftune export {sweep_dir}" in report
+    if (analysis.trials["status"] == "diverged").any():
+        assert "diverged, with lr 1e+30" in report
+    # nothing but the analysis folder changed in the sweep folder, and no temporary file was left
+    after = {str(p.relative_to(sweep_dir)): p.stat().st_mtime for p in sweep_dir.rglob("*") if p.is_file()}
+    assert {k: v for k, v in after.items() if not k.startswith("analysis/")} == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_prints_the_summary_and_writes_to_out(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "an"
+    keep = out / "mine.txt"  # a user's file in the out folder stays as it is
+    out.mkdir()
+    keep.write_text("mine")
+    rc = main(["analyze", str(sweep_dir), "--out", str(out), "--top-k", "3", "--color-by", "st_weight"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "sweep tiny: 6 trials:" in printed and "stopped by ASHA" in printed
+    assert "what to run next:" in printed and "most important:" in printed
+    table = printed.split("\n\n")[1].splitlines()
+    assert table[0].split()[:4] == ["rank", "trial", "status", "best"] and len(table) == 4  # header + top 3
+    assert (out / "report.html").is_file() and keep.read_text() == "mine"
+    assert "coloured by st_weight" in (out / "learning_curves.html").read_text()
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def test_bad_input_gets_a_clear_message_and_exit_code_2(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    cases = [
+        ([str(tmp_path)], "is not a selftune sweep folder (no selftune_sweep.yaml in it)"),
+        ([str(sweep_dir.parent)], "sweeps inside it: tiny"),
+        ([str(tmp_path / "missing")], "does not exist"),
+        ([str(sweep_dir), "--metric", "val_mIoU"], "did you mean 'val_miou'?"),
+        ([str(sweep_dir), "--metric", "accuracy"], "available: val_miou, val_miou_raw, val_loss"),
+        ([str(sweep_dir), "--color-by", "learning_rate"], "parameters: lr, st_weight, threshold_base"),
+    ]
+    for args, message in cases:
+        assert main(["analyze", *args, "--out", str(tmp_path / "o")]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("selftune: error: ") and message in err, (args, err)
+
+    empty = tmp_path / "started"  # the driver wrote its record, no trial has reported yet
+    empty.mkdir()
+    shutil.copy(sweep_dir / "selftune_sweep.yaml", empty)
+    with pytest.raises(SelftuneError, match="no trial with a finished evaluation"):
+        load_trials(str(empty))
+    assert main(["analyze", str(empty)]) == 2
+    assert not (empty / "analysis").exists()
+
+
+def test_half_finished_sweep_is_analysed_as_far_as_it_got(sweep_dir: Path, tmp_path: Path) -> None:
+    """A driver killed mid-sweep: one trial RUNNING with its last result.json line cut, one PENDING with no
+    folder yet."""
+    half = tmp_path / "half"
+    shutil.copytree(sweep_dir, half, ignore=shutil.ignore_patterns("checkpoint_*", "*.pt", "analysis"))
+    (half / "best_config.yaml").unlink()
+    records = [r for r in read_trials(str(half)) if len(r.results) >= 3]
+    running, pending = records[0], records[-1]
+    assert running.trial_id != pending.trial_id
+    state_file = next(half.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    for entry in state["trial_data"]:
+        t = json.loads(entry[0])
+        if t["trial_id"] in (running.trial_id, pending.trial_id):
+            t["status"] = "RUNNING" if t["trial_id"] == running.trial_id else "PENDING"
+            entry[0] = json.dumps(t)
+    state_file.write_text(json.dumps(state))
+    result = Path(running.path) / "result.json"
+    lines = result.read_text().splitlines(keepends=True)
+    result.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # cut mid-line
+    shutil.rmtree(pending.path)
+
+    a = analyze(str(half), write=False)
+    t = a.trials.set_index("trial_id")
+    assert len(t) == 6
+    assert t.loc[running.trial_id, "status"] == "running" and t.loc[running.trial_id, "reports"] == 2
+    assert t.loc[running.trial_id, "iteration"] == running.results[1]["iteration"]
+    assert t.loc[pending.trial_id, "status"] == "running" and t.loc[pending.trial_id, "reports"] == 0
+    assert pd.isna(t.loc[pending.trial_id, "best.val_miou"])
+    assert len(a.history[a.history["trial_id"] == running.trial_id]) == 2
+    assert any("still running or pending" in s for s in a.next_steps)
+    assert all(f.png for f in a.figures if f.name != "importance")
+
+
+# ---------------------------------------------------------------------- the tools users know
+
+
+def test_tensorboard_finds_every_trial_with_scalars_and_image_panels(sweep_dir: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    trials = read_trials(str(sweep_dir))
+    classes = [k.removeprefix("val_iou/") for k in trials[0].results[0] if k.startswith("val_iou/")]
+    assert len(classes) == 7
+    for t in trials:
+        acc = EventAccumulator(str(Path(t.path) / "train"), size_guidance={"scalars": 0, "images": 0}).Reload()
+        scalars = set(acc.Tags()["scalars"])
+        for c in classes:
+            assert {f"val_iou/{c}", f"st_count/{c}", f"st_ratio/{c}", f"threshold/{c}"} <= scalars, t.trial_id
+        assert {"val_miou", "lr", "loss_sup", "loss_st", "st_count", "st_weight"} <= scalars
+        steps = [e.step for e in acc.Scalars("val_miou")]
+        assert steps == [r["iteration"] for r in t.results]  # logged at the loop's iteration
+        assert acc.Scalars("lr")[0].value == pytest.approx(t.results[0]["lr"], rel=1e-6)
+        if t.results[-1]["status"] != "diverged":
+            assert "val/panel" in acc.Tags()["images"]
+            panel = acc.Images("val/panel")[-1]
+            assert panel.width == 4 * 32 and panel.height >= 32  # input | truth | pseudo-label | prediction
+
+    mux = EventMultiplexer().AddRunsFromDirectory(str(sweep_dir))  # what `tensorboard --logdir PATH` does
+    runs = set(mux.Runs())
+    for t in trials:
+        assert str(Path(Path(t.path).name) / "train") in runs
+
+
+def test_optuna_dashboard_reads_the_journal(sweep_dir: Path) -> None:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(sweep_dir / "optuna_journal.log")))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    records = {json.dumps(r.params, sort_keys=True): r for r in read_trials(str(sweep_dir))}
+    assert len(study.trials) == len(records)
+    states = {t.state.name for t in study.trials}
+    assert {"COMPLETE", "PRUNED"} <= states
+    for ot in study.trials:
+        rec = records[json.dumps(ot.params, sort_keys=True)]
+        assert set(ot.params) == {"threshold_base", "st_weight", "lr"}
+        if ot.state.name in ("COMPLETE", "PRUNED"):
+            assert ot.intermediate_values  # one value per evaluation, at the loop's iteration
+            assert set(ot.intermediate_values) <= {r["iteration"] for r in rec.results}
+
+    optuna_dashboard = pytest.importorskip("optuna_dashboard")
+    from optuna_dashboard._storage_url import get_storage
+
+    # `optuna-dashboard PATH/optuna_journal.log` guesses a JournalStorage from a file path
+    guessed = get_storage(str(sweep_dir / "optuna_journal.log"))
+    assert isinstance(guessed, JournalStorage)
+    app = optuna_dashboard.wsgi(guessed)  # the dashboard's app, called as a server would, without a server
+
+    def get(path: str) -> dict:
+        status: list[str] = []
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "localhost",
+                   "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+                   "wsgi.input": io.BytesIO()}
+        body = b"".join(app(environ, lambda s, headers, *exc: status.append(s)))
+        assert status[0].startswith("200"), (path, status)
+        return json.loads(body)
+
+    summaries = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in summaries] == ["tiny"]
+    detail = get(f"/api/studies/{summaries[0]['study_id']}")
+    assert len(detail["trials"]) == 6 and {"Complete", "Pruned"} <= {t["state"] for t in detail["trials"]}
+    assert detail["has_intermediate_values"]
+
+
+def test_notebook_runs_headless_on_the_sweep(sweep_dir: Path, tmp_path: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "sweep_analysis.ipynb", as_version=4)
+    os.environ["SELFTUNE_SWEEP"] = str(sweep_dir)  # the kernel inherits it; the parameter cell reads it
+    try:
+        # "python3" resolves to this interpreter through ipykernel: no `ipykernel install` needed
+        NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        del os.environ["SELFTUNE_SWEEP"]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "sweep 'tiny'" in text and "tiny {" in text  # the meta line and the study's state counts
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
