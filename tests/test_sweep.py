@@ -137,3 +137,23 @@ def test_existing_sweep_name_is_refused_and_untouched(sweep_dir: Path, tiny_data
     assert rc == 2
     assert "a sweep named 'tiny' already exists" in capsys.readouterr().err
     assert sorted(p.name for p in sweep_dir.iterdir()) == before
+
+
+def test_compute_budget_stops_the_sweep(tiny_data: Path, tmp_path: Path) -> None:
+    import ray
+
+    from selftune.search import run_sweep
+
+    sweep = SweepConfig(
+        name="budget", data=str(tiny_data), base={**TINY_BASE, "log_images": False}, space="thresholds_shared",
+        scheduler="fifo", num_samples=-1, budget_iters=50, max_concurrent=1, storage=str(tmp_path), num_cpus=2,
+        verbose=0,
+    )
+    try:
+        summary = run_sweep(sweep)
+    finally:
+        ray.shutdown()
+    trials = read_trials(summary.experiment_dir)
+    total = sum(t.results[-1]["iteration"] for t in trials if t.results)
+    assert 50 <= total <= 60, total
+    assert len(trials) == 2

@@ -136,6 +136,24 @@ def open_optuna_storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url)
 
 
+# ---------------------------------------------------------------------- the compute budget
+
+
+class IterationBudget(tune.Stopper):
+    """Stops the whole sweep once the trials' iterations add up to `budget` (the sum over trials)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.seen: dict[str, int] = {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.seen[trial_id] = max(self.seen.get(trial_id, 0), int(result.get(TIME_ATTR, 0)))
+        return False
+
+    def stop_all(self) -> bool:
+        return sum(self.seen.values()) >= self.budget
+
+
 # ---------------------------------------------------------------------- the tuner
 
 
@@ -157,6 +175,7 @@ class TunerSpec:
     reduction_factor: float
     num_samples: int
     time_budget_s: float | None
+    budget_iters: int | None
     max_concurrent: int
     cpus_per_trial: float
     gpus_per_trial: float
@@ -209,6 +228,7 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
         ),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=spec.storage, verbose=spec.verbose, callbacks=_callbacks(spec),
+            stop=IterationBudget(spec.budget_iters) if spec.budget_iters else None,
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
             ),

@@ -188,6 +188,7 @@ def _tuner_spec(plan: SweepPlan) -> Any:
         name=s.name, storage=plan.storage, base=plan.base, data_root=plan.data_root, space=s.space, ctx=plan.ctx,
         searcher=s.searcher, seed=s.seed, scheduler=s.scheduler, max_t=plan.max_t, grace_period=plan.grace_period,
         reduction_factor=s.reduction_factor, num_samples=s.num_samples, time_budget_s=s.time_budget_s,
+        budget_iters=s.budget_iters,
         max_concurrent=s.max_concurrent, cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial,
         optuna_storage=plan.optuna_storage, keep_checkpoints=s.keep_checkpoints, max_failures=s.max_failures,
         reuse_actors=s.reuse_actors, wandb_project=s.wandb_project, mlflow_uri=s.mlflow_uri, verbose=s.verbose,

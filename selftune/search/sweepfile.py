@@ -35,8 +35,9 @@ class SweepConfig:
     max_t: int | None = None  # longest a trial may run, in iterations; None: base max_iters
     grace_period: int | None = None  # None: covers warmup + ST start + ST ramp over the whole space
     reduction_factor: float = 3.0  # ASHA keeps 1/reduction_factor of trials at each rung
-    num_samples: int = 8  # number of trials (-1: until time_budget_s runs out)
+    num_samples: int = 8  # number of trials (-1: until time_budget_s or budget_iters runs out)
     time_budget_s: float | None = None  # stop starting and running trials after this many seconds
+    budget_iters: int | None = None  # compute budget: stop the sweep once trials ran this many iterations in all
     max_concurrent: int = 2  # trials running at once
     cpus_per_trial: float = 1.0  # each trial sets torch/OMP threads from this
     gpus_per_trial: float = 0.0  # fractional values share a GPU (memory is not isolated)
@@ -99,8 +100,8 @@ class SweepConfig:
             raise ConfigError(f"name must be a non-empty folder name, got {self.name!r}")
         if self.num_samples == 0 or self.num_samples < -1:
             raise ConfigError(f"num_samples must be >= 1 (or -1 with time_budget_s), got {self.num_samples!r}")
-        if self.num_samples == -1 and not self.time_budget_s:
-            raise ConfigError("num_samples -1 (unlimited) needs a time_budget_s")
+        if self.num_samples == -1 and not (self.time_budget_s or self.budget_iters):
+            raise ConfigError("num_samples -1 (unlimited) needs a time_budget_s or a budget_iters")
         if self.max_concurrent < 1:
             raise ConfigError(f"max_concurrent must be >= 1, got {self.max_concurrent!r}")
         if self.cpus_per_trial <= 0:
@@ -115,6 +116,8 @@ class SweepConfig:
             v = getattr(self, key)
             if v is not None and v < 1:
                 raise ConfigError(f"{key} must be >= 1, got {v!r}")
+        if self.budget_iters is not None and self.budget_iters < 1:
+            raise ConfigError(f"budget_iters must be >= 1, got {self.budget_iters!r}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"time_budget_s must be > 0, got {self.time_budget_s!r}")
         if self.keep_checkpoints < 1:
