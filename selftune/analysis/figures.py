@@ -84,6 +84,7 @@ def _plotly_fraction_range(values: Any) -> list[float] | None:
 
 def _status_legend(ax: Any, statuses: Any, *, lines: bool, loc: str = "best", extra: list[Any] | None = None,
                    **kw: Any) -> None:
+    """A legend of the statuses present (line styles or markers), on an Axes or a whole Figure."""
     handles = list(extra or [])
     for s in STATUS_STYLE:
         if s in set(statuses):
@@ -171,7 +172,8 @@ def progress_table(sweep: Sweep) -> pd.DataFrame:
     t["cum_iterations"] = pd.to_numeric(t["iteration"], errors="coerce").fillna(0).cumsum()
     t["cum_compute"] = t["_compute"].cumsum()
     t["value"] = value
-    t["best_so_far"] = value.cummax() if sweep.mode == "max" else value.cummin()
+    best = value.cummax() if sweep.mode == "max" else value.cummin()
+    t["best_so_far"] = best.ffill()  # a diverged trial adds compute, not a value: the step goes on
     return t.drop(columns=["_compute", "_end", "_running"]).reset_index(drop=True)
 
 
@@ -204,11 +206,11 @@ def search_progress(sweep: Sweep) -> tuple[Any, Any]:
     if is_fraction(sweep.metric):
         _fraction_ylim(axes[0], p[f"best.{sweep.metric}"])
         pfig.update_yaxes(range=_plotly_fraction_range(p[f"best.{sweep.metric}"]), row=1, col=1)
-    _status_legend(axes[1], p["status"], lines=False, loc="lower right",
-                   extra=[Line2D([], [], color="black", lw=1.8, label="best so far")])
+    _status_legend(fig, p["status"], lines=False, loc="lower center", ncol=7, frameon=False,
+                   extra=[Line2D([], [], color="black", lw=1.8, label="best so far")])  # below: hides no point
     order = "trials in completion order" + (" (running trials last)" if (p["status"] == "running").any() else "")
     fig.suptitle(f"Search progress: best {label} against compute ({order})", fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     pfig.update_layout(template=PLOTLY_TEMPLATE, title=f"Search progress: best {label} against compute ({order})",
                        yaxis_title=f"best {label} of each trial", height=480)
     return fig, pfig
@@ -330,6 +332,8 @@ def learning_curves(sweep: Sweep, color_by: str | None, dist: Any | None, rungs:
         sm = ScalarMappable(norm=cmap.norm, cmap="viridis")
         cb = fig.colorbar(sm, ax=ax, pad=0.02)
         cb.set_label(f"{color_by}" + (" (log scale)" if cmap.log else ""))
+        if cmap.log:
+            _log_axis(cb.ax.yaxis)
         lo, hi = cmap.norm.vmin, cmap.norm.vmax
         pvals = np.log10([lo, hi]) if cmap.log else [lo, hi]
         ticks = np.linspace(pvals[0], pvals[1], 5)
@@ -519,7 +523,7 @@ def slice_plot(sweep: Sweep, params: list[str], dists: dict[str, Any], values: p
                  "shaded: the searched range)", fontsize=10, y=1 - 0.08 / height)
     fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 1 - 0.3 / height))
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.62 / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))
     pfig.update_layout(template=PLOTLY_TEMPLATE, height=300 * nrows + 120,
                        title=f"{label} against each parameter (diverged/errored trials drawn at the bottom)")
     return fig, pfig
