@@ -108,7 +108,7 @@ def test_class_frequencies_are_long_tailed_and_every_class_occurs() -> None:
     assert min(freq["background"], freq["snake fruit"], freq["open land"]) > 0.1
     assert max(freq["building"], freq["water body"], freq["road"]) < 0.05
     assert min(freq.values()) > 0.002
-    assert (tiles_with / 120)[[1, 2]].max() < 0.4  # water and buildings appear in a minority of tiles
+    assert (tiles_with / 120)[[1, 2]].max() < 0.5  # water and buildings appear in a minority of tiles
 
 
 def test_unlabelled_pool_is_hazier() -> None:

@@ -31,7 +31,7 @@ import numpy as np
 
 from selftune.errors import DataError
 
-DEMO_VERSION = 1  # bump when the generator's output changes: ensure_demo then rebuilds its cache
+DEMO_VERSION = 2  # bump when the generator's output changes: ensure_demo then rebuilds its cache
 MARKER = ".selftune_demo.json"
 CLASS_NAMES = ("background", "water body", "building", "road", "areca tree", "snake fruit", "open land")
 CLASS_COLORS = (
@@ -193,7 +193,7 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
     """One tile: (HxWx3 uint8 image, HxW uint8 class ids). `shifted` draws the unlabelled pool's conditions."""
     s = size
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + np.float32(0.5)
-    zoom = rng.uniform(0.85, 1.2)  # ground sampling distance varies between surveys
+    zoom = rng.uniform(0.8, 1.25)  # ground sampling distance varies between surveys
     sun = rng.uniform(0, 2 * math.pi)
     sun_len = rng.uniform(0.8, 2.2) * zoom
     sdy, sdx = math.sin(sun) * sun_len, math.cos(sun) * sun_len  # shadows fall this way
@@ -222,7 +222,7 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
             along = (xx - ox) * math.cos(ang) + (yy - oy) * math.sin(ang)
             across = -(xx - ox) * math.sin(ang) + (yy - oy) * math.cos(ang)
             across = across + rng.uniform(-1, 1) * 0.6 * along**2 / s  # gentle curve
-            width = rng.uniform(1.6, 3.4) * zoom
+            width = rng.uniform(2.0, 3.8) * zoom
             road_dist = np.minimum(road_dist, np.abs(across) - width / 2)
             road_angle = ang if road_angle is None else road_angle
             road_anchor = (oy, ox, ang, width)
@@ -243,10 +243,10 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
     roof_shade = np.zeros((s, s), dtype=np.float32)
     roof_col = np.zeros((s, s, 3), dtype=np.float32)
     roof_shadow = np.zeros((s, s), dtype=np.float32)
-    p_building = 0.55 if road_angle is not None else 0.12
+    p_building = 0.6 if road_angle is not None else 0.2
     if rng.random() < p_building:
-        for _ in range(int(rng.integers(1, 5))):
-            bl, bw = rng.uniform(3.5, 8.0, 2) * zoom
+        for _ in range(int(rng.integers(1, 6))):
+            bl, bw = rng.uniform(4.5, 9.0, 2) * zoom
             if road_angle is not None:
                 oy, ox, ang, width = road_anchor
                 t = rng.uniform(-0.4, 0.4) * s
@@ -311,7 +311,7 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
     )
     under = grass * (1 - (mix := rng.uniform(0, 0.7))) + soil * mix
     areca_ground = under * (1 + 0.2 * mid[:, :, None] + 0.1 * fine[:, :, None])
-    areca_col = _jitter_color(rng, (0.5, 0.62, 0.28), 0.15)
+    areca_col = _jitter_color(rng, (0.5, 0.62, 0.28), 0.2, spread=0.06)
 
     # snake fruit: dense small spiky clumps over deep shade
     spacing_s = rng.uniform(3.4, 5.0) * zoom
@@ -320,7 +320,7 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
         radius=rng.uniform(0.38, 0.55) * spacing_s, radius_var=0.5, fronds=5,
         frond_amp=rng.uniform(0.2, 0.4), keep=0.93,
     )
-    snake_col = _jitter_color(rng, (0.3, 0.42, 0.2), 0.18)
+    snake_col = _jitter_color(rng, (0.3, 0.42, 0.2), 0.22, spread=0.06)
     snake_ground = snake_col * 0.35 * (1 + 0.3 * fine[:, :, None])
 
     # compose ground by class, then objects with their shadows
