@@ -156,6 +156,19 @@ def test_load_trials_reads_uris_through_pyarrow(sweep_dir: Path) -> None:
     assert trials["best.val_miou"].tolist() == load_trials(str(sweep_dir))["best.val_miou"].tolist()
 
 
+def test_outputs_can_go_to_a_remote_filesystem(sweep_dir: Path) -> None:
+    """An --out URI is written through pyarrow (here its in-memory mock filesystem, standing in for s3://)."""
+    from selftune.analysis.report import Output
+
+    out = Output("mock:///bucket/analysis")
+    assert out.remote and out.write("a.txt", "hello") == "mock:///bucket/analysis/a.txt"
+    with out.fs.open_input_stream("bucket/analysis/a.txt") as f:
+        assert f.read() == b"hello"
+    a = analyze(str(sweep_dir), "mock:///bucket/analysis")
+    assert "mock:///bucket/analysis/report.html" in a.files and "mock:///bucket/analysis/trials.parquet" in a.files
+    assert not (sweep_dir / "bucket").exists()
+
+
 # ---------------------------------------------------------------------- what analyze writes
 
 

@@ -657,13 +657,26 @@ def report_html(a: Analysis, top_k: int) -> str:
             parts.append(f"<p class='note'>{e(f.note)}</p>")
         link = f" <a href='{f.name}.html'>Interactive version</a>." if f.has_html else ""
         parts.append(f"<figcaption>{e(f.caption)}{link}</figcaption></figure>")
-    parts.append("<h2>Files</h2><p><code>trials.parquet</code> / <code>trials.csv</code> (one row per trial), "
-                 "<code>history.parquet</code> (one row per evaluation); load them with "
-                 "<code>selftune.analysis.load_trials</code> / <code>load_history</code> or pandas.</p>")
+    parts.append("<h2>Files and other tools</h2><p><code>trials.parquet</code> / <code>trials.csv</code> (one row "
+                 "per trial), <code>history.parquet</code> (one row per evaluation); load them with "
+                 "<code>selftune.analysis.load_trials</code> / <code>load_history</code> or pandas.</p><ul>"
+                 f"<li><code>tensorboard --logdir {e(s.path)}</code>: every trial's curves, per-class IoU, "
+                 "pseudo-label counts, thresholds and prediction panels</li>"
+                 f"<li><code>optuna-dashboard {e(_dashboard_storage(s))}</code>: the Optuna study</li>"
+                 "<li><code>notebooks/sweep_analysis.ipynb</code> with <code>SELFTUNE_SWEEP</code> set to this folder</li>"
+                 "</ul>")
     if a.notes:
         parts += ["<h2>Notes</h2><ul>", *[f"<li class='note'>{e(n)}</li>" for n in a.notes], "</ul>"]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _dashboard_storage(s: Sweep) -> str:
+    """What to give optuna-dashboard: the journal in the sweep folder, else the storage the sweep recorded."""
+    local = s.path.rstrip("/") + "/optuna_journal.log"
+    if "://" in s.path or os.path.isfile(local):
+        return local
+    return str(s.meta.get("optuna_storage") or local).removeprefix("journal:")
 
 
 def print_summary(a: Analysis, top_k: int, file: Any = None) -> None:
