@@ -38,7 +38,7 @@ STATUS_STYLE: dict[str, Style] = {
     "completed": Style("completed", "#2b6cb0", "o", "circle", "-", "solid"),
     "early_stopped": Style("stopped by patience", "#2c7a7b", "s", "square", "-", "solid"),
     "stopped_by_asha": Style("stopped by ASHA", "#dd6b20", "X", "x", "--", "dash"),
-    "stopped_by_budget": Style("stopped by time budget", "#975a16", "P", "cross", "-.", "dashdot"),
+    "stopped_by_budget": Style("stopped by the sweep budget", "#975a16", "P", "cross", "-.", "dashdot"),
     "diverged": Style("diverged", "#c53030", "v", "triangle-down", ":", "dot"),
     "errored": Style("errored", "#4a5568", "D", "diamond", ":", "dot"),
     "running": Style("running", "#6b46c1", ">", "triangle-right", "-", "solid"),

@@ -36,7 +36,7 @@ from selftune.errors import SelftuneError
 STATUS_ORDER = ("completed", "early_stopped", "stopped_by_asha", "stopped_by_budget", "diverged", "errored", "running")
 STATUS_WORDS = {
     "completed": "completed", "early_stopped": "stopped by patience", "stopped_by_asha": "stopped by ASHA",
-    "stopped_by_budget": "stopped by the time budget", "diverged": "diverged", "errored": "errored",
+    "stopped_by_budget": "stopped by the sweep budget", "diverged": "diverged", "errored": "errored",
     "running": "running or pending",
 }
 PLOTLY_JS = "plotly.min.js"
@@ -334,7 +334,7 @@ def next_steps(sweep: Sweep, importance: Importance, dists: dict[str, Any], asha
         out.append(text)
     n_budget = int(counts.get("stopped_by_budget", 0))
     if n_budget:
-        out.append(f"{n_budget} trial(s) were cut by the sweep's time budget, not by ASHA: raise time_budget_s or "
+        out.append(f"{n_budget} trial(s) were cut by the sweep's budget, not by ASHA: raise time_budget_s / budget_iters or "
                    "lower num_samples to let them finish.")
     div = t[t["status"] == "diverged"]
     if len(div):

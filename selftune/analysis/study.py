@@ -8,7 +8,7 @@ locked or written and remote sweep folders work too.
 default; fANOVA needs scikit-learn) on an *analysis study*: one COMPLETE trial per completed,
 early-stopped or ASHA-stopped trial, with the parameter distributions of the persisted study.
 Its value is the trial's best `metric` for a trial that finished, and its last reported value (the
-last intermediate value Optuna was told) for a trial ASHA (or the time budget) stopped, so pruned trials count with what
+last intermediate value Optuna was told) for a trial ASHA (or the sweep's budget) stopped, so pruned trials count with what
 they had shown when they were cut. Diverged, errored and running trials are left out. Values come
 from the trials' result.json, so any reported metric works, not only the study's objective.
 """

@@ -9,7 +9,7 @@ Column conventions of the trial table:
 - `final.<m>`: every metric of the last report.
 - `status`: completed | stopped_by_asha | early_stopped | diverged | errored | running
   (`selftune.search.outcome`), plus stopped_by_budget: stopped from outside but not at an ASHA rung,
-  so by the sweep's time budget; `ray_status` is Ray's own (TERMINATED, ERROR, RUNNING, PENDING, ...).
+  so by the sweep's budget (time_budget_s, budget_iters); `ray_status` is Ray's own (TERMINATED, ERROR, RUNNING, PENDING, ...).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def load_history(path: str) -> pd.DataFrame:
     return history_frame(records)
 
 
-STOPPED_BY_BUDGET = "stopped_by_budget"  # ended by the sweep (time budget), not at an ASHA rung
+STOPPED_BY_BUDGET = "stopped_by_budget"  # ended by the sweep (time_budget_s, budget_iters), not at an ASHA rung
 
 
 def asha_rungs(meta: dict[str, Any]) -> list[float]:
@@ -157,7 +157,7 @@ def asha_rungs(meta: dict[str, Any]) -> list[float]:
 
 def _status(t: TrialRecord, rungs: list[float]) -> str:
     """The outcome, with two corrections: a trial "stopped from outside" whose last report crossed no ASHA
-    rung was not cut by ASHA (ASHA decides only there) but by the sweep ending, i.e. its time budget; and
+    rung was not cut by ASHA (ASHA decides only there) but by the sweep ending (time_budget_s, budget_iters); and
     a trial Ray terminated without an error before its first report was cut the same way, not errored."""
     outcome = t.outcome
     if outcome == "errored" and not t.errored and not t.results and t.ray_status == "TERMINATED":
