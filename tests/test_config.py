@@ -50,7 +50,7 @@ def test_yaml_round_trip_and_exported_form(tmp_path) -> None:
 def test_yaml_errors_name_the_file(tmp_path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("lr: [\n")
-    with pytest.raises(ConfigError, match="c.yaml is not valid YAML"):
+    with pytest.raises(ConfigError, match=r"c\.yaml is not valid YAML"):
         TrainConfig.from_yaml(p)
     p.write_text("lrr: 1\n")
     with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'lrr'"):

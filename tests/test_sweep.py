@@ -157,3 +157,9 @@ def test_compute_budget_stops_the_sweep(tiny_data: Path, tmp_path: Path) -> None
     total = sum(t.results[-1]["iteration"] for t in trials if t.results)
     assert 50 <= total <= 60, total
     assert len(trials) == 2
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = JournalStorage(JournalFileBackend(str(Path(summary.experiment_dir) / "optuna_journal.log")))
+    states = sorted(t.state.name for t in optuna.load_study(study_name="budget", storage=journal).trials)
+    assert states == ["COMPLETE", "PRUNED"]  # the trial the budget cut is not left RUNNING

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -63,10 +64,8 @@ def test_resume_after_driver_sigkill_accounts_for_every_trial(tiny_data: Path, t
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)  # Ray's own processes from that session
-        except ProcessLookupError:
-            pass
     time.sleep(1)
     before = {t.trial_id: t for t in read_trials(str(exp))}
     interrupted = [t for t in before.values() if t.results and t.results[-1]["iteration"] < 60]
@@ -82,10 +81,13 @@ def test_resume_after_driver_sigkill_accounts_for_every_trial(tiny_data: Path, t
         ray.shutdown()
     after = read_trials(str(exp))
     assert summary.trials == len(after) == 4
-    assert all(t.finished and t.outcome == "completed" for t in after), [(t.trial_id, t.ray_status) for t in after]
-    for t in after:
+    assert all(t.finished and t.outcome in ("completed", "early_stopped") for t in after), [
+        (t.trial_id, t.ray_status, t.outcome) for t in after
+    ]
+    for t in after:  # the space samples patience, so a trial may stop early, but never twice at one iteration
         iterations = [r["iteration"] for r in t.results]
-        assert iterations == sorted(set(iterations)) and iterations[-1] == 60
+        assert iterations == sorted(set(iterations))
+        assert iterations[-1] == 60 or t.outcome == "early_stopped"
     for t in interrupted:  # it continued from its checkpoint rather than starting over
         resumed = next(a for a in after if a.trial_id == t.trial_id)
         assert resumed.results[len(t.results) - 1]["iteration"] == t.results[-1]["iteration"]
@@ -94,6 +96,7 @@ def test_resume_after_driver_sigkill_accounts_for_every_trial(tiny_data: Path, t
 
     study = optuna.load_study(study_name="killed", storage=JournalStorage(JournalFileBackend(str(exp / "optuna_journal.log"))))
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert all(t.intermediate_values for t in study.trials)
 
 
 def test_trials_spread_over_a_multi_node_cluster(tiny_data: Path, tmp_path: Path) -> None:
@@ -117,7 +120,7 @@ def test_trials_spread_over_a_multi_node_cluster(tiny_data: Path, tmp_path: Path
         ray.shutdown()
         cluster.shutdown()
     trials = read_trials(summary.experiment_dir)
-    assert len(trials) == 4 and all(t.outcome == "completed" for t in trials)
+    assert len(trials) == 4 and all(t.outcome in ("completed", "early_stopped") for t in trials)
     worker_ids = {n.node_id for n in nodes}
     used = {r["node_id"] for t in trials for r in t.results}
     assert used == worker_ids  # both GPU nodes ran trials; the GPU-less head ran none

@@ -24,6 +24,8 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path) -> None:
         ({"gpus_per_trial": 1.5}, "gpus_per_trial above 1 must be whole"),
         ({"reduction_factor": 1}, "reduction_factor must be > 1"),
         ({"base": [1, 2]}, "'base' must be a mapping"),
+        ({"mlflow_uri": "file:///tmp/mlruns"}, "MLflow's file store cannot hold"),
+        ({"num_samples": -1}, "needs a time_budget_s or a budget_iters"),
     ],
 )
 def test_bad_values_fail_by_name(changes, match) -> None:

@@ -21,6 +21,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from selftune.search.outcome import optuna_state, trial_outcome
+from selftune.search.study import open_optuna_storage
 from selftune.spaces import SpaceContext, apply_params, call_space, get_space
 from selftune.trainable.config import TrainConfig
 
@@ -125,15 +126,6 @@ def make_searcher(
         sampler=sampler, study_name=study_name, storage=open_optuna_storage(storage_url),
     )
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
-
-
-def open_optuna_storage(url: str) -> optuna.storages.BaseStorage:
-    """A JournalStorage file (`journal:PATH`) or an RDB URL (sqlite://, postgresql://, ...)."""
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    return optuna.storages.RDBStorage(url)
 
 
 # ---------------------------------------------------------------------- the compute budget

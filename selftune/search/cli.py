@@ -12,7 +12,8 @@ import yaml
 from selftune.errors import ConfigError
 
 _FLAG_KEYS = ("data", "space", "searcher", "scheduler", "num_samples", "max_concurrent", "time_budget_s",
-              "storage", "name", "address", "cpus_per_trial", "gpus_per_trial", "seed", "max_t", "num_cpus")
+              "storage", "name", "address", "cpus_per_trial", "gpus_per_trial", "seed", "max_t", "num_cpus",
+              "budget_iters", "wandb_project", "mlflow_uri")
 
 
 def register(sub: Any) -> None:
@@ -43,6 +44,9 @@ def register(sub: Any) -> None:
     p.add_argument("--name", help="experiment name (a folder under storage)")
     p.add_argument("--address", help="Ray cluster to attach to ('auto' on a cluster node); default: start Ray here")
     p.add_argument("--seed", type=int, help="sampler seed")
+    p.add_argument("--budget-iters", type=int, help="compute budget: stop once all trials ran this many iterations")
+    p.add_argument("--wandb-project", help="also log every trial to this W&B project (pip install wandb)")
+    p.add_argument("--mlflow-uri", help="also log every trial to MLflow, e.g. sqlite:///mlflow.db")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a train config key of the base config (repeatable), e.g. --set max_iters=600")
     p.set_defaults(func=run_sweep_cmd)

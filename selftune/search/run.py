@@ -22,6 +22,7 @@ import yaml
 
 from selftune import __version__
 from selftune.errors import SelftuneError
+from selftune.search.study import close_open_trials
 from selftune.search.sweepfile import SweepConfig
 from selftune.spaces import SpaceContext, check_space
 
@@ -223,6 +224,7 @@ def run_sweep(sweep: SweepConfig) -> SweepSummary:
     else:
         _write_remote(plan.experiment_dir + "/selftune_sweep.yaml", yaml.safe_dump(plan.meta(), sort_keys=False))
     adapter.fit(adapter.build_tuner(_tuner_spec(plan)))
+    close_open_trials(plan.optuna_storage, sweep.name)
     return _finish(plan.experiment_dir)
 
 
@@ -246,6 +248,7 @@ def resume_sweep(path: str, *, restart_errored: bool = False, address: str | Non
     if not adapter.can_restore(path):
         raise SelftuneError(f"{path} has no Ray experiment state to resume from")
     adapter.fit(adapter.restore_tuner(path, _tuner_spec(plan), restart_errored=restart_errored))
+    close_open_trials(plan.optuna_storage, sweep.name)
     return _finish(path)
 
 

@@ -50,7 +50,7 @@ class SweepConfig:
     num_cpus: int | None = None  # CPUs of the in-process Ray (None: all); ignored with address
     reuse_actors: bool = True
     wandb_project: str | None = None  # log trials to W&B through Ray's callback (needs wandb)
-    mlflow_uri: str | None = None  # log trials to MLflow through Ray's callback (needs mlflow)
+    mlflow_uri: str | None = None  # log trials to MLflow through Ray's callback: sqlite:///mlflow.db or http(s)://
     verbose: int = 1  # Ray's progress table: 0 silent, 1 table, 2 more
 
     @classmethod
@@ -120,6 +120,11 @@ class SweepConfig:
             raise ConfigError(f"budget_iters must be >= 1, got {self.budget_iters!r}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"time_budget_s must be > 0, got {self.time_budget_s!r}")
+        if self.mlflow_uri and self.mlflow_uri.startswith(("file:", "/", ".")):
+            raise ConfigError(
+                f"mlflow_uri {self.mlflow_uri!r}: MLflow's file store cannot hold selftune's metric names "
+                "(st_count and st_count/<class>); use sqlite:///path/mlflow.db or an http(s):// tracking server"
+            )
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}")
 

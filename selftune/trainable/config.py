@@ -205,14 +205,13 @@ class TrainConfig:
                 raise ConfigError(f"thresholds[{i}] must be in [0, 1], got {t!r}")
         if not -1 <= self.threshold_start_offset <= 1:
             raise ConfigError(f"threshold_start_offset must be in [-1, 1], got {self.threshold_start_offset!r}")
-        if self.class_weighting == "explicit":
-            if not self.class_weights:
-                raise ConfigError("class_weighting is 'explicit' but class_weights is empty")
+        if self.class_weighting == "explicit" and not self.class_weights:
+            raise ConfigError("class_weighting is 'explicit' but class_weights is empty")
         if self.class_weights is not None:
             for i, w in enumerate(self.class_weights):
                 if not (w >= 0 and math.isfinite(w)):
                     raise ConfigError(f"class_weights[{i}] must be a finite number >= 0, got {w!r}")
-        if not 0 <= self.ignore_index:
+        if not self.ignore_index >= 0:
             raise ConfigError(f"ignore_index must be >= 0, got {self.ignore_index!r}")
 
     def check_num_classes(self, num_classes: int) -> None:
@@ -298,4 +297,4 @@ def _at_least(key: str, value: int, low: int) -> None:
         raise ConfigError(f"{key} must be >= {low}, got {value!r}")
 
 
-__all__ = ["TrainConfig", "demo_config", "V31_THRESHOLDS"]
+__all__ = ["V31_THRESHOLDS", "TrainConfig", "demo_config"]
