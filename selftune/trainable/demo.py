@@ -19,6 +19,7 @@ Everything is vectorised numpy over the whole tile; each tile has its own seed d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -31,7 +32,7 @@ import numpy as np
 
 from selftune.errors import DataError
 
-DEMO_VERSION = 2  # bump when the generator's output changes: ensure_demo then rebuilds its cache
+DEMO_VERSION = 3  # bump when the generator's output changes: ensure_demo then rebuilds its cache
 MARKER = ".selftune_demo.json"
 CLASS_NAMES = ("background", "water body", "building", "road", "areca tree", "snake fruit", "open land")
 CLASS_COLORS = (
@@ -186,14 +187,71 @@ def _jitter_color(
     return np.clip(c, 0.02, 0.98).astype(np.float32)
 
 
+# ---------------------------------------------------------------------- survey styles
+
+N_STYLES = 16  # "surveys": each has its own look for every class; 24 labelled tiles miss several
+_ARECA_BASES = ((0.5, 0.62, 0.28), (0.38, 0.56, 0.34), (0.3, 0.5, 0.42), (0.56, 0.6, 0.34), (0.44, 0.52, 0.22))
+_SNAKE_BASES = ((0.3, 0.42, 0.2), (0.24, 0.32, 0.22), (0.34, 0.4, 0.3), (0.2, 0.36, 0.3), (0.36, 0.36, 0.18))
+_SOIL_BASES = ((0.58, 0.44, 0.31), (0.68, 0.6, 0.47), (0.55, 0.52, 0.48), (0.62, 0.38, 0.26))
+_ROOF_BASES = ((0.62, 0.64, 0.66), (0.58, 0.27, 0.2), (0.72, 0.42, 0.28), (0.32, 0.42, 0.6), (0.86, 0.86, 0.83))
+_WATER_BASES = ((0.24, 0.22, 0.15), (0.1, 0.2, 0.16), (0.08, 0.13, 0.22))
+
+
+@dataclass(frozen=True)
+class _Style:
+    """One survey's look: tiles of a style share these, with small per-tile variation."""
+
+    zoom: float
+    dry: float
+    soil: tuple[float, ...]
+    shrub: tuple[float, ...]
+    areca: tuple[float, ...]
+    areca_spacing: float
+    areca_radius: float
+    snake: tuple[float, ...]
+    snake_spacing: float
+    roofs: tuple[int, ...]
+    water: int
+    paved: float
+    gain: float
+    warm: float
+    haze: float
+
+
+@functools.lru_cache(maxsize=256)
+def _style(seed: int, k: int) -> _Style:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 99, k]))
+
+    def color(bases: tuple[tuple[float, float, float], ...], amount: float) -> tuple[float, ...]:
+        return tuple(float(c) for c in _jitter_color(rng, bases[rng.integers(len(bases))], amount, spread=0.04))
+
+    return _Style(
+        zoom=float(rng.uniform(0.8, 1.25)), dry=float(rng.uniform(0, 0.9)), soil=color(_SOIL_BASES, 0.1),
+        shrub=color(((0.25, 0.36, 0.17),), 0.2), areca=color(_ARECA_BASES, 0.15),
+        areca_spacing=float(rng.uniform(8.0, 12.0)), areca_radius=float(rng.uniform(0.3, 0.4)),
+        snake=color(_SNAKE_BASES, 0.15), snake_spacing=float(rng.uniform(3.4, 5.0)),
+        roofs=tuple(int(i) for i in rng.choice(len(_ROOF_BASES), 2, replace=False)),
+        water=int(rng.integers(len(_WATER_BASES))), paved=float(rng.uniform(0, 0.8)),
+        gain=float(rng.uniform(0.82, 1.15)), warm=float(rng.uniform(-0.06, 0.04)), haze=float(rng.uniform(0, 0.22)),
+    )
+
+
 # ---------------------------------------------------------------------- one tile
 
 
-def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """One tile: (HxWx3 uint8 image, HxW uint8 class ids). `shifted` draws the unlabelled pool's conditions."""
+def render_tile(
+    rng: np.random.Generator, size: int, *, shifted: bool = False, seed: int = 0, index: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """One tile: (HxWx3 uint8 image, HxW uint8 class ids).
+
+    The tile belongs to one of `N_STYLES` survey styles of `seed`; `shifted` draws the unlabelled
+    pool's conditions (more haze, dimmer and warmer light). Every 8th tile of a split (by `index`)
+    has water and every 8th a road with buildings, so no split of 8 or more tiles lacks a class.
+    """
     s = size
+    st = _style(seed, int(rng.integers(N_STYLES)))
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + np.float32(0.5)
-    zoom = rng.uniform(0.8, 1.25)  # ground sampling distance varies between surveys
+    zoom = st.zoom * rng.uniform(0.95, 1.05)  # ground sampling distance: a survey's own
     sun = rng.uniform(0, 2 * math.pi)
     sun_len = rng.uniform(0.8, 2.2) * zoom
     sdy, sdx = math.sin(sun) * sun_len, math.cos(sun) * sun_len  # shadows fall this way
@@ -215,7 +273,7 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
         labels[blob < 1] = OPEN_LAND
     road_angle = None
     road_dist = np.full((s, s), np.inf, dtype=np.float32)
-    if rng.random() < 0.45:
+    if rng.random() < 0.45 or index % 8 == 2:
         for _ in range(1 if rng.random() < 0.75 else 2):
             ang = rng.uniform(0, math.pi)
             oy, ox = rng.uniform(0.2 * s, 0.8 * s, 2)
@@ -228,7 +286,7 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
             road_anchor = (oy, ox, ang, width)
         labels[road_dist < 0] = ROAD
     water = np.zeros((s, s), dtype=bool)
-    if rng.random() < 0.16:
+    if rng.random() < 0.1 or index % 8 == 5:
         if rng.random() < 0.55:  # pond
             cy, cx = rng.uniform(0.1 * s, 0.9 * s, 2)
             r = rng.uniform(0.12, 0.28) * s
@@ -244,7 +302,7 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
     roof_col = np.zeros((s, s, 3), dtype=np.float32)
     roof_shadow = np.zeros((s, s), dtype=np.float32)
     p_building = 0.6 if road_angle is not None else 0.2
-    if rng.random() < p_building:
+    if rng.random() < p_building or index % 8 == 2:
         for _ in range(int(rng.integers(1, 6))):
             bl, bw = rng.uniform(4.5, 9.0, 2) * zoom
             if road_angle is not None:
@@ -259,8 +317,7 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
                 cy, cx = rng.uniform(0.1 * s, 0.9 * s, 2)
                 ang_b = rng.uniform(0, math.pi)
             height = rng.uniform(0.8, 1.6)
-            color = _jitter_color(rng, [(0.62, 0.64, 0.66), (0.58, 0.27, 0.2), (0.72, 0.42, 0.28),
-                                        (0.32, 0.42, 0.6), (0.86, 0.86, 0.83)][rng.integers(0, 5)], 0.12)
+            color = _jitter_color(rng, _ROOF_BASES[st.roofs[0] if rng.random() < 0.7 else st.roofs[1]], 0.1)
             for k, (ody, odx) in enumerate(((0.0, 0.0), (sdy * height, sdx * height))):
                 u = (xx - cx - odx) * math.cos(ang_b) + (yy - cy - ody) * math.sin(ang_b)
                 v = -(xx - cx - odx) * math.sin(ang_b) + (yy - cy - ody) * math.cos(ang_b)
@@ -279,10 +336,9 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
     # ---- appearance: per-tile colours and textures for each class
     fine = _fractal(rng, s, 16, 2)
     mid = _fractal(rng, s, 6, 3)
-    soil = _jitter_color(rng, [(0.58, 0.44, 0.31), (0.68, 0.6, 0.47), (0.55, 0.52, 0.48), (0.62, 0.38, 0.26)]
-                         [rng.integers(0, 4)], 0.1)
-    dry = rng.uniform(0, 0.8)  # green to dry grass
-    grass = _jitter_color(rng, (0.34 + 0.2 * dry, 0.5, 0.24 + 0.08 * dry), 0.12, spread=0.02)
+    soil = _jitter_color(rng, st.soil, 0.06, spread=0.015)
+    dry = np.clip(st.dry + rng.normal(0, 0.08), 0, 1)  # green to dry grass
+    grass = _jitter_color(rng, (0.34 + 0.2 * dry, 0.5, 0.24 + 0.08 * dry), 0.08, spread=0.015)
     img = np.empty((s, s, 3), dtype=np.float32)
 
     # background: grass with darker patches and scattered shrubs (not on a grid)
@@ -295,7 +351,7 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
         radius=rng.uniform(0.12, 0.28) * shrub_spacing, radius_var=0.8, fronds=3, frond_amp=0.15,
         keep=rng.uniform(0.3, 0.8),
     )
-    shrub_col = _jitter_color(rng, (0.25, 0.36, 0.17), 0.15)
+    shrub_col = _jitter_color(rng, st.shrub, 0.08, spread=0.015)
 
     # open land: soil with slow tone changes and sparse grass specks
     open_img = soil * (1 + 0.25 * mid[:, :, None] + 0.06 * fine[:, :, None])
@@ -303,24 +359,24 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
     open_img = np.where(specks, open_img * 0.6 + grass * 0.4, open_img)
 
     # areca: large star-shaped crowns on a regular grid over a grassy-to-soily understory
-    spacing_a = rng.uniform(8.0, 12.0) * zoom
+    spacing_a = st.areca_spacing * rng.uniform(0.93, 1.07) * zoom
     a_cov, a_rho, a_ang = _crowns_in(
         labels == ARECA, xx, yy, rng, spacing=spacing_a, angle=rng.uniform(0, math.pi / 2), jitter=0.12,
-        radius=rng.uniform(0.3, 0.4) * spacing_a, radius_var=0.25, fronds=int(rng.integers(6, 10)),
+        radius=st.areca_radius * rng.uniform(0.93, 1.07) * spacing_a, radius_var=0.25, fronds=int(rng.integers(6, 10)),
         frond_amp=rng.uniform(0.15, 0.3), keep=rng.uniform(0.85, 1.0),
     )
     under = grass * (1 - (mix := rng.uniform(0, 0.7))) + soil * mix
     areca_ground = under * (1 + 0.2 * mid[:, :, None] + 0.1 * fine[:, :, None])
-    areca_col = _jitter_color(rng, (0.5, 0.62, 0.28), 0.2, spread=0.06)
+    areca_col = _jitter_color(rng, st.areca, 0.08, spread=0.015)
 
     # snake fruit: dense small spiky clumps over deep shade
-    spacing_s = rng.uniform(3.4, 5.0) * zoom
+    spacing_s = st.snake_spacing * rng.uniform(0.93, 1.07) * zoom
     s_cov, s_rho, s_ang = _crowns_in(
         labels == SNAKE_FRUIT, xx, yy, rng, spacing=spacing_s, angle=rng.uniform(0, math.pi / 2), jitter=0.7,
         radius=rng.uniform(0.38, 0.55) * spacing_s, radius_var=0.5, fronds=5,
         frond_amp=rng.uniform(0.2, 0.4), keep=0.93,
     )
-    snake_col = _jitter_color(rng, (0.3, 0.42, 0.2), 0.22, spread=0.06)
+    snake_col = _jitter_color(rng, st.snake, 0.08, spread=0.015)
     snake_ground = snake_col * 0.35 * (1 + 0.3 * fine[:, :, None])
 
     # compose ground by class, then objects with their shadows
@@ -350,7 +406,7 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
 
     # roads: the soil's tones (dirt) or grey (paved), smoother than open land, darker verges
     if np.isfinite(road_dist).any():
-        paved = rng.random() < 0.4
+        paved = rng.random() < st.paved
         road_col = _jitter_color(rng, (0.55, 0.55, 0.53), 0.1) if paved else soil * rng.uniform(0.95, 1.15)
         road_img = road_col * (1 + 0.05 * fine[:, :, None] + 0.08 * mid[:, :, None])
         cov = np.clip(0.5 - road_dist, 0, 1) * (~water)
@@ -360,8 +416,7 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
 
     # water: smooth, dark, tinted per tile; darker in the middle
     if water.any():
-        tint = _jitter_color(rng, [(0.24, 0.22, 0.15), (0.1, 0.2, 0.16), (0.08, 0.13, 0.22)][rng.integers(0, 3)],
-                             0.15, spread=0.02)
+        tint = _jitter_color(rng, _WATER_BASES[st.water], 0.12, spread=0.015)
         depth = _blur3(_blur3(water.astype(np.float32)))  # 0 outside, 1 well inside
         glint = np.clip(_value_noise(rng, s, 3) - 0.7, 0, 1) * rng.uniform(0, 0.6)
         water_img = tint * (1.15 - 0.3 * depth[:, :, None]) + glint[:, :, None] * 0.3
@@ -374,12 +429,12 @@ def render_tile(rng: np.random.Generator, size: int, *, shifted: bool = False) -
         img = img * (1 - roof[:, :, None]) + roof_img * roof[:, :, None]
 
     # ---- acquisition: illumination, colour cast, cloud shadow, haze, blur, noise
-    gain = rng.uniform(0.7, 1.1) if shifted else rng.uniform(0.78, 1.2)
-    warm = rng.uniform(-0.03, 0.08) if shifted else rng.uniform(-0.07, 0.05)
+    gain = st.gain * rng.uniform(0.88, 1.08) * (0.93 if shifted else 1.0)
+    warm = st.warm + rng.uniform(-0.03, 0.03) + (0.04 if shifted else 0.0)
     img = img * gain * np.array([1 + warm, 1.0, 1 - warm])
     cloud = 1 - rng.uniform(0, 0.3) * np.clip(_value_noise(rng, s, 2) * 2 - 0.6, 0, 1)
     img = img * cloud[:, :, None]
-    haze = rng.uniform(0.08, 0.42) if shifted else rng.uniform(0.0, 0.3)
+    haze = st.haze + rng.uniform(0.0, 0.1) + (rng.uniform(0.05, 0.15) if shifted else 0.0)
     haze_map = haze * (0.75 + 0.5 * _value_noise(rng, s, 2))
     haze_col = _jitter_color(rng, (0.74, 0.77, 0.8), 0.05)
     img = img * (1 - haze_map[:, :, None]) + haze_col * haze_map[:, :, None]
@@ -483,7 +538,7 @@ def _pick_workers(workers: int | None) -> int:
 
 def _render_and_save(job: tuple[Path, int, bool, int, str, int, str]) -> int:
     stage, seed, masks, size, split, i, rel = job
-    image, mask = render_tile(tile_rng(seed, split, i), size, shifted=split == "unlabeled")
+    image, mask = render_tile(tile_rng(seed, split, i), size, shifted=split == "unlabeled", seed=seed, index=i)
     if split == "unlabeled":
         _save_png(image, stage / "unlabeled" / "images" / rel)
         if masks:
