@@ -98,6 +98,8 @@ class TrainConfig:
     eval_every: int = 500  # iterations between evaluations (and checkpoints)
     patience: int = 40  # evaluations without a new best val mIoU before stopping; 0 disables
     log_images: bool = True  # TensorBoard panels of input | truth | pseudo-label | prediction
+    report_test: bool = False  # also report test_miou (EMA model) at each evaluation: for benchmarks only,
+    # never used for selection or early stopping; needs ROOT/test
 
     # --- device and reproducibility ---
     device: str = "auto"  # auto | cpu | cuda

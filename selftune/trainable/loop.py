@@ -198,6 +198,9 @@ def train(
     val_set = load_eval_batches(LabeledDataset(data_root, "val", classes), cfg.val_max_images, cfg.batch_size)
     train_set = load_eval_batches(LabeledDataset(data_root, "train", classes), cfg.train_eval_size,
                                   cfg.batch_size, center_crop=cfg.crop_size)
+    test_set = None
+    if cfg.report_test:
+        test_set = load_eval_batches(LabeledDataset(data_root, "test", classes), 0, cfg.batch_size)
     to_device = DeviceBatch(device, memory_format, cfg.ignore_index)
     names = metric_names(classes.names)
     palette = class_palette(classes.colors, num_classes)
@@ -271,6 +274,9 @@ def train(
             # -------------------------------------------------------- evaluate, checkpoint, report
             metrics = {"iteration": iteration}
             metrics.update(evaluate(teacher, model, val_set, train_set, loss_fn, to_device, autocast, names))
+            if test_set is not None:  # benchmarks only: reported, never used to select or stop
+                metrics["test_miou"] = mean_iou(iou_per_class(score(teacher, test_set, num_classes, to_device,
+                                                                    autocast)[0]))
             metrics.update(window_metrics(window, names, method.thresholds_at(it), st_weight, lr_used))
             val_miou = metrics["val_miou"]
             if val_miou > best_miou:
@@ -310,6 +316,9 @@ def train(
         if status == "diverged":  # report it too, with the metrics of the last finite weights
             metrics = {"iteration": iteration}
             metrics.update(evaluate(teacher, model, val_set, train_set, loss_fn, to_device, autocast, names))
+            if test_set is not None:  # benchmarks only: reported, never used to select or stop
+                metrics["test_miou"] = mean_iou(iou_per_class(score(teacher, test_set, num_classes, to_device,
+                                                                    autocast)[0]))
             metrics.update(window_metrics(window, names, method.thresholds_at(iteration - 1),
                                           method.st_weight(iteration - 1), optimizer.param_groups[0]["lr"]))
             metrics.update(best_val_miou=best_miou, best_iteration=best_iter, status=status, message=message)
