@@ -22,7 +22,8 @@ TINY: dict[str, Any] = dict(
 
 REQUIRED_KEYS = {
     "iteration", "val_miou", "val_miou_raw", "val_loss", "train_miou", "train_val_gap", "best_val_miou",
-    "best_iteration", "lr", "loss_sup", "loss_st", "st_weight", "st_count", "st_ratio", "status",
+    "best_iteration", "lr", "loss_sup", "loss_st", "st_weight", "st_count", "st_ratio", "status", "step_seconds",
+    "eval_seconds",
 }
 
 
@@ -42,11 +43,12 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 
 
 def same(a: Any, b: Any) -> bool:
-    """Equality where NaN equals NaN (IoU of a class absent from truth and prediction)."""
+    """Equality where NaN equals NaN (IoU of a class absent from truth and prediction), ignoring the
+    wall-clock timings (step_seconds, eval_seconds)."""
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a if not k.endswith("_seconds"))
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     return a == b

@@ -16,7 +16,9 @@ last evaluation: loss_sup (mean per step), loss_st (mean per self-training step)
 (accepted pseudo-label pixels), st_ratio (accepted / unlabelled pixels); at the last step: lr,
 st_weight; per class (names lower-cased to [a-z0-9_]): val_iou/, val_iou_raw/, st_count/,
 st_ratio/ (accepted / pixels the teacher gave that class; 0 when none), threshold/; status
-(running | completed | early_stopped | diverged; a diverged report also has `message`).
+(running | completed | early_stopped | diverged; a diverged report also has `message`); test_miou
+with cfg.report_test. Timing, wall clock (everything else is reproducible bit for bit on the CPU):
+step_seconds (mean per training step since the last evaluation, data loading included), eval_seconds.
 A class absent from both the truth and the prediction has IoU NaN and is left out of the mean.
 """
 
@@ -29,6 +31,7 @@ import json
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +96,7 @@ class Window:
     loss_st: float = 0.0
     steps: int = 0
     st_steps: int = 0  # steps that used unlabelled data
+    seconds: float = 0.0  # wall time in training steps (data loading included, evaluation not)
 
     @classmethod
     def empty(cls, num_classes: int, device: torch.device) -> Window:
@@ -101,12 +105,12 @@ class Window:
 
     def state_dict(self) -> dict[str, Any]:
         return {"accepted": self.accepted.cpu(), "predicted": self.predicted.cpu(), "loss_sup": self.loss_sup,
-                "loss_st": self.loss_st, "steps": self.steps, "st_steps": self.st_steps}
+                "loss_st": self.loss_st, "steps": self.steps, "st_steps": self.st_steps, "seconds": self.seconds}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> Window:
         return cls(state["accepted"].to(device), state["predicted"].to(device), float(state["loss_sup"]),
-                   float(state["loss_st"]), int(state["steps"]), int(state["st_steps"]))
+                   float(state["loss_st"]), int(state["steps"]), int(state["st_steps"]), float(state["seconds"]))
 
 
 def train(
@@ -217,6 +221,7 @@ def train(
     status, message, val_miou, iteration = "running", "", float("nan"), start
     try:
         for it in range(start, cfg.max_iters):
+            step_start = time.perf_counter()
             images, masks = to_device.labeled(next(labeled))
             st_weight = method.st_weight(it)
             self_training = method.uses_unlabeled(it)
@@ -263,6 +268,7 @@ def train(
             window.loss_st += v_st
             window.steps += 1
             window.st_steps += self_training
+            window.seconds += time.perf_counter() - step_start
             iteration = it + 1
             bar.update(1)
             thr = sum(method.thresholds_at(it)) / num_classes
@@ -272,12 +278,12 @@ def train(
                 continue
 
             # -------------------------------------------------------- evaluate, checkpoint, report
+            eval_start = time.perf_counter()
             metrics = {"iteration": iteration}
-            metrics.update(evaluate(teacher, model, val_set, train_set, loss_fn, to_device, autocast, names))
-            if test_set is not None:  # benchmarks only: reported, never used to select or stop
-                metrics["test_miou"] = mean_iou(iou_per_class(score(teacher, test_set, num_classes, to_device,
-                                                                    autocast)[0]))
+            metrics.update(evaluate(teacher, model, val_set, train_set, loss_fn, to_device, autocast, names,
+                                    test_set))
             metrics.update(window_metrics(window, names, method.thresholds_at(it), st_weight, lr_used))
+            metrics["eval_seconds"] = time.perf_counter() - eval_start
             val_miou = metrics["val_miou"]
             if val_miou > best_miou:
                 best_miou, best_iter, bad_evals = val_miou, iteration, 0
@@ -287,7 +293,8 @@ def train(
             else:
                 bad_evals += 1
             status = _finished_status(iteration, cfg, bad_evals) or "running"
-            metrics.update(best_val_miou=best_miou, best_iteration=best_iter, status=status)
+            metrics.update(best_val_miou=best_miou if best_iter else float("nan"), best_iteration=best_iter,
+                           status=status)
             window = Window.empty(num_classes, device)
             ckpt.save_atomic({
                 "version": ckpt.STATE_VERSION, "config": cfg.to_dict(), "class_names": list(classes.names),
@@ -314,14 +321,15 @@ def train(
                 break
 
         if status == "diverged":  # report it too, with the metrics of the last finite weights
+            eval_start = time.perf_counter()
             metrics = {"iteration": iteration}
-            metrics.update(evaluate(teacher, model, val_set, train_set, loss_fn, to_device, autocast, names))
-            if test_set is not None:  # benchmarks only: reported, never used to select or stop
-                metrics["test_miou"] = mean_iou(iou_per_class(score(teacher, test_set, num_classes, to_device,
-                                                                    autocast)[0]))
+            metrics.update(evaluate(teacher, model, val_set, train_set, loss_fn, to_device, autocast, names,
+                                    test_set))
             metrics.update(window_metrics(window, names, method.thresholds_at(iteration - 1),
                                           method.st_weight(iteration - 1), optimizer.param_groups[0]["lr"]))
-            metrics.update(best_val_miou=best_miou, best_iteration=best_iter, status=status, message=message)
+            metrics["eval_seconds"] = time.perf_counter() - eval_start
+            best_seen = best_miou if best_iter else float("nan")  # NaN: diverged before any evaluation
+            metrics.update(best_val_miou=best_seen, best_iteration=best_iter, status=status, message=message)
             record(metrics, out_dir, writer)
             if reporter is not None:
                 reporter(metrics, None)
@@ -332,7 +340,7 @@ def train(
     finally:
         bar.close()
         writer.close()
-    return TrainResult(status, best_miou, best_iter, iteration, out_dir, message)
+    return TrainResult(status, best_miou if best_iter else float("nan"), best_iter, iteration, out_dir, message)
 
 
 # ---------------------------------------------------------------------------- setup helpers
@@ -546,9 +554,10 @@ def score(
 
 def evaluate(
     teacher: torch.nn.Module, model: torch.nn.Module, val: EvalBatches, train_subset: EvalBatches,
-    loss_fn: SegmentationLoss, to_device: DeviceBatch, autocast: Any, names: list[str],
+    loss_fn: SegmentationLoss, to_device: DeviceBatch, autocast: Any, names: list[str], test: EvalBatches | None = None,
 ) -> dict[str, Any]:
-    """val mIoU and per-class IoU of the EMA and the raw model, val loss (EMA), train mIoU (EMA)."""
+    """val mIoU and per-class IoU of the EMA and the raw model, val loss (EMA), train mIoU (EMA);
+    with `test` (cfg.report_test, benchmarks only: never used to select or stop), test_miou (EMA)."""
     num_classes = len(names)
     cm_ema, val_loss = score(teacher, val, num_classes, to_device, autocast, loss_fn)
     cm_raw, _ = score(model, val, num_classes, to_device, autocast)
@@ -562,6 +571,8 @@ def evaluate(
     for name, a, b in zip(names, iou_ema.tolist(), iou_raw.tolist(), strict=True):
         out[f"val_iou/{name}"] = a
         out[f"val_iou_raw/{name}"] = b
+    if test is not None:
+        out["test_miou"] = mean_iou(iou_per_class(score(teacher, test, num_classes, to_device, autocast)[0]))
     return out
 
 
@@ -575,6 +586,7 @@ def window_metrics(
         "lr": lr, "loss_sup": window.loss_sup / steps, "loss_st": window.loss_st / max(1, window.st_steps),
         "st_weight": st_weight,
         "st_count": int(accepted.sum()), "st_ratio": float(acceptance_ratio(accepted.sum(), predicted.sum())),
+        "step_seconds": window.seconds / steps,
     }
     ratios = acceptance_ratio(accepted, predicted).tolist()
     for name, count, ratio, thr in zip(names, accepted.tolist(), ratios, thresholds, strict=True):
