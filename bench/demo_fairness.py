@@ -1,0 +1,108 @@
+"""Is the demo data a fair testbed for tuning self-training? Supervised-only vs oracle vs self-training.
+
+    python bench/demo_fairness.py            # 3 seeds, demo_config (1,200 iterations), 2 runs at a time
+    python bench/demo_fairness.py --quick    # 1 seed, 300 iterations
+
+Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `selftune train` loop:
+- supervised: method=supervised on the 24 labelled tiles;
+- self-training: method=ema_self_training (V3.1 thresholds, ST weight 1.5) with the unlabelled pool;
+- oracle: method=supervised on the labelled tiles plus the whole unlabelled pool with its true labels
+  (the generator's `--unlabeled-masks`), i.e. all tiles' labels.
+The score is the test mIoU of the EMA model at the evaluation with the best val mIoU (the test split
+is never used for selection). Goals: oracle - supervised >= 15 mIoU points; self-training - supervised
+>= 4 points, as a mean over the seeds. Writes docs/bench_results/demo_fairness.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "bench_results"
+
+
+def make_oracle_root(demo: Path, oracle: Path) -> None:
+    """A dataset whose train split is every labelled and unlabelled tile, with true labels (symlinks)."""
+    if oracle.exists():
+        return
+    for split in ("val", "test"):
+        (oracle / split).mkdir(parents=True)
+        for sub in ("images", "masks"):
+            (oracle / split / sub).symlink_to(demo / split / sub)
+    (oracle / "classes.csv").symlink_to(demo / "classes.csv")
+    for sub in ("images", "masks"):
+        (oracle / "train" / sub).mkdir(parents=True)
+    for src, prefix in ((demo / "train", "l_"), (demo / "unlabeled", "u_")):
+        for img in sorted(p for p in (src / "images").rglob("*") if p.is_file()):
+            mask = (src / "masks" / img.relative_to(src / "images")).with_suffix(".png")
+            if mask.is_file():
+                (oracle / "train" / "images" / (prefix + img.name)).symlink_to(img)
+                (oracle / "train" / "masks" / (prefix + img.stem + ".png")).symlink_to(mask)
+
+
+def run(arm: str, seed: int, data: Path, out: Path, iters: int) -> dict:
+    method = "ema_self_training" if arm == "self_training" else "supervised"
+    run_dir = out / f"{arm}-s{seed}"
+    cmd = [sys.executable, "-m", "selftune", "train", "--data", str(data), "--out", str(run_dir), "--no-progress",
+           "--set", f"method={method}", "--set", f"seed={seed}", "--set", "num_threads=1",
+           "--set", "report_test=true", "--set", "log_images=false"]
+    if iters:
+        cmd += ["--set", f"max_iters={iters}"]
+    if (run_dir / "checkpoint").exists():
+        cmd.append("--resume")
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode not in (0,):
+        raise RuntimeError(f"{arm} seed {seed} failed:\n{proc.stderr[-2000:]}")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    best = max(rows, key=lambda r: r["val_miou"])
+    return dict(arm=arm, seed=seed, best_val=best["val_miou"], test_at_best_val=best["test_miou"],
+                best_iteration=best["iteration"], iterations=rows[-1]["iteration"], status=rows[-1]["status"],
+                wall_s=round(time.time() - t0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 seed, 300 iterations")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "fairness", help="runs and datasets")
+    p.add_argument("--parallel", type=int, default=2, help="runs at once (one thread each)")
+    args = p.parse_args(argv)
+    seeds = 1 if args.quick else args.seeds
+    iters = 300 if args.quick else 0
+    import pandas as pd
+
+    from selftune.trainable.demo import DemoSpec, generate_demo
+
+    demo = args.work / "demo"
+    if not demo.exists():
+        generate_demo(demo, DemoSpec(unlabeled_masks=True))
+    oracle = args.work / "oracle"
+    make_oracle_root(demo, oracle)
+    jobs = [("oracle", 0, oracle)] + [(a, s, demo) for s in range(seeds) for a in ("supervised", "self_training")]
+    jobs.sort(key=lambda j: j[0] != "self_training")  # longest first
+    with ThreadPoolExecutor(args.parallel) as pool:
+        results = list(pool.map(lambda j: run(j[0], j[1], j[2], args.work / "runs", iters), jobs))
+    df = pd.DataFrame(results).sort_values(["arm", "seed"])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "demo_fairness_quick.csv" if args.quick else "demo_fairness.csv"
+    df.to_csv(RESULTS / name, index=False)
+    print(df.to_string(index=False))
+    mean = df.groupby("arm")["test_at_best_val"].agg(["mean", "std", "count"]) * [100, 100, 1]
+    print("\n" + mean.round(2).to_string())
+    sup = mean.loc["supervised", "mean"]
+    print(f"\noracle - supervised: {mean.loc['oracle', 'mean'] - sup:+.2f} mIoU points (goal >= 15)")
+    print(f"self-training - supervised: {mean.loc['self_training', 'mean'] - sup:+.2f} mIoU points (goal >= 4)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main())
