@@ -17,6 +17,9 @@ each run (one-off kernel set-up) is dropped; runs of the two sides alternate, so
 the machine hits both. The median window is the headline, the fastest window the least disturbed.
 Evaluation is timed apart, with the demo's full validation set. Prints a markdown table and writes
 a CSV under bench/out/.
+
+With `--device cuda` it profiles train() on the GPU instead: AMP (bf16 where supported, else fp16)
++ channels_last against fp32, same batches (use --crop 256 and --workers N for realistic sizes).
 """
 
 from __future__ import annotations
@@ -113,6 +116,34 @@ def bare_loop(cfg: TrainConfig, num_classes: int, batches: list) -> list[float]:
     return windows
 
 
+def cuda_profile(cfg: TrainConfig, data: Path, steps: int, repeats: int) -> int:
+    """train() on the GPU: AMP + channels_last vs fp32 (s/step per window, first window dropped)."""
+    variants = {"AMP (auto) + channels_last": dict(amp="auto", channels_last=True),
+                "fp32, contiguous": dict(amp="off", channels_last=False)}
+    timings: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, changes in variants.items():
+            timings[name] += train_run(cfg.replace(device="cuda", **changes), data, steps)[1:]
+    gpu = torch.cuda.get_device_name()
+    print(f"\n{cfg.arch} + {cfg.encoder}, {cfg.crop_size} px, batch {cfg.batch_size} + {cfg.unlabeled_batch_size}, "
+          f"{cfg.num_workers} loader workers, {gpu}, bf16 supported: {torch.cuda.is_bf16_supported()}\n")
+    print("| train() on CUDA | s/step (median) | it/s (median) |")
+    print("|---|---:|---:|")
+    for name, values in timings.items():
+        m = statistics.median(values)
+        print(f"| {name} | {m:.4f} | {1 / m:.1f} |")
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"bench_loop-cuda-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variant", "window", "seconds_per_step", "gpu", "crop", "batch", "workers"])
+        for name, values in timings.items():
+            for i, v in enumerate(values):
+                w.writerow([name, i, f"{v:.5f}", gpu, cfg.crop_size, cfg.batch_size, cfg.num_workers])
+    print(f"CSV: {path}")
+    return 0
+
+
 def train_run(cfg: TrainConfig, data: Path, steps: int) -> list[float]:
     """train()'s `step_seconds` of each window of a run of `steps` steps."""
     reports: list[dict[str, Any]] = []
@@ -151,16 +182,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs available)")
     parser.add_argument("--repeats", type=int, default=0, help="alternating runs per side (default 3; 1 with --quick)")
     parser.add_argument("--windows", type=int, default=0, help=f"windows of {WINDOW} steps per run (default 7)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: profile train() AMP vs fp32 on the GPU instead")
+    parser.add_argument("--crop", type=int, default=64, help="crop size in pixels (default 64, the demo's)")
+    parser.add_argument("--workers", type=int, default=0, help="data loader workers (default 0, the demo's)")
     args = parser.parse_args(argv)
 
     threads = args.threads or available_cpus()
     torch.set_num_threads(threads)
     data = args.data or ensure_demo()
-    cfg = bench_config(threads)
+    cfg = bench_config(threads).replace(crop_size=args.crop, num_workers=args.workers)
     num_classes = read_classes(data).num_classes
     repeats = args.repeats or (1 if args.quick else 3)
     windows = args.windows or (3 if args.quick else 7)
     steps = windows * WINDOW
+    if args.device == "cuda":
+        return cuda_profile(cfg, data, steps, repeats)
 
     batches, data_s = draw_batches(cfg, data, steps)
     timings: dict[str, list[float]] = {"bare": [], "train": []}

@@ -247,3 +247,9 @@ def test_ema_updates_parameters_and_buffers():
     fx.ema_update(teacher, student, 0.0)  # decay 0: a copy
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, s[key])
+
+
+def test_ema_decay_warmup():
+    assert [fx.ema_decay_at(t, 0.99, warmup=True) for t in (0, 1, 9, 98, 99, 5000)] == pytest.approx(
+        [0.0, 0.5, 0.9, 0.98989899, 0.99, 0.99])
+    assert fx.ema_decay_at(0, 0.99, warmup=False) == 0.99

@@ -12,7 +12,7 @@ from selftune.cli import main
 TINY_SETS = [
     "encoder=tu-mobilenetv3_small_050", "arch=Unet", "crop_size=32", "batch_size=4", "unlabeled_batch_size=4",
     "train_eval_size=4", "warmup_iters=2", "st_start_iter=2", "st_rampup_iters=2", "eval_every=3",
-    "thresholds=[0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]", "log_images=false",
+    "thresholds=[0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]", "log_images=false", "num_threads=1",
 ]
 
 

@@ -79,6 +79,8 @@ class TrainConfig:
     st_start_iter: int = 500  # no pseudo-label loss before this iteration
     st_rampup_iters: int = 1000  # linear ramp of st_weight after st_start_iter
     ema_decay: float = 0.999  # teacher EMA decay (field: 0.99-0.999)
+    ema_warmup: bool = True  # decay min(ema_decay, 1 - 1/(t+1)) at step t (UniMatch V2): the teacher starts
+    # as the running mean of the student instead of staying near its random init for ~1/(1-decay) steps
     strong_aug: bool = False  # student sees colour jitter + CutMix on unlabelled images
     color_jitter: float = 0.4  # strength of brightness/contrast/saturation jitter
     cutmix_prob: float = 0.5  # probability of CutMix on an unlabelled batch

@@ -273,6 +273,13 @@ def mean_iou(iou: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------- teacher
 
 
+def ema_decay_at(it: int, decay: float, *, warmup: bool) -> float:
+    """Teacher decay at step `it` (0-based). With warmup, min(decay, 1 - 1/(it+1)) (UniMatch V2):
+    0 at the first step (the teacher becomes the student), then the plain running mean of the
+    student's weights until that reaches `decay`."""
+    return min(decay, 1.0 - 1.0 / (it + 1)) if warmup else decay
+
+
 @torch.no_grad()
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
     """teacher <- decay * teacher + (1 - decay) * student, for parameters and floating-point
@@ -298,6 +305,7 @@ __all__ = [
     "acceptance_ratio",
     "class_weights_for",
     "confusion_matrix",
+    "ema_decay_at",
     "ema_update",
     "iou_per_class",
     "lr_factor",

@@ -263,7 +263,7 @@ def train(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            method.update_teacher(teacher, model)
+            method.update_teacher(teacher, model, it)
             window.loss_sup += v_sup
             window.loss_st += v_st
             window.steps += 1

@@ -6,7 +6,7 @@ The loop asks a method four things per step:
 2. `pseudo_batch(teacher, images_u, it, generator)`: the student's unlabelled input and its
    targets (no gradient; the teacher is in eval mode).
 3. `unlabeled_loss(logits_u, batch, loss_fn)`: the loss on the student's logits for that input.
-4. `update_teacher(teacher, student)`: after the optimizer step.
+4. `update_teacher(teacher, student, it)`: after the optimizer step.
 
 The student sees the labelled and the unlabelled images in one forward pass (one set of
 BatchNorm statistics per step). A method with state of its own (an s4GAN discriminator and its
@@ -80,8 +80,10 @@ class Method:
     def unlabeled_loss(self, logits_u: torch.Tensor, batch: PseudoBatch, loss_fn: functional.SegmentationLoss) -> torch.Tensor:
         return loss_fn(logits_u, batch.labels)
 
-    def update_teacher(self, teacher: torch.nn.Module, student: torch.nn.Module) -> None:
-        functional.ema_update(teacher, student, self.cfg.ema_decay)
+    def update_teacher(self, teacher: torch.nn.Module, student: torch.nn.Module, it: int) -> None:
+        """After the optimizer step of step `it`: the EMA (with the configured warmup)."""
+        decay = functional.ema_decay_at(it, self.cfg.ema_decay, warmup=self.cfg.ema_warmup)
+        functional.ema_update(teacher, student, decay)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
