@@ -144,10 +144,11 @@ class SweepConfig:
 
 def demo_sweep(**overrides: Any) -> SweepConfig:
     """`selftune sweep --demo`: a complete small sweep on the demo data, sized for 2 CPU cores, 10 minutes."""
-    base = dict(max_iters=300, eval_every=25, warmup_iters=10, st_start_iter=25, st_rampup_iters=50, patience=4)
+    base = dict(encoder="tu-mobilenetv3_small_050", max_iters=300, eval_every=25, warmup_iters=10,
+                st_start_iter=25, st_rampup_iters=50, patience=4)
     sweep = dict(
-        name="demo", data=None, base=base, space="thresholds", num_samples=10, max_concurrent=2,
-        cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=540.0,
+        name="demo", data=None, base=base, space="thresholds", num_samples=12, max_concurrent=2,
+        cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=480.0,
     )
     sweep.update(overrides)
     return SweepConfig.from_dict(sweep)
