@@ -133,7 +133,8 @@ def test_focal_and_dice_terms_match_hand_computation():
             terms.append(-((1 - pt) ** gamma) * torch.log(pt))
         per_class.append(sum(terms) / len(terms))
     focal_ref = sum(per_class) / 3
-    focal = fx.SegmentationLoss(3, ce_weight=0, focal_weight=1, focal_gamma=gamma, ignore_index=IGN)(logits.detach(), target)
+    x_in = logits.detach()
+    focal = fx.SegmentationLoss(3, ce_weight=0, focal_weight=1, focal_gamma=gamma, ignore_index=IGN)(x_in, target)
     assert float(focal) == pytest.approx(float(focal_ref), rel=1e-5)
     # smp's soft Dice over valid pixels, 1 - 2|P∩Y| / (|P| + |Y|) per class, averaged over present classes
     prob = x.softmax(0)
@@ -143,10 +144,10 @@ def test_focal_and_dice_terms_match_hand_computation():
         card = sum(prob[c, i, j] + (labels[(i, j)] == c) for i, j in valid)
         dice_terms.append(1 - 2 * inter / card)
     dice_ref = sum(dice_terms) / 3  # every class is present once here
-    dice = fx.SegmentationLoss(3, ce_weight=0, dice_weight=1, ignore_index=IGN)(logits.detach(), target)
+    dice = fx.SegmentationLoss(3, ce_weight=0, dice_weight=1, ignore_index=IGN)(x_in, target)
     assert float(dice) == pytest.approx(float(dice_ref), rel=1e-5)
-    ce = fx.SegmentationLoss(3, ignore_index=IGN)(logits.detach(), target)
-    total = fx.SegmentationLoss(3, ce_weight=0.5, focal_weight=2.0, dice_weight=3.0, ignore_index=IGN)(logits.detach(), target)
+    ce = fx.SegmentationLoss(3, ignore_index=IGN)(x_in, target)
+    total = fx.SegmentationLoss(3, ce_weight=0.5, focal_weight=2.0, dice_weight=3.0, ignore_index=IGN)(x_in, target)
     assert float(total) == pytest.approx(float(0.5 * ce + 2.0 * focal + 3.0 * dice), rel=1e-6)
 
 

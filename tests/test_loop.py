@@ -74,7 +74,8 @@ def test_reports_once_per_evaluation_with_the_final_status_last(unbroken: tuple[
         assert metrics.keys() >= REQUIRED_KEYS
         for prefix in ("val_iou/", "st_count/", "st_ratio/", "threshold/"):
             assert {f"{prefix}{n}" for n in names} <= metrics.keys()
-        assert metrics["best_val_miou"] == max(m["val_miou"] for m, _ in reports if m["iteration"] <= metrics["iteration"])
+        so_far = [m["val_miou"] for m, _ in reports if m["iteration"] <= metrics["iteration"]]
+        assert metrics["best_val_miou"] == max(so_far)
         assert metrics["train_val_gap"] == pytest.approx(metrics["train_miou"] - metrics["val_miou"])
     assert sum(m["st_count"] for m, _ in reports) > 0  # self-training ran (threshold 0 accepts every pixel)
     assert same(read_metrics(run), [m for m, _ in reports])  # metrics.jsonl is what was reported
@@ -147,8 +148,9 @@ def test_early_stopping_counts_evaluations(tiny_data: Path, tmp_path: Path) -> N
     # ema_decay 1 without warmup: the EMA model never changes, so its val mIoU never improves after the
     # first evaluation
     reports = Reports()
-    result = train(tiny(method="supervised", ema_decay=1.0, ema_warmup=False, patience=2, max_iters=40, eval_every=2, log_images=False),
-                   tiny_data, tmp_path / "run", reporter=reports, progress=False)
+    cfg = tiny(method="supervised", ema_decay=1.0, ema_warmup=False, patience=2, max_iters=40, eval_every=2,
+               log_images=False)
+    result = train(cfg, tiny_data, tmp_path / "run", reporter=reports, progress=False)
     assert result.status == "early_stopped" and result.iterations == 6
     assert [(m["iteration"], m["status"]) for m, _ in reports] == [(2, "running"), (4, "running"),
                                                                     (6, "early_stopped")]

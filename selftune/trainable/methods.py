@@ -67,17 +67,24 @@ class Method:
         return self._thr_cache[1]
 
     def st_weight(self, it: int) -> float:
+        """Weight of the unlabelled loss at step `it` (0 for methods without unlabelled data)."""
         c = self.cfg
         if not self.needs_unlabeled:
             return 0.0
-        return functional.st_weight_at(it, weight=c.st_weight, start_iter=c.st_start_iter, rampup_iters=c.st_rampup_iters)
+        return functional.st_weight_at(it, weight=c.st_weight, start_iter=c.st_start_iter,
+                                       rampup_iters=c.st_rampup_iters)
 
     def pseudo_batch(
         self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, generator: torch.Generator
     ) -> PseudoBatch:
+        """The student's input and targets for the normalised unlabelled batch `images_u`; every
+        random choice comes from `generator` (seeded per step)."""
         raise NotImplementedError(f"method {self.name!r} does not use unlabelled data")
 
-    def unlabeled_loss(self, logits_u: torch.Tensor, batch: PseudoBatch, loss_fn: functional.SegmentationLoss) -> torch.Tensor:
+    def unlabeled_loss(
+        self, logits_u: torch.Tensor, batch: PseudoBatch, loss_fn: functional.SegmentationLoss
+    ) -> torch.Tensor:
+        """The unlabelled loss (before the st_weight ramp): the supervised loss on the pseudo-labels."""
         return loss_fn(logits_u, batch.labels)
 
     def update_teacher(self, teacher: torch.nn.Module, student: torch.nn.Module, it: int) -> None:
