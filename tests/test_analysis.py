@@ -250,9 +250,9 @@ def test_half_finished_sweep_is_analysed_as_far_as_it_got(sweep_dir: Path, tmp_p
     half = tmp_path / "half"
     shutil.copytree(sweep_dir, half, ignore=shutil.ignore_patterns("checkpoint_*", "*.pt", "analysis"))
     (half / "best_config.yaml").unlink()
-    records = [r for r in read_trials(str(half)) if len(r.results) >= 3]
-    running, pending = records[0], records[-1]
-    assert running.trial_id != pending.trial_id
+    records = read_trials(str(half))
+    running = next(r for r in records if len(r.results) >= 3)
+    pending = next(r for r in reversed(records) if r.trial_id != running.trial_id)
     state_file = next(half.glob("experiment_state-*.json"))
     state = json.loads(state_file.read_text())
     for entry in state["trial_data"]:
