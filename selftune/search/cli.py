@@ -108,7 +108,7 @@ def _print_summary(summary: Any) -> None:
     print(f"best config:  {summary.best_config_path}")
     print(f"checkpoint:   {best['checkpoint']}")
     print(f"best model:   {best['best_model']}")
-    print(f"retrain with: selftune train --config {summary.best_config_path}")
+    print(f"retrain with: selftune train --config {summary.best_config_path} --data {best['data_root']}")
     print(f"analyse with: selftune analyze {summary.experiment_dir}")
 
 
