@@ -214,3 +214,11 @@ def test_tensorboard_has_scalars_and_the_image_panel(unbroken: tuple[Path, Repor
     assert "val/panel" in tags["images"]
     panel = ea.Images("val/panel")[-1]
     assert panel.step == 12 and panel.width == 4 * 32 and panel.height == 4 * 32  # 4 columns, 4 images
+
+
+def test_ema_decay_zero_makes_the_ema_model_the_raw_model(tiny_data: Path, tmp_path: Path) -> None:
+    reports = Reports()
+    train(tiny(ema_decay=0.0, max_iters=4, eval_every=4, log_images=False), tiny_data, tmp_path / "run",
+          reporter=reports, progress=False)
+    (metrics, _), = reports
+    assert metrics["val_miou"] == metrics["val_miou_raw"]

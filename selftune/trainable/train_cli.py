@@ -180,7 +180,7 @@ def write_confusion_plot(cm: Any, names: tuple[str, ...], path: Path, *, title: 
     ax.set_title(title or "confusion matrix (rows normalised)")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     write_atomic(Path(path), buf.getvalue())
 
