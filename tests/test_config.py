@@ -60,3 +60,12 @@ def test_yaml_errors_name_the_file(tmp_path) -> None:
 def test_class_count_checks() -> None:
     with pytest.raises(ConfigError, match="thresholds has 7 values but the dataset has 3 classes"):
         TrainConfig().check_num_classes(3)
+
+
+def test_yaml_exponents_without_a_dot_are_numbers(tmp_path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("lr: 3e-4\nmax_iters: 1e3\n")
+    cfg = TrainConfig.from_yaml(p)
+    assert cfg.lr == 3e-4 and cfg.max_iters == 1000
+    with pytest.raises(ConfigError, match=r"lr must be a number, got 'fast'"):
+        TrainConfig.from_dict({"lr": "fast"})

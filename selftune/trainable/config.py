@@ -272,6 +272,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list of numbers, got {value!r}")
         return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if hint in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads `3e-4` (no dot) as a string
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
     if hint is bool:
         if isinstance(value, bool):
             return value
