@@ -6,15 +6,12 @@ Documented key by key in docs/sweep.md. Unknown keys fail by name, like `TrainCo
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from selftune.errors import ConfigError
-from selftune.trainable.config import TrainConfig, demo_config
+from selftune.trainable.config import TrainConfig, demo_config, read_yaml_mapping, reject_unknown
 
 SEARCHERS = ("tpe", "tpe-stock", "random")
 SCHEDULERS = ("asha", "fifo")
@@ -56,12 +53,7 @@ class SweepConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> SweepConfig:
         data = dict(data or {})
-        known = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in known:
-                hint = difflib.get_close_matches(str(key), known, n=1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(f"unknown sweep key {key!r}{extra}")
+        reject_unknown(data, [f.name for f in fields(cls)], "sweep key")
         if "base" in data and not isinstance(data["base"], dict):
             raise ConfigError(f"sweep key 'base' must be a mapping of train config keys, got {data['base']!r}")
         return cls(**data)
@@ -69,14 +61,7 @@ class SweepConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> SweepConfig:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"sweep file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"sweep file {path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"sweep file {path} must hold a mapping, got {type(data).__name__}")
+        data = read_yaml_mapping(path, "sweep file")
         try:
             sweep = cls.from_dict(data)
         except ConfigError as exc:

@@ -122,12 +122,7 @@ class TrainConfig:
         """Build a config from plain data; unknown keys and bad values fail by name."""
         data = dict(data or {})
         known = set(cls.field_names())
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            key = unknown[0]
-            hint = difflib.get_close_matches(str(key), sorted(known), n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"unknown config key {key!r}{extra}")
+        reject_unknown(data, known, "config key")
         hints = get_type_hints(cls)
         kwargs = {k: _coerce(k, v, hints[k]) for k, v in data.items()}
         return cls(**kwargs)
@@ -136,14 +131,7 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Read a config file: either plain keys, or an exported file with a `config:` section."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+        data = read_yaml_mapping(path, "config file")
         if "config" in data and isinstance(data["config"], dict):
             data = data["config"]  # an exported best config carries provenance beside it
         try:
@@ -250,6 +238,31 @@ def demo_config(**overrides: Any) -> TrainConfig:
     )
     base.update(overrides)
     return TrainConfig.from_dict(base)
+
+
+# ---------------------------------------------------------------------- shared helpers
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file holding a mapping; fails naming the file (`what` says which kind of file)."""
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def reject_unknown(data: dict[str, Any], known: set[str] | list[str], what: str) -> None:
+    """Fail on the first key not in `known`, with a did-you-mean."""
+    for key in data:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), sorted(known), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"unknown {what} {key!r}{extra}")
 
 
 # ---------------------------------------------------------------------- coercion helpers
