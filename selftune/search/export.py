@@ -13,6 +13,7 @@ from selftune.analysis.trials import read_sweep_meta, read_trials
 from selftune.errors import SelftuneError
 from selftune.search.outcome import DIVERGED, ERRORED
 from selftune.spaces import apply_params
+from selftune.trainable.checkpoint import write_atomic
 from selftune.trainable.config import TrainConfig
 
 METRIC = "val_miou"
@@ -76,15 +77,13 @@ def export_best(path: str, top_k: int = 1) -> tuple[list[dict[str, Any]], str]:
 
 def write_exports(path: str, out: Path, top_k: int) -> list[Path]:
     """top_k == 1: one file at `out`; otherwise `out` is a folder of rank_<r>.yaml files."""
-    from selftune.search.run import write_text_atomic
-
     entries, _ = export_best(path, top_k)
     if top_k == 1:
-        write_text_atomic(out, render(entries[0]))
+        write_atomic(out, render(entries[0]))
         return [out]
     written = []
     for e in entries:
         p = out / f"rank_{e['rank']}.yaml"
-        write_text_atomic(p, render(e))
+        write_atomic(p, render(e))
         written.append(p)
     return written

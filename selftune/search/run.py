@@ -9,7 +9,6 @@ Python API::
 from __future__ import annotations
 
 import math
-import os
 import socket
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from selftune.errors import SelftuneError
 from selftune.search.study import close_open_trials
 from selftune.search.sweepfile import SweepConfig
 from selftune.spaces import SpaceContext, check_space
+from selftune.trainable.checkpoint import write_atomic
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://")
 
@@ -196,14 +196,6 @@ def _tuner_spec(plan: SweepPlan) -> Any:
     )
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 @dataclass
 class SweepSummary:
     experiment_dir: str
@@ -220,7 +212,7 @@ def run_sweep(sweep: SweepConfig) -> SweepSummary:
     from selftune.search import adapter
 
     if not plan.experiment_dir.startswith(REMOTE_SCHEMES):
-        write_text_atomic(Path(plan.experiment_dir) / "selftune_sweep.yaml", yaml.safe_dump(plan.meta(), sort_keys=False))
+        write_atomic(Path(plan.experiment_dir) / "selftune_sweep.yaml", yaml.safe_dump(plan.meta(), sort_keys=False))
     else:
         _write_remote(plan.experiment_dir + "/selftune_sweep.yaml", yaml.safe_dump(plan.meta(), sort_keys=False))
     adapter.fit(adapter.build_tuner(_tuner_spec(plan)))
@@ -274,5 +266,5 @@ def _finish(experiment_dir: str) -> SweepSummary:
     if experiment_dir.startswith(REMOTE_SCHEMES):
         _write_remote(out, text)
     else:
-        write_text_atomic(Path(out), text)
+        write_atomic(Path(out), text)
     return SweepSummary(experiment_dir, len(trials), entries[0], out)

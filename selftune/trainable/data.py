@@ -13,12 +13,10 @@ Layout (docs/data.md has the details)::
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
 import os
-import secrets
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +29,7 @@ import torch
 from PIL import Image
 
 from selftune.errors import DataError
+from selftune.trainable.checkpoint import write_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 LABELED_SPLITS = ("train", "val", "test")
@@ -360,19 +359,6 @@ def _load_index(path: Path, top: Path) -> list[str] | None:
     return files
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:  # "x" honours the umask, unlike mkstemp's 0600
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def unlabeled_index(root: Path) -> list[str]:
     """Relative paths (with '/') of the images in ROOT/unlabeled/images, sorted, from a cached index.
 
@@ -396,7 +382,7 @@ def unlabeled_index(root: Path) -> list[str]:
     text = _INDEX_MAGIC + json.dumps(meta, separators=(",", ":")) + "\n" + "".join(f + "\n" for f in files)
     for path in (primary, fallback):
         try:
-            _write_atomic(path, text)
+            write_atomic(path, text)
             break
         except OSError:
             continue
