@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 
 from selftune.analysis.trials import TrialRecord, filesystem, read_sweep_meta, read_text, read_trials
 from selftune.errors import SelftuneError
+from selftune.search.outcome import STOPPED_BY_BUDGET
 
 DEFAULT_METRIC = "val_miou"
 
@@ -136,7 +137,6 @@ def load_history(path: str) -> pd.DataFrame:
     return history_frame(records)
 
 
-STOPPED_BY_BUDGET = "stopped_by_budget"  # ended by the sweep (time_budget_s, budget_iters), not at an ASHA rung
 
 
 def asha_rungs(meta: dict[str, Any]) -> list[float]:

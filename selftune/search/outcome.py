@@ -7,11 +7,12 @@ from typing import Any
 COMPLETED = "completed"  # ran to max_iters
 EARLY_STOPPED = "early_stopped"  # the loop's own patience ran out
 STOPPED_BY_SCHEDULER = "stopped_by_asha"  # the scheduler (ASHA) cut it while it was still running
+STOPPED_BY_BUDGET = "stopped_by_budget"  # ended by the sweep (time_budget_s, budget_iters), not at an ASHA rung
 DIVERGED = "diverged"  # a non-finite loss ended it
 ERRORED = "errored"  # it raised, or reported nothing
 RUNNING = "running"  # still going (a half-finished sweep)
 
-OUTCOMES = (COMPLETED, EARLY_STOPPED, STOPPED_BY_SCHEDULER, DIVERGED, ERRORED, RUNNING)
+OUTCOMES = (COMPLETED, EARLY_STOPPED, STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET, DIVERGED, ERRORED, RUNNING)
 
 
 def trial_outcome(last_result: dict[str, Any] | None, *, errored: bool, finished: bool = True) -> str:
@@ -36,6 +37,7 @@ def optuna_state(outcome: str) -> str:
         COMPLETED: "COMPLETE",
         EARLY_STOPPED: "COMPLETE",
         STOPPED_BY_SCHEDULER: "PRUNED",
+        STOPPED_BY_BUDGET: "PRUNED",
         DIVERGED: "FAIL",
         ERRORED: "FAIL",
     }[outcome]
