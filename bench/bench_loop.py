@@ -154,6 +154,27 @@ def train_run(cfg: TrainConfig, data: Path, steps: int) -> list[float]:
     return [m["step_seconds"] for m in reports]
 
 
+def same_config(trial, ctx):
+    """A search space with nothing to search: the Tune trial runs the base config as is."""
+
+
+def tune_run(cfg: TrainConfig, data: Path, steps: int) -> list[float]:
+    """`step_seconds` of each window of the same run inside a Ray Tune trial, through `selftune.search`
+    (the real trainable, adapter and reporter; one trial, FIFO, `cpus_per_trial` = the thread count)."""
+    from selftune.analysis.trials import read_trials
+    from selftune.search import SweepConfig, run_sweep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sweep = SweepConfig(name="bench_loop", data=str(data), base=cfg.replace(max_iters=steps).to_dict(),
+                            space="bench.bench_loop:same_config", searcher="random", scheduler="fifo",
+                            num_samples=1, max_concurrent=1, cpus_per_trial=cfg.num_threads,
+                            num_cpus=max(cfg.num_threads, 1), storage=tmp, verbose=0)
+        exp = run_sweep(sweep).experiment_dir
+        (trial,) = read_trials(str(exp))
+    assert trial.results and trial.results[-1]["status"] == "completed", trial
+    return [r["step_seconds"] for r in trial.results]
+
+
 def eval_seconds(data: Path, threads: int) -> float:
     """Seconds of one evaluation with the demo config (EMA + raw model on all val images, EMA on the
     train subset)."""
@@ -186,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="cuda: profile train() AMP vs fp32 on the GPU instead")
     parser.add_argument("--crop", type=int, default=64, help="crop size in pixels (default 64, the demo's)")
     parser.add_argument("--workers", type=int, default=0, help="data loader workers (default 0, the demo's)")
+    parser.add_argument("--tune", action="store_true",
+                        help="also time the same run inside a Ray Tune trial (the sweep's trainable)")
     args = parser.parse_args(argv)
 
     threads = args.threads or available_cpus()
@@ -201,13 +224,20 @@ def main(argv: list[str] | None = None) -> int:
 
     batches, data_s = draw_batches(cfg, data, steps)
     timings: dict[str, list[float]] = {"bare": [], "train": []}
+    if args.tune:
+        timings["tune"] = []
     for r in range(repeats):
         bare = bare_loop(cfg, num_classes, batches)[1:]  # the first window sets kernels up
         loop = train_run(cfg, data, steps)[1:]
         timings["bare"] += bare
         timings["train"] += loop
-        print(f"run {r + 1}/{repeats}: s/step median bare {statistics.median(bare):.3f}, "
-              f"train() {statistics.median(loop):.3f}", file=sys.stderr)
+        line = f"run {r + 1}/{repeats}: s/step median bare {statistics.median(bare):.3f}, train() " \
+               f"{statistics.median(loop):.3f}"
+        if args.tune:
+            tuned = tune_run(cfg, data, steps)[1:]
+            timings["tune"] += tuned
+            line += f", Tune trial {statistics.median(tuned):.3f}"
+        print(line, file=sys.stderr)
     ev = eval_seconds(data, threads)
 
     med = {k: statistics.median(v) for k, v in timings.items()}
@@ -218,11 +248,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{WINDOW} steps per side; load average at the end {load:.2f}\n")
     print("| loop | s/step (median) | it/s (median) | s/step (fastest window) |")
     print("|---|---:|---:|---:|")
-    names = {"bare": "bare PyTorch loop (batches pre-drawn)", "train": "train() (data drawn live)"}
-    for key, name in names.items():
-        print(f"| {name} | {med[key]:.3f} | {1 / med[key]:.2f} | {best[key]:.3f} |")
+    names = {"bare": "bare PyTorch loop (batches pre-drawn)", "train": "train() (data drawn live)",
+             "tune": "train() inside a Ray Tune trial (`selftune.search`)"}
+    for key in timings:
+        print(f"| {names[key]} | {med[key]:.3f} | {1 / med[key]:.2f} | {best[key]:.3f} |")
     ratio_med, ratio_best = med["bare"] / med["train"], best["bare"] / best["train"]
     print(f"| **ratio train()/bare, it/s** | **{ratio_med:.3f}** | | **{ratio_best:.3f}** |")
+    ratios = {"ratio_median": ratio_med, "ratio_fastest": ratio_best}
+    if args.tune:
+        ratios.update(tune_ratio_median=med["bare"] / med["tune"], tune_ratio_fastest=best["bare"] / best["tune"])
+        print(f"| **ratio Tune trial/bare, it/s** | **{ratios['tune_ratio_median']:.3f}** | | "
+              f"**{ratios['tune_ratio_fastest']:.3f}** |")
     print("\ngoal: ratio >= 0.95")
     print(f"outside the step times: one evaluation with the demo config (48 val + 16 train images) {ev:.2f} s; "
           f"drawing one labelled + unlabelled batch pair {data_s * 1000:.1f} ms (inside train()'s steps)")
@@ -237,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         for key, values in timings.items():
             for i, s in enumerate(values):
                 w.writerow([key, i, f"{s:.5f}", *common])
-        w.writerow(["ratio_median", "", f"{ratio_med:.4f}", *common])
-        w.writerow(["ratio_fastest", "", f"{ratio_best:.4f}", *common])
+        for key, value in ratios.items():
+            w.writerow([key, "", f"{value:.4f}", *common])
         w.writerow(["evaluation_seconds", "", f"{ev:.4f}", *common])
         w.writerow(["data_pair_seconds", "", f"{data_s:.5f}", *common])
     print(f"CSV: {path}")
