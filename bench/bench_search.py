@@ -76,8 +76,12 @@ PROFILES = {
 }
 
 
-def run_arm(arm: str, seed: int, profile: Profile, data: Path, storage: Path) -> Path:
+def run_arm(arm: str, seed: int, profile: Profile, data: Path, storage: Path, reuse: bool = False) -> Path:
     from selftune.search import SweepConfig, run_sweep
+
+    done = storage / f"{profile.name}-{arm}-s{seed}"
+    if reuse and (done / "best_config.yaml").is_file():  # a finished sweep from an earlier invocation
+        return done
     from selftune.trainable.config import demo_config
 
     base = demo_config(max_iters=profile.max_t, eval_every=profile.eval_every, report_test=True, num_threads=1,
@@ -190,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, help="tuner seeds per arm (default: the profile's)")
     p.add_argument("--out", type=Path, help="where to write results (default docs/bench_results; smoke: a temp dir)")
     p.add_argument("--storage", type=Path, help="where the sweeps go (default: OUT/sweeps_<profile>)")
+    p.add_argument("--reuse", action="store_true",
+                   help="read arms whose sweep already finished in the storage folder instead of rerunning them")
     args = p.parse_args(argv)
     profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
     seeds = args.seeds or profile.seeds
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(seeds):
             for arm in args.arms:
                 ts = time.time()
-                exp = run_arm(arm, seed, profile, data, storage)
+                exp = run_arm(arm, seed, profile, data, storage, args.reuse)
                 frames.append(events(arm, seed, exp))
                 print(f"[{time.time() - t0:7.0f}s] arm {arm} seed {seed}: {time.time() - ts:.0f}s, best val "
                       f"{frames[-1]['best_val'].iloc[-1]:.4f}", flush=True)

@@ -42,3 +42,20 @@ def test_demo_sweep_is_small_and_valid() -> None:
     sweep = demo_sweep()
     base = sweep.base_train_config()
     assert sweep.data is None and base.max_iters <= 600
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "budget_iters", "max_t", "expected"),
+    [
+        (30, None, None, 10),  # Optuna's default for sweeps of 30+ trials
+        (12, None, None, 4),  # a third of the trials
+        (4, None, None, 3),  # never below 3
+        (-1, 900, 150, 3),  # budget of 6 full trials: TPE must start modelling after 3, not 10
+        (-1, 6000, 150, 10),  # 40 full trials
+        (-1, None, 150, 10),  # time budget only: the count is unknown
+    ],
+)
+def test_tpe_startup_follows_the_expected_number_of_trials(num_samples, budget_iters, max_t, expected) -> None:
+    from selftune.search.adapter import startup_trials
+
+    assert startup_trials(num_samples, budget_iters, max_t) == expected

@@ -108,15 +108,26 @@ def _space_for_optuna(space: str, ctx: SpaceContext, trial: Any) -> dict[str, An
     return call_space(get_space(space), trial, ctx)
 
 
+def startup_trials(num_samples: int, budget_iters: int | None = None, max_t: int | None = None) -> int:
+    """TPE's random start-up trials: a third of the trials the sweep expects, between 3 and Optuna's 10.
+
+    A sweep bounded by an iteration budget (num_samples -1) expects budget_iters / max_t full-length
+    trials; with only a time budget the count is unknown and Optuna's default 10 is kept. Without
+    this, a small budgeted sweep never leaves the random start-up and TPE is random search.
+    """
+    expected = num_samples if num_samples > 0 else (budget_iters // max_t if budget_iters and max_t else 0)
+    return min(10, max(3, expected // 3)) if expected > 0 else 10
+
+
 def make_searcher(
     kind: str, space: str, ctx: SpaceContext, *, seed: int, num_samples: int, max_concurrent: int,
-    study_name: str, storage_url: str,
+    study_name: str, storage_url: str, budget_iters: int | None = None, max_t: int | None = None,
 ) -> ConcurrencyLimiter:
     """TPE (multivariate, constant liar, seeded) or random, over a persisted Optuna study."""
     if kind == "random":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
     else:
-        startup = min(10, max(3, num_samples // 3)) if num_samples > 0 else 10
+        startup = startup_trials(num_samples, budget_iters, max_t)
         sampler = optuna.samplers.TPESampler(
             seed=seed, multivariate=True, constant_liar=True, n_startup_trials=startup
         )
@@ -204,6 +215,7 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
     searcher = make_searcher(
         spec.searcher, spec.space, spec.ctx, seed=spec.seed, num_samples=spec.num_samples,
         max_concurrent=spec.max_concurrent, study_name=spec.name, storage_url=spec.optuna_storage,
+        budget_iters=spec.budget_iters, max_t=spec.max_t,
     )
     if spec.scheduler == "asha":
         scheduler: Any = ASHAScheduler(
