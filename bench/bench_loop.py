@@ -18,8 +18,14 @@ the machine hits both. The median window is the headline, the fastest window the
 Evaluation is timed apart, with the demo's full validation set. Prints a markdown table and writes
 a CSV under bench/out/.
 
-With `--device cuda` it profiles train() on the GPU instead: AMP (bf16 where supported, else fp16)
-+ channels_last against fp32, same batches (use --crop 256 and --workers N for realistic sizes).
+With `--device cuda` it profiles train() on the GPU instead, with the seeds' model by default
+(DeepLabV3+ / ResNet-50, 320 px crops of a 320 px demo dataset generated under bench/out/):
+AMP (bf16 where supported, else fp16) + channels_last against fp32 on the same batches, GPU
+utilisation and memory sampled with nvidia-smi meanwhile, then the aggregate throughput of 1, 2 and 4
+trials sharing the GPU through a real sweep (`gpus_per_trial` = 1/n; `--fractional`). Use
+`--workers N` so that loading keeps up with the GPU.
+
+    python bench/bench_loop.py --device cuda --workers 4 [--quick]
 """
 
 from __future__ import annotations
@@ -116,30 +122,113 @@ def bare_loop(cfg: TrainConfig, num_classes: int, batches: list) -> list[float]:
     return windows
 
 
-def cuda_profile(cfg: TrainConfig, data: Path, steps: int, repeats: int) -> int:
-    """train() on the GPU: AMP + channels_last vs fp32 (s/step per window, first window dropped)."""
+class GpuSampler:
+    """Samples GPU utilisation (%) and memory (MiB) with nvidia-smi every `period` s in a thread."""
+
+    def __init__(self, period: float = 0.5) -> None:
+        import shutil
+        import threading
+
+        self.period, self.samples = period, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True) if shutil.which("nvidia-smi") else None
+
+    def _run(self) -> None:
+        import subprocess
+
+        while not self._stop.is_set():
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                                  "--id=0"], capture_output=True, text=True).stdout.strip()
+            if out:
+                util, mem = (float(v) for v in out.split(",")[:2])
+                self.samples.append((util, mem))
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> GpuSampler:
+        if self._thread:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def summary(self) -> tuple[float, float]:
+        """(mean utilisation %, peak memory MiB); NaN without nvidia-smi."""
+        if not self.samples:
+            return float("nan"), float("nan")
+        return statistics.mean(u for u, _ in self.samples), max(m for _, m in self.samples)
+
+
+def fractional_trials(cfg: TrainConfig, data: Path, steps: int, counts: list[int]) -> list[dict[str, float]]:
+    """Aggregate throughput of n trials sharing one device (`gpus_per_trial` = 1/n on CUDA), through a
+    real sweep: each trial runs `cfg` for `steps` steps; its it/s is 1 / its median window."""
+    rows = []
+    for n in counts:
+        with tempfile.TemporaryDirectory() as tmp, GpuSampler() as gpu:
+            from selftune.analysis.trials import read_trials
+            from selftune.search import SweepConfig, run_sweep
+
+            cuda = cfg.device == "cuda"
+            sweep = SweepConfig(name=f"fractional{n}", data=str(data), base=cfg.replace(max_iters=steps).to_dict(),
+                                space="bench.bench_loop:same_config", searcher="random", scheduler="fifo",
+                                num_samples=n, max_concurrent=n, cpus_per_trial=max(cfg.num_threads, 1),
+                                gpus_per_trial=1.0 / n if cuda else 0.0, storage=tmp, verbose=0)
+            t0 = time.perf_counter()
+            exp = run_sweep(sweep).experiment_dir
+            wall = time.perf_counter() - t0
+            trials = read_trials(str(exp))
+        per_trial = [1 / statistics.median([r["step_seconds"] for r in t.results][1:] or [float("inf")])
+                     for t in trials]
+        util, mem = gpu.summary()
+        rows.append(dict(trials=n, aggregate_its=sum(per_trial), per_trial_its=statistics.mean(per_trial),
+                         wall_s=wall, gpu_util=util, gpu_mem_mib=mem))
+    return rows
+
+
+def cuda_profile(cfg: TrainConfig, data: Path, steps: int, repeats: int, counts: list[int]) -> int:
+    """train() on the GPU: AMP + channels_last vs fp32 (s/step per window, first window dropped, GPU
+    utilisation sampled meanwhile), then 1, 2, 4 ... fractional trials sharing the GPU."""
     variants = {"AMP (auto) + channels_last": dict(amp="auto", channels_last=True),
                 "fp32, contiguous": dict(amp="off", channels_last=False)}
     timings: dict[str, list[float]] = {k: [] for k in variants}
+    util: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
     for _ in range(repeats):
         for name, changes in variants.items():
-            timings[name] += train_run(cfg.replace(device="cuda", **changes), data, steps)[1:]
-    gpu = torch.cuda.get_device_name()
+            with GpuSampler() as gpu:
+                timings[name] += train_run(cfg.replace(device="cuda", **changes), data, steps)[1:]
+            util[name].append(gpu.summary())
+    name = torch.cuda.get_device_name()
     print(f"\n{cfg.arch} + {cfg.encoder}, {cfg.crop_size} px, batch {cfg.batch_size} + {cfg.unlabeled_batch_size}, "
-          f"{cfg.num_workers} loader workers, {gpu}, bf16 supported: {torch.cuda.is_bf16_supported()}\n")
-    print("| train() on CUDA | s/step (median) | it/s (median) |")
-    print("|---|---:|---:|")
-    for name, values in timings.items():
+          f"{cfg.num_workers} loader workers, {name}, bf16 supported: {torch.cuda.is_bf16_supported()}\n")
+    print("| train() on CUDA | s/step (median) | it/s (median) | GPU util % (mean) | GPU memory MiB (peak) |")
+    print("|---|---:|---:|---:|---:|")
+    for key, values in timings.items():
         m = statistics.median(values)
-        print(f"| {name} | {m:.4f} | {1 / m:.1f} |")
+        u = statistics.mean(x for x, _ in util[key])
+        mem = max(y for _, y in util[key])
+        print(f"| {key} | {m:.4f} | {1 / m:.1f} | {u:.0f} | {mem:.0f} |")
+    frac = fractional_trials(cfg.replace(device="cuda"), data, steps, counts) if counts else []
+    if frac:
+        print("\n| trials per GPU (gpus_per_trial) | aggregate it/s | it/s per trial | GPU util % (mean) | "
+              "GPU memory MiB (peak) | sweep wall s |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in frac:
+            print(f"| {r['trials']} ({1 / r['trials']:.2f}) | {r['aggregate_its']:.1f} | {r['per_trial_its']:.1f} | "
+                  f"{r['gpu_util']:.0f} | {r['gpu_mem_mib']:.0f} | {r['wall_s']:.0f} |")
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"bench_loop-cuda-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["variant", "window", "seconds_per_step", "gpu", "crop", "batch", "workers"])
-        for name, values in timings.items():
+        w.writerow(["variant", "window", "seconds_per_step", "gpu", "arch", "encoder", "crop", "batch", "workers"])
+        common = [name, cfg.arch, cfg.encoder, cfg.crop_size, cfg.batch_size, cfg.num_workers]
+        for key, values in timings.items():
             for i, v in enumerate(values):
-                w.writerow([name, i, f"{v:.5f}", gpu, cfg.crop_size, cfg.batch_size, cfg.num_workers])
+                w.writerow([key, i, f"{v:.5f}", *common])
+        for r in frac:
+            w.writerow([f"fractional_{r['trials']}_aggregate_its", "", f"{r['aggregate_its']:.3f}", *common])
+            w.writerow([f"fractional_{r['trials']}_gpu_util", "", f"{r['gpu_util']:.1f}", *common])
     print(f"CSV: {path}")
     return 0
 
@@ -205,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=0, help=f"windows of {WINDOW} steps per run (default 7)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: profile train() AMP vs fp32 on the GPU instead")
-    parser.add_argument("--crop", type=int, default=64, help="crop size in pixels (default 64, the demo's)")
+    parser.add_argument("--crop", type=int, default=0,
+                        help="crop size in pixels (default: 64, the demo's; 320 with --device cuda, the seeds')")
+    parser.add_argument("--arch", help="smp architecture (default: Unet; DeepLabV3Plus with --device cuda)")
+    parser.add_argument("--encoder", help="encoder (default: resnet18; resnet50 with --device cuda)")
+    parser.add_argument("--fractional", default="1,2,4",
+                        help="CUDA: trial counts sharing the GPU (gpus_per_trial = 1/n); empty to skip")
     parser.add_argument("--workers", type=int, default=0, help="data loader workers (default 0, the demo's)")
     parser.add_argument("--tune", action="store_true",
                         help="also time the same run inside a Ray Tune trial (the sweep's trainable)")
@@ -213,14 +307,28 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = args.threads or available_cpus()
     torch.set_num_threads(threads)
-    data = args.data or ensure_demo()
-    cfg = bench_config(threads).replace(crop_size=args.crop, num_workers=args.workers)
+    if args.data:
+        data = args.data
+    elif args.device == "cuda":  # tiles as large as the seeds' crops
+        from selftune.trainable.demo import DemoSpec, generate_demo
+
+        data = OUT / "demo320"
+        if not data.exists():
+            generate_demo(data, DemoSpec(size=320, n_train=24, n_val=8, n_test=8, n_unlabeled=400), workers=None)
+    else:
+        data = ensure_demo()
+    cuda = args.device == "cuda"
+    cfg = bench_config(threads).replace(
+        crop_size=args.crop or (320 if cuda else 64), num_workers=args.workers,
+        arch=args.arch or ("DeepLabV3Plus" if cuda else "Unet"), encoder=args.encoder or ("resnet50" if cuda else "resnet18"),
+    )
     num_classes = read_classes(data).num_classes
     repeats = args.repeats or (1 if args.quick else 3)
     windows = args.windows or (3 if args.quick else 7)
     steps = windows * WINDOW
     if args.device == "cuda":
-        return cuda_profile(cfg, data, steps, repeats)
+        counts = [int(n) for n in args.fractional.split(",") if n.strip()]
+        return cuda_profile(cfg, data, steps, repeats, counts)
 
     batches, data_s = draw_batches(cfg, data, steps)
     timings: dict[str, list[float]] = {"bare": [], "train": []}

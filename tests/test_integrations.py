@@ -35,6 +35,7 @@ def logged(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     root = tmp_path_factory.mktemp("integrations")
     env = {**ENV, "WANDB_DIR": str(root / "wandb")}
     (root / "wandb").mkdir()
+    ray.shutdown()  # a Ray left running by an earlier test would keep workers without this environment
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # before Ray starts: its worker processes (W&B's logging actors) inherit it
     db = root / "mlflow.db"
