@@ -166,21 +166,11 @@ def fractional_trials(cfg: TrainConfig, data: Path, steps: int, counts: list[int
     real sweep: each trial runs `cfg` for `steps` steps; its it/s is 1 / its median window."""
     rows = []
     for n in counts:
-        with tempfile.TemporaryDirectory() as tmp, GpuSampler() as gpu:
-            from selftune.analysis.trials import read_trials
-            from selftune.search import SweepConfig, run_sweep
-
-            cuda = cfg.device == "cuda"
-            sweep = SweepConfig(name=f"fractional{n}", data=str(data), base=cfg.replace(max_iters=steps).to_dict(),
-                                space="bench.bench_loop:same_config", searcher="random", scheduler="fifo",
-                                num_samples=n, max_concurrent=n, cpus_per_trial=max(cfg.num_threads, 1),
-                                gpus_per_trial=1.0 / n if cuda else 0.0, storage=tmp, verbose=0)
+        with GpuSampler() as gpu:
             t0 = time.perf_counter()
-            exp = run_sweep(sweep).experiment_dir
+            trials = sweep_windows(cfg, data, steps, n, name=f"fractional{n}")
             wall = time.perf_counter() - t0
-            trials = read_trials(str(exp))
-        per_trial = [1 / statistics.median([r["step_seconds"] for r in t.results][1:] or [float("inf")])
-                     for t in trials]
+        per_trial = [1 / statistics.median(windows[1:] or [float("inf")]) for windows in trials]
         util, mem = gpu.summary()
         rows.append(dict(trials=n, aggregate_its=sum(per_trial), per_trial_its=statistics.mean(per_trial),
                          wall_s=wall, gpu_util=util, gpu_mem_mib=mem))
@@ -217,18 +207,12 @@ def cuda_profile(cfg: TrainConfig, data: Path, steps: int, repeats: int, counts:
         for r in frac:
             print(f"| {r['trials']} ({1 / r['trials']:.2f}) | {r['aggregate_its']:.1f} | {r['per_trial_its']:.1f} | "
                   f"{r['gpu_util']:.0f} | {r['gpu_mem_mib']:.0f} | {r['wall_s']:.0f} |")
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"bench_loop-cuda-{time.strftime('%Y%m%d-%H%M%S')}.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["variant", "window", "seconds_per_step", "gpu", "arch", "encoder", "crop", "batch", "workers"])
-        common = [name, cfg.arch, cfg.encoder, cfg.crop_size, cfg.batch_size, cfg.num_workers]
-        for key, values in timings.items():
-            for i, v in enumerate(values):
-                w.writerow([key, i, f"{v:.5f}", *common])
-        for r in frac:
-            w.writerow([f"fractional_{r['trials']}_aggregate_its", "", f"{r['aggregate_its']:.3f}", *common])
-            w.writerow([f"fractional_{r['trials']}_gpu_util", "", f"{r['gpu_util']:.1f}", *common])
+    scalars = {}
+    for r in frac:
+        scalars[f"fractional_{r['trials']}_aggregate_its"] = f"{r['aggregate_its']:.3f}"
+        scalars[f"fractional_{r['trials']}_gpu_util"] = f"{r['gpu_util']:.1f}"
+    path = write_csv("bench_loop-cuda", ["gpu", "arch", "encoder", "crop", "batch", "workers"],
+                     [name, cfg.arch, cfg.encoder, cfg.crop_size, cfg.batch_size, cfg.num_workers], timings, scalars)
     print(f"CSV: {path}")
     return 0
 
@@ -243,25 +227,51 @@ def train_run(cfg: TrainConfig, data: Path, steps: int) -> list[float]:
     return [m["step_seconds"] for m in reports]
 
 
+def write_csv(prefix: str, columns: list[str], common: list[Any], timings: dict[str, list[float]],
+              scalars: dict[str, str]) -> Path:
+    """bench/out/<prefix>-<time>.csv: one row per timed window (variant, window, seconds_per_step), then
+    one per scalar (name, "", value), each followed by the `common` columns."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variant", "window", "seconds_per_step", *columns])
+        for key, values in timings.items():
+            for i, v in enumerate(values):
+                w.writerow([key, i, f"{v:.5f}", *common])
+        for key, value in scalars.items():
+            w.writerow([key, "", value, *common])
+    return path
+
+
 def same_config(trial, ctx):
     """A search space with nothing to search: the Tune trial runs the base config as is."""
 
 
-def tune_run(cfg: TrainConfig, data: Path, steps: int) -> list[float]:
-    """`step_seconds` of each window of the same run inside a Ray Tune trial, through `selftune.search`
-    (the real trainable, adapter and reporter; one trial, FIFO, `cpus_per_trial` = the thread count)."""
+def sweep_windows(cfg: TrainConfig, data: Path, steps: int, n: int, *, name: str,
+                  num_cpus: int | None = None) -> list[list[float]]:
+    """Run `cfg` for `steps` steps as n concurrent Ray Tune trials through `selftune.search` (the real
+    trainable, adapter and reporter; FIFO; `gpus_per_trial` 1/n on CUDA): each trial's `step_seconds`
+    per window."""
     from selftune.analysis.trials import read_trials
     from selftune.search import SweepConfig, run_sweep
 
     with tempfile.TemporaryDirectory() as tmp:
-        sweep = SweepConfig(name="bench_loop", data=str(data), base=cfg.replace(max_iters=steps).to_dict(),
+        sweep = SweepConfig(name=name, data=str(data), base=cfg.replace(max_iters=steps).to_dict(),
                             space="bench.bench_loop:same_config", searcher="random", scheduler="fifo",
-                            num_samples=1, max_concurrent=1, cpus_per_trial=cfg.num_threads,
-                            num_cpus=max(cfg.num_threads, 1), storage=tmp, verbose=0)
-        exp = run_sweep(sweep).experiment_dir
-        (trial,) = read_trials(str(exp))
-    assert trial.results and trial.results[-1]["status"] == "completed", trial
-    return [r["step_seconds"] for r in trial.results]
+                            num_samples=n, max_concurrent=n, cpus_per_trial=max(cfg.num_threads, 1),
+                            gpus_per_trial=1.0 / n if cfg.device == "cuda" else 0.0, num_cpus=num_cpus,
+                            storage=tmp, verbose=0)
+        trials = read_trials(str(run_sweep(sweep).experiment_dir))
+    return [[r["step_seconds"] for r in t.results] for t in trials]
+
+
+def tune_run(cfg: TrainConfig, data: Path, steps: int) -> list[float]:
+    """`step_seconds` of each window of the same run inside one Ray Tune trial (`cpus_per_trial` = the
+    thread count, Ray limited to that many CPUs)."""
+    (windows,) = sweep_windows(cfg, data, steps, 1, name="bench_loop", num_cpus=max(cfg.num_threads, 1))
+    assert windows, "the Tune trial reported nothing"
+    return windows
 
 
 def eval_seconds(data: Path, threads: int) -> float:
@@ -371,20 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"outside the step times: one evaluation with the demo config (48 val + 16 train images) {ev:.2f} s; "
           f"drawing one labelled + unlabelled batch pair {data_s * 1000:.1f} ms (inside train()'s steps)")
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"bench_loop-{time.strftime('%Y%m%d-%H%M%S')}.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["variant", "window", "seconds_per_step", "threads", "crop", "batch", "unlabeled_batch",
-                    "load_average"])
-        common = [threads, cfg.crop_size, cfg.batch_size, cfg.unlabeled_batch_size, f"{load:.2f}"]
-        for key, values in timings.items():
-            for i, s in enumerate(values):
-                w.writerow([key, i, f"{s:.5f}", *common])
-        for key, value in ratios.items():
-            w.writerow([key, "", f"{value:.4f}", *common])
-        w.writerow(["evaluation_seconds", "", f"{ev:.4f}", *common])
-        w.writerow(["data_pair_seconds", "", f"{data_s:.5f}", *common])
+    scalars = {key: f"{value:.4f}" for key, value in ratios.items()}
+    scalars.update(evaluation_seconds=f"{ev:.4f}", data_pair_seconds=f"{data_s:.5f}")
+    path = write_csv("bench_loop", ["threads", "crop", "batch", "unlabeled_batch", "load_average"],
+                     [threads, cfg.crop_size, cfg.batch_size, cfg.unlabeled_batch_size, f"{load:.2f}"], timings,
+                     scalars)
     print(f"CSV: {path}")
     return 0
 

@@ -137,8 +137,6 @@ def load_history(path: str) -> pd.DataFrame:
     return history_frame(records)
 
 
-
-
 def asha_rungs(meta: dict[str, Any]) -> list[float]:
     """The iterations where ASHA compared trials (Ray's milestones: grace * rf^k below max_t)."""
     sweep = meta.get("sweep", {})
