@@ -54,6 +54,42 @@ def test_pseudo_label_counts_and_acceptance_ratio():
     assert float(fx.acceptance_ratio(accepted.sum(), predicted.sum())) == 0.75
 
 
+def test_class_floor_thresholds_take_the_most_confident_fraction_of_each_class():
+    conf = torch.tensor([[0.9, 0.5, 0.6, 0.7, 0.99, 0.3]])
+    pred = torch.tensor([[0, 1, 1, 1, 0, 2]])
+    # class 0 {.9,.99}: ceil(.5*2)=1 -> .99; class 1 {.5,.6,.7}: ceil(1.5)=2 -> .6; class 2 {.3} -> .3;
+    # class 3 is predicted nowhere -> 1.0
+    got = fx.class_floor_thresholds(conf, pred, 4, 0.5)
+    assert got.tolist() == pytest.approx([0.99, 0.6, 0.3, 1.0])
+    assert fx.class_floor_thresholds(conf, pred, 4, 1.0).tolist() == pytest.approx([0.9, 0.5, 0.3, 1.0])
+    assert fx.class_floor_thresholds(conf[:, :0], pred[:, :0], 2, 0.5).tolist() == [1.0, 1.0]
+
+
+def test_min_accept_ratio_lowers_only_thresholds_that_accept_too_little():
+    p = probs_2x2()  # top classes 0, 1 / 1, 2 at .6, .8 / .55, .4
+    strict = torch.tensor([0.5, 0.9, 0.9])
+    assert fx.pseudo_labels(p, strict, IGN).labels.tolist() == [[[0, IGN], [IGN, IGN]]]
+    # floor 0.5: class 1 keeps its more confident half (.8), class 2 its only pixel; class 0 is
+    # unchanged (its threshold .5 already accepts it)
+    pl = fx.pseudo_labels(p, strict, IGN, min_accept_ratio=0.5)
+    assert pl.labels.tolist() == [[[0, 1], [IGN, 2]]]
+    assert fx.pseudo_labels(p, strict, IGN, min_accept_ratio=1.0).accepted.all()
+
+
+def test_align_distribution_moves_mass_from_over_predicted_classes():
+    p = probs_2x2()  # class means over the 4 pixels: .325, .4875, .1875
+    prior = torch.tensor([0.5, 0.25, 0.25])
+    mean = p.mean(dim=(0, 2, 3))
+    out = fx.align_distribution(p, prior, mean)
+    assert torch.allclose(out.sum(1), torch.ones(1, 2, 2))
+    # pixel (1,0): .3/.325*.5, .55/.4875*.25, .15/.1875*.25, renormalised -> class 0 now on top
+    raw = torch.tensor([0.3 / 0.325 * 0.5, 0.55 / 0.4875 * 0.25, 0.15 / 0.1875 * 0.25])
+    assert torch.allclose(out[0, :, 1, 0], raw / raw.sum())
+    assert out[0, :, 1, 0].argmax() == 0 and p[0, :, 1, 0].argmax() == 1
+    # when the teacher already predicts the prior, nothing changes
+    assert torch.allclose(fx.align_distribution(p, mean, mean), p)
+
+
 # ------------------------------------------------------------------------------ schedules
 
 

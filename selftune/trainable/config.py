@@ -75,6 +75,11 @@ class TrainConfig:
     threshold_schedule: str = "constant"  # constant | linear ramp from thresholds+start_offset
     threshold_start_offset: float = 0.0  # linear schedule: thresholds start this far from the end value
     threshold_ramp_iters: int = 10000  # linear schedule: iterations to reach the end value
+    distribution_alignment: bool = False  # scale teacher probabilities by labelled class frequency / their running
+    # mean on unlabelled data before thresholding (ReMixMatch/AdaMatch): stops drift towards favoured classes
+    da_momentum: float = 0.99  # momentum of that running mean (per self-training step)
+    min_accept_ratio: float = 0.0  # per-class acceptance floor (CBST-style class balance): the most confident
+    # fraction of each class's predicted pixels in a batch is accepted even below its threshold; 0 = off
     st_weight: float = 1.5  # weight of the unlabelled (pseudo-label) loss
     st_start_iter: int = 500  # no pseudo-label loss before this iteration
     st_rampup_iters: int = 1000  # linear ramp of st_weight after st_start_iter
@@ -181,7 +186,7 @@ class TrainConfig:
             raise ConfigError("ce_weight + focal_weight + dice_weight must be > 0, got all zero")
         if self.focal_alpha is not None and not 0 <= self.focal_alpha <= 1:
             raise ConfigError(f"focal_alpha must be in [0, 1] or null, got {self.focal_alpha!r}")
-        for name in ("ema_decay", "cutmix_prob"):
+        for name in ("ema_decay", "cutmix_prob", "min_accept_ratio", "da_momentum"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {v!r}")

@@ -1,6 +1,6 @@
 """Small pure functions of the self-training loop, each written once and testable on 2x2 tensors.
 
-- pseudo-labels: `pseudo_labels`, `pseudo_label_counts`, `acceptance_ratio`
+- pseudo-labels: `pseudo_labels`, `align_distribution`, `class_floor_thresholds`, `pseudo_label_counts`, `acceptance_ratio`
 - schedules: `threshold_at`, `st_weight_at`, `lr_factor`
 - losses: `SegmentationLoss` (ce*CE + focal*Focal + dice*Dice; the same object scores labelled
   batches and pseudo-labelled ones, whose rejected pixels carry `ignore_index`), `class_weights_for`
@@ -36,22 +36,67 @@ class PseudoLabels(NamedTuple):
     predicted: torch.Tensor  # int64 [B, H, W]: the teacher's class before rejection
 
 
-def pseudo_labels(probs: torch.Tensor, thresholds: torch.Tensor, ignore_index: int = 255) -> PseudoLabels:
+def pseudo_labels(
+    probs: torch.Tensor, thresholds: torch.Tensor, ignore_index: int = 255, min_accept_ratio: float = 0.0
+) -> PseudoLabels:
     """Per-class confidence masking of a teacher's class probabilities.
 
     A pixel is accepted when its top probability is at least the threshold of its top class
     (threshold 0 accepts every pixel, 1 only certain ones); rejected pixels get `ignore_index`.
+    With `min_accept_ratio` r > 0, a class's threshold is lowered where needed so that at least
+    the most confident fraction r of the pixels predicted as that class is accepted
+    (`class_floor_thresholds`).
 
     Args:
         probs: softmax probabilities [B, K, H, W].
         thresholds: one threshold per class [K], on any device.
         ignore_index: label of rejected pixels.
+        min_accept_ratio: per-class acceptance floor in [0, 1]; 0 leaves the thresholds as they are.
     """
     confidence, predicted = probs.max(dim=1)
-    thr = thresholds.to(device=probs.device, dtype=confidence.dtype)[predicted]
+    thresholds = thresholds.to(device=probs.device, dtype=confidence.dtype)
+    if min_accept_ratio > 0:
+        floor = class_floor_thresholds(confidence, predicted, probs.shape[1], min_accept_ratio)
+        thresholds = torch.minimum(thresholds, floor.to(confidence.dtype))
+    thr = thresholds[predicted]
     accepted = confidence >= thr
     labels = torch.where(accepted, predicted, torch.full_like(predicted, ignore_index))
     return PseudoLabels(labels, accepted, confidence, predicted)
+
+
+def align_distribution(probs: torch.Tensor, prior: torch.Tensor, predicted_mean: torch.Tensor) -> torch.Tensor:
+    """Distribution alignment (ReMixMatch; AdaMatch): scale the teacher's class probabilities
+    [B, K, H, W] by prior / predicted_mean per class and renormalise over classes.
+
+    `prior` is the labelled class distribution and `predicted_mean` the running mean of the
+    teacher's probabilities on unlabelled data, both [K]. A class the teacher predicts more often
+    than the labels hold it loses probability mass; a rare class it neglects gains it, so
+    self-training does not drift towards the classes it already favours.
+    """
+    ratio = prior.to(probs) / predicted_mean.to(probs).clamp_min(1e-6)
+    aligned = probs * ratio.view(1, -1, *([1] * (probs.dim() - 2)))
+    return aligned / aligned.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def class_floor_thresholds(
+    confidence: torch.Tensor, predicted: torch.Tensor, num_classes: int, ratio: float
+) -> torch.Tensor:
+    """Per class, the confidence of its ceil(ratio * n)-th most confident pixel, n being the pixels
+    predicted as that class (float64 [K]; 1.0 for a class predicted nowhere).
+
+    Used as a threshold it accepts at least that fraction of every predicted class: the class-balanced
+    selection of CBST (Zou et al., 2018), which keeps rare classes in the pseudo-labels when a fixed
+    high threshold would accept only the frequent ones. One sort, no host-device sync.
+    """
+    classes = torch.arange(num_classes, device=confidence.device, dtype=torch.float64)
+    if confidence.numel() == 0:
+        return torch.ones_like(classes)
+    key = predicted.flatten().double() * 2 + confidence.flatten().double()  # classes in blocks, 2 apart
+    ordered = key.sort().values  # by class, then by confidence, ascending
+    counts = _count(predicted, num_classes)
+    take = torch.ceil(counts.double() * ratio).long().clamp_min(1)
+    pos = (counts.cumsum(0) - take).clamp(0, key.numel() - 1)  # the take-th largest of each class block
+    return torch.where(counts > 0, ordered[pos] - 2 * classes, torch.ones_like(classes))
 
 
 def pseudo_label_counts(pl: PseudoLabels, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,6 +348,8 @@ __all__ = [
     "PseudoLabels",
     "SegmentationLoss",
     "acceptance_ratio",
+    "align_distribution",
+    "class_floor_thresholds",
     "class_weights_for",
     "confusion_matrix",
     "ema_decay_at",

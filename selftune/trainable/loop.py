@@ -135,7 +135,7 @@ def train(
     classes = read_classes(data_root)
     num_classes = classes.num_classes
     cfg.check_num_classes(num_classes)
-    method = create_method(cfg, num_classes)
+    method = create_method(cfg, num_classes, class_prior=summary.frequencies)
     state = None
     if resume_from is not None:
         state = ckpt.load_state(resume_from)

@@ -17,6 +17,7 @@ at round boundaries instead of averaging it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -43,9 +44,12 @@ class Method:
     name: ClassVar[str] = ""
     needs_unlabeled: ClassVar[bool] = False
 
-    def __init__(self, cfg: TrainConfig, num_classes: int):
+    def __init__(self, cfg: TrainConfig, num_classes: int, class_prior: Sequence[float] | None = None):
         self.cfg = cfg
         self.num_classes = num_classes
+        # labelled class frequencies (distribution alignment); uniform when not given
+        prior = torch.tensor(class_prior if class_prior is not None else [1.0] * num_classes, dtype=torch.float32)
+        self.class_prior = prior / prior.sum().clamp_min(1e-12)
         self._thr_cache: tuple[tuple[tuple[float, ...], str], torch.Tensor] | None = None
 
     def uses_unlabeled(self, it: int) -> bool:
@@ -116,12 +120,23 @@ class EmaSelfTraining(Method):
     name = "ema_self_training"
     needs_unlabeled = True
 
+    def __init__(self, cfg: TrainConfig, num_classes: int, class_prior: Sequence[float] | None = None):
+        super().__init__(cfg, num_classes, class_prior)
+        self.predicted_mean: torch.Tensor | None = None  # running mean of teacher probabilities (alignment)
+
     @torch.no_grad()
     def pseudo_batch(
         self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, generator: torch.Generator
     ) -> PseudoBatch:
         probs = teacher(images_u).float().softmax(dim=1)
-        pl = functional.pseudo_labels(probs, self.thresholds_tensor(it, images_u.device), self.cfg.ignore_index)
+        if self.cfg.distribution_alignment:
+            batch_mean = probs.mean(dim=(0, 2, 3))
+            m = self.cfg.da_momentum
+            self.predicted_mean = batch_mean if self.predicted_mean is None else (
+                m * self.predicted_mean.to(batch_mean) + (1 - m) * batch_mean)
+            probs = functional.align_distribution(probs, self.class_prior, self.predicted_mean)
+        pl = functional.pseudo_labels(probs, self.thresholds_tensor(it, images_u.device), self.cfg.ignore_index,
+                                      self.cfg.min_accept_ratio)
         accepted, predicted = functional.pseudo_label_counts(pl, self.num_classes)
         images, labels = images_u, pl.labels
         if self.cfg.strong_aug:
@@ -133,6 +148,12 @@ class EmaSelfTraining(Method):
             labels = augment.apply_cutmix(labels, box, perm)
         return PseudoBatch(images, labels, accepted, predicted)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"predicted_mean": None if self.predicted_mean is None else self.predicted_mean.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.predicted_mean = state.get("predicted_mean")
+
 
 METHODS: dict[str, type[Method]] = {
     Supervised.name: Supervised,
@@ -140,13 +161,13 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def create_method(cfg: TrainConfig, num_classes: int) -> Method:
-    """The method named by `cfg.method`."""
+def create_method(cfg: TrainConfig, num_classes: int, class_prior: Sequence[float] | None = None) -> Method:
+    """The method named by `cfg.method`; `class_prior` is the labelled class frequencies."""
     try:
         cls = METHODS[cfg.method]
     except KeyError:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {cfg.method!r}") from None
-    return cls(cfg, num_classes)
+    return cls(cfg, num_classes, class_prior)
 
 
 __all__ = ["METHODS", "EmaSelfTraining", "Method", "PseudoBatch", "Supervised", "create_method"]
