@@ -473,6 +473,20 @@ def test_data_check_cli(tiny_data: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "weight" in out and out.rstrip().endswith("OK")
 
 
+def test_data_check_preview_png(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_png = tmp_path / "figs" / "preview.png"
+    assert run_cli(["data", "check", str(tiny_data), "--preview", str(out_png), "--preview-count", "4"]) == 0
+    assert f"Preview written to {out_png}" in capsys.readouterr().out
+    from PIL import Image
+
+    with Image.open(out_png) as im:
+        assert im.format == "PNG" and im.width > 400 and im.height > 300
+        pixels = np.asarray(im.convert("RGB"))
+    # the masks row is drawn in classes.csv colours: the areca green must be on the picture
+    assert (pixels == np.array([60, 190, 75], dtype=np.uint8)).all(axis=-1).sum() > 100
+    assert not list(out_png.parent.glob(".*.tmp"))  # written atomically, nothing left behind
+
+
 def test_data_check_cli_bad_dataset(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = copy_data(tiny_data, tmp_path)
     culprit = _break(root, "bad_id")

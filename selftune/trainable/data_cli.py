@@ -32,6 +32,9 @@ def register(subparsers: Any) -> None:
     check.add_argument("root", type=Path, metavar="ROOT", help="dataset folder (holds classes.csv, train/, val/ ...)")
     check.add_argument("--no-unlabeled", action="store_true",
                        help="skip the unlabelled pool (for supervised-only training)")
+    check.add_argument("--preview", type=Path, metavar="PNG", default=None,
+                       help="also write a picture of train images over their masks (and unlabelled samples)")
+    check.add_argument("--preview-count", type=int, default=8, metavar="N", help="images per row of the preview")
     check.set_defaults(func=run_check)
 
     from selftune.trainable.demo import DemoSpec  # light: numpy only
@@ -60,7 +63,62 @@ def run_check(args: argparse.Namespace) -> int:
 
     summary = validate_dataset(args.root, need_unlabeled=not args.no_unlabeled)
     print(format_summary(summary, fingerprint=dataset_fingerprint(args.root)))
+    if args.preview is not None:
+        write_preview(args.root, args.preview, count=args.preview_count, unlabeled=not args.no_unlabeled)
+        print(f"Preview written to {args.preview}")
     return 0
+
+
+def write_preview(root: Path, path: Path, *, count: int = 8, unlabeled: bool = True) -> None:
+    """A PNG of the first `count` train images, their masks in class colours (with a legend) and,
+    with `unlabeled`, `count` images spread over the unlabelled pool; written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    from selftune.errors import DataError
+    from selftune.trainable.checkpoint import write_atomic
+    from selftune.trainable.data import list_pairs, read_classes, read_image, read_mask, unlabeled_index
+    from selftune.trainable.loop import class_palette
+
+    if count < 1:
+        raise DataError(f"--preview-count must be >= 1, got {count}")
+    classes = read_classes(root)
+    palette = class_palette(classes.colors, len(classes.names)).numpy()
+    pairs = list_pairs(root, "train")[:count]
+    rows: list[tuple[str, list[np.ndarray]]] = [
+        ("train images", [read_image(img) for img, _ in pairs]),
+        ("train masks", [palette[np.where(m == 255, len(classes.names), m)] for m in
+                         (read_mask(mask, classes) for _, mask in pairs)]),
+    ]
+    if unlabeled:
+        index = unlabeled_index(root)
+        picks = [index[i] for i in np.linspace(0, len(index) - 1, min(count, len(index))).round().astype(int)]
+        rows.append(("unlabelled", [read_image(Path(root) / "unlabeled" / "images" / rel) for rel in picks]))
+    cols = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols, 1.6 * len(rows) + 0.6), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(images[c], interpolation="nearest")
+            else:
+                ax.axis("off")
+        axes[r][0].set_ylabel(label, fontsize=8)
+    handles = [Patch(color=palette[i] / 255, label=f"{i} {name}") for i, name in enumerate(classes.names)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=7, frameon=False)
+    fig.suptitle(f"{Path(root).name}: train images, masks and unlabelled samples", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(Path(path), buf.getvalue())
 
 
 def format_summary(summary: Any, *, fingerprint: str | None = None) -> str:
@@ -112,4 +170,4 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["format_summary", "register", "run_check", "run_demo"]
+__all__ = ["format_summary", "register", "run_check", "run_demo", "write_preview"]
