@@ -70,6 +70,7 @@ def _wide_extras(trial: Trial, ctx: SpaceContext) -> None:
         trial.suggest_float("focal_gamma", 0.5, 4.0)
     trial.suggest_categorical("class_weighting", ["none", "inverse_freq"])
     trial.suggest_float("min_accept_ratio", 0.0, 0.5)
+    trial.suggest_categorical("distribution_alignment", [False, True])
     trial.suggest_float("scale_min", 0.75, 1.0)
     trial.suggest_float("scale_max", 1.0, 1.5)
     if trial.suggest_categorical("strong_aug", [False, True]):
@@ -103,7 +104,7 @@ def thresholds_shared(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
 
 def wide(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     """Core plus EMA decay, clipping, ST start/ramp, threshold schedule, losses, weighting, acceptance floor,
-    scale, strong aug."""
+    distribution alignment, scale, strong aug."""
     _thresholds_offsets(trial, ctx)
     _core_training(trial, ctx)
     _wide_extras(trial, ctx)
