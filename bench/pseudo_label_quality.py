@@ -1,7 +1,7 @@
 """How right are a model's pseudo-labels? Per-class precision and recall of its confident predictions
 on the unlabelled pool, against the pool's true masks (a demo set made with --unlabeled-masks).
 
-    python bench/pseudo_label_quality.py RUN_DIR DEMO_ROOT [--split unlabeled] [--limit 400]
+    python bench/pseudo_label_quality.py RUN_DIR DEMO_ROOT [--split unlabeled] [--limit 400] [--quick]
 
 RUN_DIR is a `selftune train` output folder (its best_model_ema.pt is used) or a model file. For each
 threshold it prints the share of pixels accepted, their accuracy, and per class the precision and
@@ -27,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="unlabeled", help="split with images/ and masks/ (default: unlabeled)")
     p.add_argument("--limit", type=int, default=400, help="images to score (sorted order)")
     p.add_argument("--thresholds", default="0,0.8,0.9,0.95", help="comma-separated")
+    p.add_argument("--quick", action="store_true", help="score 100 images only")
     args = p.parse_args(argv)
+    if args.quick:
+        args.limit = min(args.limit, 100)
 
     import numpy as np
     import torch

@@ -21,6 +21,25 @@ def test_bench_script_help(script: str) -> None:
     assert "--quick" in out.stdout
 
 
+def test_pseudo_label_quality_scores_a_trained_model(tmp_path: Path) -> None:
+    from selftune.trainable.config import TrainConfig
+    from selftune.trainable.demo import DemoSpec, generate_demo
+    from selftune.trainable.loop import train
+
+    data = generate_demo(tmp_path / "d", DemoSpec(size=32, n_train=4, n_val=2, n_test=0, n_unlabeled=6,
+                                                  unlabeled_masks=True), workers=1)
+    cfg = TrainConfig.from_dict(dict(arch="Unet", encoder="tu-mobilenetv3_small_050", crop_size=32, batch_size=2,
+                                     method="supervised", max_iters=2, eval_every=2, warmup_iters=0,
+                                     train_eval_size=2, num_threads=1, log_images=False))
+    train(cfg, data, tmp_path / "run", progress=False)
+    out = subprocess.run([sys.executable, "bench/pseudo_label_quality.py", str(tmp_path / "run"), str(data), "--quick"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "6 images of" in out.stdout and "rows predicted class" in out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.strip().startswith(("0.00", "0.95"))]
+    assert len(rows) == 2 and rows[0].split()[1] == "1.00"  # threshold 0 accepts every pixel
+
+
 def test_search_benchmark_smoke(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "bench/bench_search.py", "--smoke", "--arms", "ae", "--out", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
