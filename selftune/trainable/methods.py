@@ -115,7 +115,7 @@ class EmaSelfTraining(Method):
     The EMA teacher labels the (weakly augmented) unlabelled batch; pixels below the threshold of
     their predicted class are ignored. With `strong_aug`, the student sees the batch with colour
     jitter and CutMix (boxes pasted from a shuffled copy of the batch, labels pasted alike).
-    Two class-balancing options act before the thresholds: `distribution_alignment` rescales the
+    Two class-balancing options change what passes the thresholds: `distribution_alignment` rescales the
     teacher's probabilities towards the labelled class frequencies, and `min_accept_ratio` keeps the
     most confident share of every predicted class.
     """
