@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from selftune.trainable.augment import normalize
     from selftune.trainable.checkpoint import load_model_file
     from selftune.trainable.data import read_classes, read_image, read_mask
+    from selftune.trainable.functional import confusion_matrix
     from selftune.trainable.loop import build_model
 
     cfg, _, weights, info = load_model_file(args.model)
@@ -65,24 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'threshold':>9} {'accepted':>8} {'accuracy':>8}  " + "  ".join(f"{n:>13}" for n in short))
     print(f"{'':>9} {'':>8} {'':>8}  " + "  ".join(f"{'prec / rec':>13}" for _ in short))
     thresholds = [float(t) for t in args.thresholds.split(",")]
+    truth_total = confusion_matrix(pred, y, k).sum(1).double()  # pixels of each true class
     for thr in thresholds:
         acc = conf >= thr
-        cells = []
-        for c in range(k):
-            sel = acc & (pred == c)
-            prec = f"{(y[sel] == c).float().mean().item():.2f}" if sel.any() else "  - "
-            rec = (sel & (y == c)).sum().item() / max(1, (y == c).sum().item())
-            cells.append(f"{prec:>6} / {rec:.2f}")
-        right = (y[acc] == pred[acc]).float().mean().item() if acc.any() else float("nan")
+        cm = confusion_matrix(pred[acc], y[acc], k).double()  # rows true, columns predicted
+        predicted = cm.sum(0)
+        cells = [f"{cm[c, c] / predicted[c]:>6.2f}" if predicted[c] else "    - " for c in range(k)]
+        cells = [f"{p} / {cm[c, c] / truth_total[c].clamp(min=1):.2f}" for c, p in enumerate(cells)]
+        right = (cm.trace() / cm.sum()).item() if cm.sum() else float("nan")
         print(f"{thr:>9.2f} {acc.float().mean().item():>8.2f} {right:>8.3f}  " + "  ".join(f"{c:>13}" for c in cells))
     top = max(thresholds)
-    sel = conf >= top
+    mix = confusion_matrix(pred[conf >= top], y[conf >= top], k).double().T  # rows predicted, columns true
     print(f"\nconfident (>= {top}) pixels: rows predicted class, columns true class, row shares")
     print(f"{'':>12}" + "".join(f"{n:>11}" for n in short))
     for c in range(k):
-        row = torch.bincount(y[sel & (pred == c)].flatten().clamp(max=k), minlength=k + 1)[:k].double()
-        cells = "".join(f"{v:>11.2f}" for v in (row / row.sum().clamp(min=1)).tolist())
-        print(f"{short[c]:>12}{cells}")
+        print(f"{short[c]:>12}" + "".join(f"{v:>11.2f}" for v in (mix[c] / mix[c].sum().clamp(min=1)).tolist()))
     return 0
 
 
