@@ -52,10 +52,13 @@ def sweep_dir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     )
     from selftune.search import run_sweep
 
+    ray_context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     summary = run_sweep(sweep)
     ray.shutdown()
     assert summary.trials == 6
-    return Path(summary.experiment_dir)
+    experiment_dir = Path(summary.experiment_dir)
+    (experiment_dir.parent / "ray_session_dir.txt").write_text(ray_context.address_info["session_dir"])
+    return experiment_dir
 
 
 def _study(sweep_dir: Path) -> optuna.Study:
@@ -106,6 +109,15 @@ def test_trials_leave_tensorboard_checkpoints_and_best_model(sweep_dir: Path) ->
         if t.outcome != DIVERGED:
             assert (train_dir / "best_model_ema.pt").is_file()
             assert t.checkpoints and all((Path(c) / "state.pt").is_file() for c in t.checkpoints)
+
+
+def test_trial_runs_are_written_to_storage_not_left_in_ray_temp(sweep_dir: Path) -> None:
+    """Ray never cleans /tmp/ray/session_*: a trial's checkpoints staged there would leak disk."""
+    session_dir = Path((sweep_dir.parent / "ray_session_dir.txt").read_text())
+    assert session_dir.is_dir()
+    staged = [p for p in session_dir.rglob("*") if p.is_file() and p.suffix == ".pt"]
+    assert staged == []
+    assert all((Path(t.path) / "train" / "metrics.jsonl").is_file() for t in read_trials(str(sweep_dir)))
 
 
 def test_best_config_export_then_train_round_trip(sweep_dir: Path, tiny_data: Path, tmp_path: Path) -> None:

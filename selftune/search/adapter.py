@@ -21,6 +21,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from selftune.search.outcome import optuna_state, trial_outcome
+from selftune.search.run import REMOTE_SCHEMES
 from selftune.search.study import open_optuna_storage
 from selftune.spaces import SpaceContext, apply_params, call_space, get_space
 from selftune.trainable.config import TrainConfig
@@ -33,8 +34,17 @@ TIME_ATTR = "iteration"  # optimizer steps, not report calls
 # ---------------------------------------------------------------------- the trial
 
 
-def selftune_trial(params: dict[str, Any], *, base: dict[str, Any], data_root: str, cpus: float, gpus: float) -> None:
-    """One trial: apply the sampled params to the base config and run the plain loop."""
+def selftune_trial(
+    params: dict[str, Any], *, base: dict[str, Any], data_root: str, cpus: float, gpus: float,
+    experiment_dir: str,
+) -> None:
+    """One trial: apply the sampled params to the base config and run the plain loop.
+
+    The run goes to `<trial folder>/train`. On local or shared storage it is written there
+    directly; Ray's staging copy under /tmp/ray is never cleaned, so a copy there would leak a
+    checkpoint per trial. Only remote (s3://, gs://) storage stages in the working directory and
+    syncs from it.
+    """
     import torch
 
     from selftune.trainable.loop import train
@@ -48,7 +58,7 @@ def selftune_trial(params: dict[str, Any], *, base: dict[str, Any], data_root: s
     if 0 < gpus < 1 and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(gpus)  # fractional GPUs share memory; cap ours
 
-    out_dir = Path.cwd() / "train"
+    out_dir = _trial_run_dir(experiment_dir)
     checkpoint = tune.get_checkpoint()
     node_id = ray.get_runtime_context().get_node_id()  # which node ran each report, for analysis
 
@@ -63,6 +73,14 @@ def selftune_trial(params: dict[str, Any], *, base: dict[str, Any], data_root: s
         return
     with checkpoint.as_directory() as ck_dir:
         train(cfg, Path(data_root), out_dir, resume_from=Path(ck_dir), reporter=reporter, progress=False)
+
+
+def _trial_run_dir(experiment_dir: str) -> Path:
+    """Where this trial's loop writes: in its storage folder when that is a local path."""
+    if experiment_dir.startswith(REMOTE_SCHEMES):
+        return Path.cwd() / "train"  # staged, then synced by Ray (sync_artifacts)
+    trial_dir_name = Path(tune.get_context().get_trial_dir()).name
+    return Path(experiment_dir) / trial_dir_name / "train"
 
 
 # ---------------------------------------------------------------------- the searcher
@@ -193,9 +211,14 @@ class TunerSpec:
 
 def _trainable(spec: TunerSpec) -> Any:
     fn = tune.with_parameters(
-        selftune_trial, base=spec.base, data_root=spec.data_root, cpus=spec.cpus_per_trial, gpus=spec.gpus_per_trial
+        selftune_trial, base=spec.base, data_root=spec.data_root, cpus=spec.cpus_per_trial, gpus=spec.gpus_per_trial,
+        experiment_dir=_experiment_dir(spec),
     )
     return tune.with_resources(fn, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+
+
+def _experiment_dir(spec: TunerSpec) -> str:
+    return spec.storage.rstrip("/") + "/" + spec.name
 
 
 def _callbacks(spec: TunerSpec) -> list[Any]:
@@ -237,7 +260,7 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
                 num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
             ),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            sync_config=tune.SyncConfig(sync_artifacts=True),
+            sync_config=tune.SyncConfig(sync_artifacts=spec.storage.startswith(REMOTE_SCHEMES)),
         ),
     )
 
