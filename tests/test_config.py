@@ -32,6 +32,7 @@ def test_unknown_key_suggests_the_field() -> None:
         ({"class_weighting": "explicit"}, r"class_weights is empty"),
         ({"ema_decay": 1.5}, r"ema_decay must be in \[0, 1\], got 1.5"),
         ({"min_accept_ratio": -0.1}, r"min_accept_ratio must be in \[0, 1\], got -0.1"),
+        ({"st_loss_normalization": "pixels"}, r"st_loss_normalization must be one of .*got 'pixels'"),
     ],
 )
 def test_bad_values_fail_by_name(data, match) -> None:

@@ -197,6 +197,28 @@ def test_pseudo_label_loss_is_the_supervised_loss_on_accepted_pixels():
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_valid_share_counts_pixels_that_are_not_ignored():
+    labels = torch.tensor([[[0, IGN], [IGN, IGN]], [[1, 2], [IGN, 0]]])
+    assert float(fx.valid_share(labels, IGN)) == pytest.approx(4 / 8)
+    assert float(fx.valid_share(torch.full((1, 2, 2), IGN), IGN)) == 0.0
+
+
+@pytest.mark.parametrize(("normalization", "divisor"), [("accepted", 3), ("all_pixels", 4)])
+def test_unlabeled_loss_is_a_mean_over_accepted_or_over_all_pixels(normalization, divisor):
+    from selftune.trainable.config import TrainConfig
+    from selftune.trainable.methods import PseudoBatch, create_method
+
+    torch.manual_seed(1)
+    logits = torch.randn(1, 3, 2, 2)
+    pl = fx.pseudo_labels(probs_2x2(), torch.tensor([0.5, 0.6, 0.3]), IGN)  # 3 of 4 pixels accepted
+    method = create_method(TrainConfig(st_loss_normalization=normalization), 3)
+    batch = PseudoBatch(probs_2x2(), pl.labels, *fx.pseudo_label_counts(pl, 3))
+    loss = method.unlabeled_loss(logits, batch, fx.SegmentationLoss(3, ignore_index=IGN))
+    logp = logits.log_softmax(1)[0]
+    expected = -(logp[0, 0, 0] + logp[1, 0, 1] + logp[2, 1, 1]) / divisor  # FixMatch/UniMatch divide by all 4
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
 def test_loss_without_valid_pixels_is_zero_with_zero_gradient():
     logits = torch.randn(2, 3, 2, 2, requires_grad=True)
     target = torch.full((2, 2, 2), IGN)

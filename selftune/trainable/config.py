@@ -30,6 +30,7 @@ METHODS = ("supervised", "ema_self_training")
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "poly", "constant")
 THRESHOLD_SCHEDULES = ("constant", "linear")
+ST_LOSS_NORMALIZATIONS = ("all_pixels", "accepted")
 CLASS_WEIGHTINGS = ("none", "inverse_freq", "explicit")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("auto", "bf16", "fp16", "off")
@@ -81,6 +82,8 @@ class TrainConfig:
     min_accept_ratio: float = 0.0  # per-class acceptance floor (CBST-style class balance): the most confident
     # fraction of each class's predicted pixels in a batch is accepted even below its threshold; 0 = off
     st_weight: float = 1.5  # weight of the unlabelled (pseudo-label) loss
+    st_loss_normalization: str = "accepted"  # accepted: the unlabelled loss is a mean over accepted pixels |
+    # all_pixels: over all unlabelled pixels, rejected ones counting 0 (FixMatch, UniMatch), so it grows with acceptance
     st_start_iter: int = 500  # no pseudo-label loss before this iteration
     st_rampup_iters: int = 1000  # linear ramp of st_weight after st_start_iter
     ema_decay: float = 0.999  # teacher EMA decay (field: 0.99-0.999)
@@ -164,6 +167,7 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("threshold_schedule", self.threshold_schedule, THRESHOLD_SCHEDULES)
+        _choice("st_loss_normalization", self.st_loss_normalization, ST_LOSS_NORMALIZATIONS)
         _choice("class_weighting", self.class_weighting, CLASS_WEIGHTINGS)
         _choice("device", self.device, DEVICES)
         _choice("amp", self.amp, AMP_DTYPES)

@@ -1,6 +1,7 @@
 """Small pure functions of the self-training loop, each written once and testable on 2x2 tensors.
 
-- pseudo-labels: `pseudo_labels`, `align_distribution`, `class_floor_thresholds`, `pseudo_label_counts`, `acceptance_ratio`
+- pseudo-labels: `pseudo_labels`, `align_distribution`, `class_floor_thresholds`, `pseudo_label_counts`, `acceptance_ratio`,
+  `valid_share`
 - schedules: `threshold_at`, `st_weight_at`, `lr_factor`
 - losses: `SegmentationLoss` (ce*CE + focal*Focal + dice*Dice; the same object scores labelled
   batches and pseudo-labelled ones, whose rejected pixels carry `ignore_index`), `class_weights_for`
@@ -112,6 +113,15 @@ def acceptance_ratio(accepted: torch.Tensor, predicted: torch.Tensor) -> torch.T
     """
     accepted, predicted = accepted.double(), predicted.double()
     return torch.where(predicted > 0, accepted / predicted.clamp_min(1), torch.zeros_like(accepted))
+
+
+def valid_share(labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """The share of pixels in `labels` that are not `ignore_index` (0-d float32, no host sync).
+
+    A loss averaged over the valid pixels, times this share, is the same loss averaged over all
+    pixels with the ignored ones counting 0: FixMatch's and UniMatch's unlabelled loss.
+    """
+    return (labels != ignore_index).float().mean()
 
 
 def _count(idx: torch.Tensor, n: int) -> torch.Tensor:

@@ -88,8 +88,12 @@ class Method:
     def unlabeled_loss(
         self, logits_u: torch.Tensor, batch: PseudoBatch, loss_fn: functional.SegmentationLoss
     ) -> torch.Tensor:
-        """The unlabelled loss (before the st_weight ramp): the supervised loss on the pseudo-labels."""
-        return loss_fn(logits_u, batch.labels)
+        """The unlabelled loss (before the st_weight ramp): the supervised loss on the pseudo-labels,
+        a mean over accepted pixels, or over all pixels with `st_loss_normalization: all_pixels`."""
+        loss = loss_fn(logits_u, batch.labels)
+        if self.cfg.st_loss_normalization == "all_pixels":
+            loss = loss * functional.valid_share(batch.labels, self.cfg.ignore_index)
+        return loss
 
     def update_teacher(self, teacher: torch.nn.Module, student: torch.nn.Module, it: int) -> None:
         """After the optimizer step of step `it`: the EMA (with the configured warmup)."""
