@@ -3,6 +3,8 @@
     python bench/demo_fairness.py               # 3 seeds, demo_config (1,200 iterations), 2 runs at a time
     python bench/demo_fairness.py --iters 600   # the same, 600 iterations (the cosine schedule ends at 600)
     python bench/demo_fairness.py --quick       # 1 seed, 300 iterations
+    python bench/demo_fairness.py --set class_weighting=inverse_freq --st-set st_loss_normalization=all_pixels \
+        --runs runs_norm_w --oracle-seeds 0    # change every arm, the self-training arm, where the runs go
 
 Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `selftune train` loop:
 - supervised: method=supervised on the 24 labelled tiles;
@@ -15,6 +17,8 @@ Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `sel
 The score is the test mIoU of the EMA model at the evaluation with the best val mIoU (the test split
 is never used for selection). Goals: oracle - supervised >= 15 mIoU points; self-training - supervised
 >= 4 points, as a mean over the seeds. Writes docs/bench_results/demo_fairness.csv.
+`--set key=value` changes every arm. A run folder that holds an unfinished run is resumed; one whose
+run has ended (completed, early_stopped or diverged) is read, not trained again.
 """
 
 from __future__ import annotations
@@ -52,14 +56,28 @@ def make_oracle_root(demo: Path, oracle: Path) -> None:
                 (oracle / "train" / "masks" / (prefix + img.stem + ".png")).symlink_to(mask)
 
 
-def run(arm: str, seed: int, data: Path, out: Path, iters: int, st_settings: dict[str, str]) -> dict:
+ENDED = ("completed", "early_stopped", "diverged")
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def run(arm: str, seed: int, data: Path, out: Path, iters: int, st_settings: dict[str, str],
+        settings: dict[str, str]) -> dict:
     method = "ema_self_training" if arm == "self_training" else "supervised"
     run_dir = out / f"{arm}-s{seed}"
+    rows = _rows(run_dir)
+    if rows and rows[-1]["status"] in ENDED:
+        return _summary(arm, seed, rows, wall_s=0)
     cmd = [sys.executable, "-m", "selftune", "train", "--data", str(data), "--out", str(run_dir), "--no-progress",
            "--set", f"method={method}", "--set", f"seed={seed}", "--set", "num_threads=1",
            "--set", "report_test=true", "--set", "log_images=false"]
     if iters:
         cmd += ["--set", f"max_iters={iters}"]
+    for key, value in settings.items():
+        cmd += ["--set", f"{key}={value}"]
     if arm == "self_training":
         for key, value in st_settings.items():
             cmd += ["--set", f"{key}={value}"]
@@ -69,11 +87,14 @@ def run(arm: str, seed: int, data: Path, out: Path, iters: int, st_settings: dic
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode not in (0,):
         raise RuntimeError(f"{arm} seed {seed} failed:\n{proc.stderr[-2000:]}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return _summary(arm, seed, _rows(run_dir), wall_s=round(time.time() - t0))
+
+
+def _summary(arm: str, seed: int, rows: list[dict], wall_s: int) -> dict:
     best = max(rows, key=lambda r: r["val_miou"])
     return dict(arm=arm, seed=seed, best_val=best["val_miou"], test_at_best_val=best["test_miou"],
                 best_iteration=best["iteration"], iterations=rows[-1]["iteration"], status=rows[-1]["status"],
-                wall_s=round(time.time() - t0))
+                wall_s=wall_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle-seeds", type=int, default=1)
     p.add_argument("--st-set", action="append", default=[], metavar="KEY=VALUE",
                    help="change the self-training arm's settings (repeatable)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="change every arm's settings (repeatable)")
+    p.add_argument("--runs", default="runs", help="folder under --work for the run folders")
     args = p.parse_args(argv)
     seeds = 1 if args.quick else args.seeds
     iters = 300 if args.quick else args.iters
-    st_settings = dict(ST_SETTINGS)
-    for item in args.st_set:
-        key, _, value = item.partition("=")
-        st_settings[key] = value
+    st_settings = {**ST_SETTINGS, **_pairs(args.st_set)}
+    settings = _pairs(args.settings)
     import pandas as pd
 
     from selftune.trainable.demo import DemoSpec, generate_demo
@@ -107,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs += [(a, s, demo) for s in range(seeds) for a in ("supervised", "self_training")]
     jobs.sort(key=lambda j: j[0] != "self_training")  # longest first
     with ThreadPoolExecutor(args.parallel) as pool:
-        results = list(pool.map(lambda j: run(j[0], j[1], j[2], args.work / "runs", iters, st_settings), jobs))
+        results = list(pool.map(lambda j: run(j[0], j[1], j[2], args.work / args.runs, iters, st_settings, settings),
+                                jobs))
     df = pd.DataFrame(results).sort_values(["arm", "seed"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "demo_fairness_quick.csv" if args.quick else "demo_fairness.csv"
@@ -120,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         if sup is not None and arm in mean.index:
             print(f"{arm} - supervised: {mean.loc[arm, 'mean'] - sup:+.2f} mIoU points (goal >= {goal})")
     return 0
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    return dict(item.partition("=")[::2] for item in items)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ def _wide_extras(trial: Trial, ctx: SpaceContext) -> None:
     trial.suggest_categorical("class_weighting", ["none", "inverse_freq"])
     trial.suggest_float("min_accept_ratio", 0.0, 0.5)
     trial.suggest_categorical("distribution_alignment", [False, True])
+    trial.suggest_categorical("st_loss_normalization", ["accepted", "all_pixels"])
     trial.suggest_float("scale_min", 0.75, 1.0)
     trial.suggest_float("scale_max", 1.0, 1.5)
     if trial.suggest_categorical("strong_aug", [False, True]):
@@ -104,7 +105,7 @@ def thresholds_shared(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
 
 def wide(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     """Core plus EMA decay, clipping, ST start/ramp, threshold schedule, losses, weighting, acceptance floor,
-    distribution alignment, scale, strong aug."""
+    distribution alignment, pseudo-label loss normalization, scale, strong aug."""
     _thresholds_offsets(trial, ctx)
     _core_training(trial, ctx)
     _wide_extras(trial, ctx)
