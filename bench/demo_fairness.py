@@ -3,15 +3,16 @@
     python bench/demo_fairness.py               # 3 seeds, demo_config (1,200 iterations), 2 runs at a time
     python bench/demo_fairness.py --iters 600   # the same, 600 iterations (the cosine schedule ends at 600)
     python bench/demo_fairness.py --quick       # 1 seed, 300 iterations
-    python bench/demo_fairness.py --set class_weighting=inverse_freq --st-set st_loss_normalization=all_pixels \
-        --runs runs_norm_w --oracle-seeds 0    # change every arm, the self-training arm, where the runs go
+    python bench/demo_fairness.py --set class_weighting=inverse_freq --runs runs_norm_w --oracle-seeds 0
+                                                # every arm's settings, the runs' folder, no oracle
 
 Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `selftune train` loop:
 - supervised: method=supervised on the 24 labelled tiles;
 - self-training: method=ema_self_training with the unlabelled pool and the field's standard settings
   (ST_SETTINGS: FixMatch/UniMatch's 0.95 threshold for every class, ST weight 1.0, colour jitter +
-  CutMix for the student). V3.1's own thresholds (0.45-0.60) accept ~98% of pixels on the demo data
-  and collapse, so they are not "sensible settings" here; `--st-set key=value` changes the arm;
+  CutMix for the student, and their pseudo-label loss over all unlabelled pixels). V3.1's own
+  thresholds (0.45-0.60) accept ~98% of pixels on the demo data and collapse, so they are not
+  "sensible settings" here; `--st-set key=value` changes the arm;
 - oracle: method=supervised on the labelled tiles plus the whole unlabelled pool with its true labels
   (the generator's `--unlabeled-masks`), i.e. all tiles' labels.
 The score is the test mIoU of the EMA model at the evaluation with the best val mIoU (the test split
@@ -34,7 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "bench_results"
-ST_SETTINGS = {"thresholds": "[0.95,0.95,0.95,0.95,0.95,0.95,0.95]", "st_weight": "1.0", "strong_aug": "true"}
+ST_SETTINGS = {"thresholds": "[0.95,0.95,0.95,0.95,0.95,0.95,0.95]", "st_weight": "1.0", "strong_aug": "true",
+               "st_loss_normalization": "all_pixels"}
 
 
 def make_oracle_root(demo: Path, oracle: Path) -> None:
