@@ -67,16 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':>9} {'':>8} {'':>8}  " + "  ".join(f"{'prec / rec':>13}" for _ in short))
     thresholds = [float(t) for t in args.thresholds.split(",")]
     truth_total = confusion_matrix(pred, y, k).sum(1).double()  # pixels of each true class
+    cms = {}
     for thr in thresholds:
         acc = conf >= thr
-        cm = confusion_matrix(pred[acc], y[acc], k).double()  # rows true, columns predicted
+        cm = cms[thr] = confusion_matrix(pred[acc], y[acc], k).double()  # rows true, columns predicted
         predicted = cm.sum(0)
         cells = [f"{cm[c, c] / predicted[c]:>6.2f}" if predicted[c] else "    - " for c in range(k)]
         cells = [f"{p} / {cm[c, c] / truth_total[c].clamp(min=1):.2f}" for c, p in enumerate(cells)]
         right = (cm.trace() / cm.sum()).item() if cm.sum() else float("nan")
         print(f"{thr:>9.2f} {acc.float().mean().item():>8.2f} {right:>8.3f}  " + "  ".join(f"{c:>13}" for c in cells))
     top = max(thresholds)
-    mix = confusion_matrix(pred[conf >= top], y[conf >= top], k).double().T  # rows predicted, columns true
+    mix = cms[top].T  # rows predicted, columns true
     print(f"\nconfident (>= {top}) pixels: rows predicted class, columns true class, row shares")
     print(f"{'':>12}" + "".join(f"{n:>11}" for n in short))
     for c in range(k):

@@ -21,7 +21,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from selftune.search.outcome import optuna_state, trial_outcome
-from selftune.search.run import REMOTE_SCHEMES
+from selftune.search.run import REMOTE_SCHEMES, experiment_path
 from selftune.search.study import open_optuna_storage
 from selftune.spaces import SpaceContext, apply_params, call_space, get_space
 from selftune.trainable.config import TrainConfig
@@ -212,13 +212,9 @@ class TunerSpec:
 def _trainable(spec: TunerSpec) -> Any:
     fn = tune.with_parameters(
         selftune_trial, base=spec.base, data_root=spec.data_root, cpus=spec.cpus_per_trial, gpus=spec.gpus_per_trial,
-        experiment_dir=_experiment_dir(spec),
+        experiment_dir=experiment_path(spec.storage, spec.name),
     )
     return tune.with_resources(fn, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
-
-
-def _experiment_dir(spec: TunerSpec) -> str:
-    return spec.storage.rstrip("/") + "/" + spec.name
 
 
 def _callbacks(spec: TunerSpec) -> list[Any]:

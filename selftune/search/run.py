@@ -95,7 +95,7 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False) -> SweepPlan:
     storage = sweep.storage if sweep.storage.startswith(REMOTE_SCHEMES) else str(Path(sweep.storage).expanduser().resolve())
     if not storage.startswith(REMOTE_SCHEMES):
         _check_writable(Path(storage))
-    experiment_dir = _join(storage, sweep.name)
+    experiment_dir = experiment_path(storage, sweep.name)
     if not resume and not storage.startswith(REMOTE_SCHEMES) and Path(experiment_dir).exists() and any(Path(experiment_dir).iterdir()):
         raise SelftuneError(
             f"a sweep named {sweep.name!r} already exists at {experiment_dir}; continue it with "
@@ -114,7 +114,8 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False) -> SweepPlan:
     )
 
 
-def _join(storage: str, name: str) -> str:
+def experiment_path(storage: str, name: str) -> str:
+    """The experiment folder of sweep `name` under `storage` (a local path or a URI)."""
     return storage.rstrip("/") + "/" + name
 
 

@@ -83,7 +83,7 @@ def write_preview(root: Path, path: Path, *, count: int = 8, unlabeled: bool = T
 
     from selftune.errors import DataError
     from selftune.trainable.checkpoint import write_atomic
-    from selftune.trainable.data import list_pairs, read_classes, read_image, read_mask, unlabeled_index
+    from selftune.trainable.data import IGNORE_VALUE, list_pairs, read_classes, read_image, read_mask, unlabeled_index
     from selftune.trainable.loop import class_palette
 
     if count < 1:
@@ -93,7 +93,7 @@ def write_preview(root: Path, path: Path, *, count: int = 8, unlabeled: bool = T
     pairs = list_pairs(root, "train")[:count]
     rows: list[tuple[str, list[np.ndarray]]] = [
         ("train images", [read_image(img) for img, _ in pairs]),
-        ("train masks", [palette[np.where(m == 255, len(classes.names), m)] for m in
+        ("train masks", [palette[np.where(m == IGNORE_VALUE, len(classes.names), m)] for m in
                          (read_mask(mask, classes) for _, mask in pairs)]),
     ]
     if unlabeled:

@@ -371,4 +371,5 @@ __all__ = [
     "pseudo_labels",
     "st_weight_at",
     "threshold_at",
+    "valid_share",
 ]
