@@ -17,6 +17,7 @@ from selftune.trainable.augment import (
     cutmix_boxes,
     denormalize,
     normalize,
+    photometric,
     scale_crop_flip,
 )
 
@@ -133,6 +134,55 @@ def test_color_jitter() -> None:
     flat = normalize(torch.full((2, 3, 2, 2), 128, dtype=torch.uint8))  # a uniform grey stays uniform
     out = color_jitter(flat, 0.8, gen(2))
     assert torch.allclose(out, out[:, :, :1, :1].expand_as(out))
+
+
+def _normalized(x01: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x01 - mean) / std
+
+
+def _unnormalized(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+
+
+def test_photometric_off_is_the_identity_and_draws_nothing() -> None:
+    x = normalize(torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8, generator=gen()))
+    g = gen(7)
+    assert photometric(x, g) is x
+    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=gen(7)))
+
+
+def test_photometric_greyscale_blur_and_hue() -> None:
+    x = normalize(torch.randint(0, 256, (4, 3, 9, 9), dtype=torch.uint8, generator=gen()))
+    grey = _unnormalized(photometric(x, gen(1), grayscale_prob=1.0))
+    assert torch.allclose(grey[:, 0], grey[:, 1], atol=1e-5) and torch.allclose(grey[:, 1], grey[:, 2], atol=1e-5)
+    a, b = photometric(x, gen(2), hue=0.2, blur_prob=0.5), photometric(x, gen(2), hue=0.2, blur_prob=0.5)
+    assert torch.equal(a, b) and a.shape == x.shape
+
+    # blur with sigma 1: a white dot becomes the outer product of the normalised 7-tap Gaussian
+    dot = torch.zeros(1, 3, 9, 9)
+    dot[..., 4, 4] = 1.0
+    out = _unnormalized(photometric(_normalized(dot), gen(3), blur_prob=1.0, blur_sigma=(1.0, 1.0)))
+    g = torch.exp(-torch.arange(-3, 4, dtype=torch.float32) ** 2 / 2)
+    g = g / g.sum()
+    assert torch.allclose(out[0, 0, 1:8, 1:8], g[:, None] * g[None, :], atol=1e-5)
+    flat = photometric(_normalized(torch.full((1, 3, 5, 5), 0.5)), gen(4), blur_prob=1.0)  # a flat image stays flat
+    assert torch.allclose(_unnormalized(flat), torch.full((1, 3, 5, 5), 0.5), atol=1e-5)
+
+    # hue: pure red keeps value 1 and saturation 1; its hue moves by at most 0.1 of the circle (36 degrees),
+    # so the second-largest channel stays <= 6 * 0.1; grey has no hue and stays grey
+    red = torch.zeros(16, 3, 2, 2)
+    red[:, 0] = 1.0
+    shifted = _unnormalized(photometric(_normalized(red), gen(5), hue=0.1))
+    top = shifted.max(dim=1).values
+    bottom = shifted.min(dim=1).values
+    middle = shifted.sum(dim=1) - top - bottom
+    assert torch.allclose(top, torch.ones_like(top), atol=1e-4)
+    assert torch.allclose(bottom, torch.zeros_like(bottom), atol=1e-4)
+    assert middle.max() <= 0.6 + 1e-4 and middle.max() > 0.05  # shifted, within the bound
+    greys = _normalized(torch.full((2, 3, 2, 2), 0.3))
+    assert torch.allclose(photometric(greys, gen(6), hue=0.5), greys, atol=1e-4)
 
 
 def test_cutmix_boxes() -> None:

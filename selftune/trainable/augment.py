@@ -4,8 +4,8 @@ Every random choice comes from the `torch.Generator` passed in, so a sample's au
 pure function of (input, generator seed): `make_batches` relies on that for exact resume.
 
 Per-sample geometry (`scale_crop_flip`) runs in the data loader on uint8 tensors; the batch-level
-strong augmentations (`color_jitter`, `cutmix_boxes` + `apply_cutmix`) run in the training loop on
-normalised float batches, on any device (their random numbers are drawn on the CPU generator).
+strong augmentations (`color_jitter`, `photometric`, `cutmix_boxes` + `apply_cutmix`) run in the training
+loop on normalised float batches, on any device (their random numbers are drawn on the CPU generator).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -149,6 +150,45 @@ def color_jitter(images: torch.Tensor, strength: float, generator: torch.Generat
     return ((out - mean) / std).to(images.dtype)
 
 
+def photometric(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    hue: float = 0.0,
+    grayscale_prob: float = 0.0,
+    blur_prob: float = 0.0,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+) -> torch.Tensor:
+    """The rest of UniMatch's strong augmentation, per image: a hue shift uniform in [-hue, hue]
+    (a fraction of the colour circle, torchvision's `adjust_hue`), then greyscale with probability
+    `grayscale_prob`, then a Gaussian blur with sigma uniform in `blur_sigma` with probability
+    `blur_prob` (kernel 2*ceil(3*sigma)+1, at most 2*side-1; reflect padding).
+
+    `images` are ImageNet-normalised float [B, 3, H, W]; so is the result. With all three off it
+    returns `images` and draws nothing from `generator`; otherwise it draws 4 numbers per image,
+    whatever the settings.
+    """
+    if hue == 0 and grayscale_prob == 0 and blur_prob == 0:
+        return images
+    b = images.shape[0]
+    u = torch.rand(4, b, generator=generator, dtype=torch.float64)
+    mean, std = _stats(images)
+    x = (images.float() * std + mean).clamp(0, 1)
+    out = []
+    for i in range(b):
+        xi = x[i]
+        if hue > 0:
+            xi = TF.adjust_hue(xi, float(hue * (2 * u[0, i] - 1)))
+        if u[1, i] < grayscale_prob:
+            xi = TF.rgb_to_grayscale(xi, num_output_channels=3)
+        if u[2, i] < blur_prob:
+            sigma = float(blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * u[3, i])
+            k = min(2 * math.ceil(3 * sigma) + 1, 2 * min(xi.shape[-2:]) - 1)  # reflect padding < image side
+            xi = TF.gaussian_blur(xi, [k, k], [sigma, sigma])
+        out.append(xi)
+    return ((torch.stack(out) - mean) / std).to(images.dtype)
+
+
 def cutmix_boxes(
     batch: int,
     h: int,
@@ -201,5 +241,6 @@ __all__ = [
     "cutmix_boxes",
     "denormalize",
     "normalize",
+    "photometric",
     "scale_crop_flip",
 ]

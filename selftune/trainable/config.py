@@ -92,6 +92,10 @@ class TrainConfig:
     strong_aug: bool = False  # student sees colour jitter + CutMix on unlabelled images
     color_jitter: float = 0.4  # strength of brightness/contrast/saturation jitter
     cutmix_prob: float = 0.5  # probability of CutMix on an unlabelled batch
+    hue_jitter: float = 0.0  # strong aug: hue shift uniform in +-this fraction of the colour circle (UniMatch 0.25)
+    grayscale_prob: float = 0.0  # strong aug: probability of greyscale per image (UniMatch 0.2)
+    blur_prob: float = 0.0  # strong aug: probability of a Gaussian blur per image (UniMatch 0.5)
+    blur_sigma: tuple[float, ...] = (0.1, 2.0)  # strong aug: blur sigma range in pixels (UniMatch's)
 
     # --- optimisation ---
     optimizer: str = "adamw"  # adamw | sgd
@@ -190,7 +194,11 @@ class TrainConfig:
             raise ConfigError("ce_weight + focal_weight + dice_weight must be > 0, got all zero")
         if self.focal_alpha is not None and not 0 <= self.focal_alpha <= 1:
             raise ConfigError(f"focal_alpha must be in [0, 1] or null, got {self.focal_alpha!r}")
-        for name in ("ema_decay", "cutmix_prob", "min_accept_ratio", "da_momentum"):
+        if not 0 <= self.hue_jitter <= 0.5:
+            raise ConfigError(f"hue_jitter must be in [0, 0.5], got {self.hue_jitter!r}")
+        if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1] <= 10:
+            raise ConfigError(f"blur_sigma must be [low, high] with 0 < low <= high <= 10, got {list(self.blur_sigma)!r}")
+        for name in ("ema_decay", "cutmix_prob", "min_accept_ratio", "da_momentum", "grayscale_prob", "blur_prob"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {v!r}")

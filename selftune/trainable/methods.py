@@ -118,7 +118,8 @@ class EmaSelfTraining(Method):
 
     The EMA teacher labels the (weakly augmented) unlabelled batch; pixels below the threshold of
     their predicted class are ignored. With `strong_aug`, the student sees the batch with colour
-    jitter and CutMix (boxes pasted from a shuffled copy of the batch, labels pasted alike).
+    jitter, optionally hue, greyscale and blur (UniMatch's set), and CutMix (boxes pasted from a
+    shuffled copy of the batch, labels pasted alike).
     Two class-balancing options change what passes the thresholds: `distribution_alignment` rescales the
     teacher's probabilities towards the labelled class frequencies, and `min_accept_ratio` keeps the
     most confident share of every predicted class.
@@ -149,6 +150,9 @@ class EmaSelfTraining(Method):
         if self.cfg.strong_aug:
             b, _, h, w = images.shape
             images = augment.color_jitter(images, self.cfg.color_jitter, generator)
+            images = augment.photometric(images, generator, hue=self.cfg.hue_jitter,
+                                         grayscale_prob=self.cfg.grayscale_prob, blur_prob=self.cfg.blur_prob,
+                                         blur_sigma=(self.cfg.blur_sigma[0], self.cfg.blur_sigma[1]))
             box = augment.cutmix_boxes(b, h, w, self.cfg.cutmix_prob, generator)
             perm = torch.randperm(b, generator=generator)
             images = augment.apply_cutmix(images, box, perm)
