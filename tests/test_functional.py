@@ -312,3 +312,42 @@ def test_ema_decay_warmup():
     assert [fx.ema_decay_at(t, 0.99, warmup=True) for t in (0, 1, 9, 98, 99, 5000)] == pytest.approx(
         [0.0, 0.5, 0.9, 0.98989899, 0.99, 0.99])
     assert fx.ema_decay_at(0, 0.99, warmup=False) == 0.99
+
+
+def test_feature_dropout_drops_whole_channels_and_rescales():
+    x = torch.rand(64, 16, 3, 3) + 0.5
+    assert fx.feature_dropout(x, 0.0, torch.Generator()) is x
+    out = fx.feature_dropout(x, 0.5, torch.Generator().manual_seed(0))
+    ratio = out / x
+    per_channel = ratio.flatten(2)
+    assert torch.allclose(per_channel, per_channel[..., :1].expand_as(per_channel))  # one factor per channel
+    assert set(per_channel[..., 0].unique().tolist()) == {0.0, 2.0}
+    assert 0.4 < float((per_channel[..., 0] == 0).float().mean()) < 0.6
+    assert torch.equal(out, fx.feature_dropout(x, 0.5, torch.Generator().manual_seed(0)))
+
+
+def test_perturbed_loss_without_dropout_is_the_unlabeled_loss_of_the_weak_view():
+    import segmentation_models_pytorch as smp
+
+    from selftune.trainable.config import TrainConfig
+    from selftune.trainable.methods import PseudoBatch, create_method
+
+    torch.manual_seed(0)
+    model = smp.Unet("tu-mobilenetv3_small_050", encoder_weights=None, classes=3).eval()
+    weak = torch.randn(2, 3, 32, 32)
+    labels = torch.randint(0, 3, (2, 32, 32))
+    labels[:, :8] = IGN
+    counts = torch.zeros(3, dtype=torch.long)
+    batch = PseudoBatch(torch.randn(2, 3, 32, 32), torch.full_like(labels, IGN), counts, counts,
+                        weak_images=weak, weak_labels=labels)
+    loss_fn = fx.SegmentationLoss(3, ignore_index=IGN)
+    cfg = TrainConfig(thresholds=(0.9,) * 3, st_loss_normalization="all_pixels", fp_weight=1.0, fp_dropout=0.0)
+    method = create_method(cfg, 3)
+    with torch.no_grad():
+        got = method.perturbed_loss(model, batch, loss_fn, torch.Generator())
+        expected = loss_fn(model(weak), labels) * 0.75  # 3/4 of the pixels are labelled
+        dropped = create_method(TrainConfig(thresholds=(0.9,) * 3, st_loss_normalization="all_pixels",
+                                            fp_weight=1.0, fp_dropout=0.5), 3)
+        perturbed = dropped.perturbed_loss(model, batch, loss_fn, torch.Generator().manual_seed(1))
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+    assert float(perturbed) != pytest.approx(float(expected), rel=1e-3)

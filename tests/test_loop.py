@@ -19,6 +19,7 @@ TINY: dict[str, Any] = dict(
     train_eval_size=4, max_iters=12, eval_every=4, warmup_iters=2, st_start_iter=2, st_rampup_iters=2,
     thresholds=[0.0] * 7, strong_aug=True, ema_decay=0.9, patience=0, lr=1e-3, num_threads=1,
     distribution_alignment=True,  # its running mean is method state: the exact-resume test covers it
+    fp_weight=1.0, hue_jitter=0.1, grayscale_prob=0.5, blur_prob=0.5,  # they draw from the step generator: ditto
 )
 
 REQUIRED_KEYS = {

@@ -89,6 +89,10 @@ class TrainConfig:
     ema_decay: float = 0.999  # teacher EMA decay (field: 0.99-0.999)
     ema_warmup: bool = True  # decay min(ema_decay, 1 - 1/(t+1)) at step t (UniMatch V2): the teacher starts
     # as the running mean of the student instead of staying near its random init for ~1/(1-decay) steps
+    fp_weight: float = 0.0  # UniMatch's feature-perturbation stream: the student decodes the weakly augmented
+    # unlabelled batch from channel-dropped encoder features against the same pseudo-labels; its loss joins the
+    # unlabelled loss with this weight (UniMatch: 1, equal to the image-perturbed stream); 0 = off
+    fp_dropout: float = 0.5  # channel dropout rate of that stream (UniMatch's)
     strong_aug: bool = False  # student sees colour jitter + CutMix on unlabelled images
     color_jitter: float = 0.4  # strength of brightness/contrast/saturation jitter
     cutmix_prob: float = 0.5  # probability of CutMix on an unlabelled batch
@@ -186,7 +190,7 @@ class TrainConfig:
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(f"{name} must be a positive number, got {getattr(self, name)!r}")
         for name in ("ce_weight", "focal_weight", "dice_weight", "focal_gamma", "st_weight", "weight_decay",
-                     "grad_clip", "color_jitter", "poly_power", "momentum"):
+                     "grad_clip", "color_jitter", "poly_power", "momentum", "fp_weight"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -194,6 +198,8 @@ class TrainConfig:
             raise ConfigError("ce_weight + focal_weight + dice_weight must be > 0, got all zero")
         if self.focal_alpha is not None and not 0 <= self.focal_alpha <= 1:
             raise ConfigError(f"focal_alpha must be in [0, 1] or null, got {self.focal_alpha!r}")
+        if not 0 <= self.fp_dropout < 1:
+            raise ConfigError(f"fp_dropout must be in [0, 1), got {self.fp_dropout!r}")
         if not 0 <= self.hue_jitter <= 0.5:
             raise ConfigError(f"hue_jitter must be in [0, 0.5], got {self.hue_jitter!r}")
         if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1] <= 10:

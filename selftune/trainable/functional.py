@@ -335,6 +335,17 @@ def ema_decay_at(it: int, decay: float, *, warmup: bool) -> float:
     return min(decay, 1.0 - 1.0 / (it + 1)) if warmup else decay
 
 
+def feature_dropout(features: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Channel dropout (`nn.Dropout2d`) with its mask drawn from `generator`: each channel of each
+    image of [B, C, H, W] `features` is zeroed with probability `p`, the rest scaled by 1/(1-p).
+    UniMatch's feature perturbation; the mask is built on the CPU, so runs resume exactly."""
+    if p <= 0:
+        return features
+    b, c = features.shape[:2]
+    keep = (torch.rand(b, c, 1, 1, generator=generator) >= p).to(features.device, features.dtype)
+    return features * keep / (1.0 - p)
+
+
 @torch.no_grad()
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
     """teacher <- decay * teacher + (1 - decay) * student, for parameters and floating-point
@@ -364,6 +375,7 @@ __all__ = [
     "confusion_matrix",
     "ema_decay_at",
     "ema_update",
+    "feature_dropout",
     "iou_per_class",
     "lr_factor",
     "mean_iou",

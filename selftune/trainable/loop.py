@@ -237,6 +237,8 @@ def train(
                     logits = model(torch.cat([images, pseudo.images]))  # one forward: one set of BN statistics
                     loss_sup = loss_fn(logits[: len(images)], masks)
                     loss_st = method.unlabeled_loss(logits[len(images) :], pseudo, loss_fn)
+                    if cfg.fp_weight > 0:
+                        loss_st = loss_st + cfg.fp_weight * method.perturbed_loss(model, pseudo, loss_fn, step_gen)
                     window.accepted += pseudo.accepted
                     window.predicted += pseudo.predicted
                     accepted_now = pseudo.accepted.sum()

@@ -5,7 +5,8 @@ The loop asks a method four things per step:
 1. `uses_unlabeled(it)`: does this step draw an unlabelled batch?
 2. `pseudo_batch(teacher, images_u, it, generator)`: the student's unlabelled input and its
    targets (no gradient; the teacher is in eval mode).
-3. `unlabeled_loss(logits_u, batch, loss_fn)`: the loss on the student's logits for that input.
+3. `unlabeled_loss(logits_u, batch, loss_fn)`: the loss on the student's logits for that input
+   (plus `perturbed_loss`, UniMatch's feature-perturbation stream, when `fp_weight` > 0).
 4. `update_teacher(teacher, student, it)`: after the optimizer step.
 
 The student sees the labelled and the unlabelled images in one forward pass (one set of
@@ -36,6 +37,8 @@ class PseudoBatch:
     labels: torch.Tensor  # int64 [B, H, W]: targets, ignore_index where rejected
     accepted: torch.Tensor  # int64 [K]: accepted pixels per class (teacher's view, before CutMix)
     predicted: torch.Tensor  # int64 [K]: pixels the teacher assigned to each class
+    weak_images: torch.Tensor | None = None  # the teacher's input (before strong aug), for feature perturbation
+    weak_labels: torch.Tensor | None = None  # the targets on it (before CutMix)
 
 
 class Method:
@@ -94,6 +97,19 @@ class Method:
         if self.cfg.st_loss_normalization == "all_pixels":
             loss = loss * functional.valid_share(batch.labels, self.cfg.ignore_index)
         return loss
+
+    def perturbed_loss(
+        self, student: torch.nn.Module, batch: PseudoBatch, loss_fn: functional.SegmentationLoss,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """UniMatch's feature-perturbation stream: the student's encoder features of the weak view,
+        each channel dropped with `fp_dropout`, decoded and scored against the weak view's pseudo-labels
+        (normalised like `unlabeled_loss`). Needs an smp model (encoder, decoder, segmentation_head)."""
+        first, *rest = student.encoder(batch.weak_images)  # smp's first "feature" is the input image itself
+        features = [first, *(functional.feature_dropout(f, self.cfg.fp_dropout, generator) for f in rest)]
+        logits = student.segmentation_head(student.decoder(features))
+        weak = PseudoBatch(batch.weak_images, batch.weak_labels, batch.accepted, batch.predicted)
+        return self.unlabeled_loss(logits, weak, loss_fn)
 
     def update_teacher(self, teacher: torch.nn.Module, student: torch.nn.Module, it: int) -> None:
         """After the optimizer step of step `it`: the EMA (with the configured warmup)."""
@@ -157,7 +173,7 @@ class EmaSelfTraining(Method):
             perm = torch.randperm(b, generator=generator)
             images = augment.apply_cutmix(images, box, perm)
             labels = augment.apply_cutmix(labels, box, perm)
-        return PseudoBatch(images, labels, accepted, predicted)
+        return PseudoBatch(images, labels, accepted, predicted, weak_images=images_u, weak_labels=pl.labels)
 
     def state_dict(self) -> dict[str, Any]:
         return {"predicted_mean": None if self.predicted_mean is None else self.predicted_mean.cpu()}
