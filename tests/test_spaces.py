@@ -33,10 +33,10 @@ def test_conditional_parameters_only_exist_when_enabled() -> None:
         trial = study.ask()
         call_space(SPACES["wide"], trial, CTX)
         if trial.params["strong_aug"]:
-            assert "cutmix_prob" in trial.params
+            assert {"cutmix_prob", "hue_jitter", "grayscale_prob", "blur_prob"} <= trial.params.keys()
             seen_with = True
         else:
-            assert "cutmix_prob" not in trial.params
+            assert not {"cutmix_prob", "hue_jitter", "grayscale_prob", "blur_prob"} & trial.params.keys()
             seen_without = True
         if trial.params["threshold_schedule"] == "constant":
             assert "threshold_ramp_iters" not in trial.params

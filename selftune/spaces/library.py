@@ -77,6 +77,10 @@ def _wide_extras(trial: Trial, ctx: SpaceContext) -> None:
     if trial.suggest_categorical("strong_aug", [False, True]):
         trial.suggest_float("color_jitter", 0.1, 0.6)
         trial.suggest_float("cutmix_prob", 0.0, 1.0)
+        trial.suggest_float("hue_jitter", 0.0, 0.25)
+        trial.suggest_float("grayscale_prob", 0.0, 0.3)
+        trial.suggest_float("blur_prob", 0.0, 0.5)
+    trial.suggest_categorical("fp_weight", [0.0, 0.5, 1.0])
 
 
 # ---------------------------------------------------------------------- named spaces
@@ -105,7 +109,8 @@ def thresholds_shared(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
 
 def wide(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     """Core plus EMA decay, clipping, ST start/ramp, threshold schedule, losses, weighting, acceptance floor,
-    distribution alignment, pseudo-label loss normalization, scale, strong aug."""
+    distribution alignment, pseudo-label loss normalization, scale, strong aug (UniMatch's set), feature
+    perturbation."""
     _thresholds_offsets(trial, ctx)
     _core_training(trial, ctx)
     _wide_extras(trial, ctx)
