@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", default="abcdef", help="which arms to run (default abcdef)")
     p.add_argument("--seeds", type=int, help="tuner seeds per arm (default: the profile's)")
     p.add_argument("--out", type=Path, help="where to write results (default docs/bench_results; smoke: a temp dir)")
-    p.add_argument("--storage", type=Path, help="where the sweeps go (default: OUT/sweeps_<profile>)")
+    p.add_argument("--storage", type=Path,
+                   help="where the sweeps go (default: bench/out/sweeps_<profile>; they hold GBs of checkpoints)")
     p.add_argument("--reuse", action="store_true",
                    help="read arms whose sweep already finished in the storage folder instead of rerunning them")
     args = p.parse_args(argv)
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or profile.seeds
     out = args.out or RESULTS
     out.mkdir(parents=True, exist_ok=True)
-    storage = args.storage or out / f"sweeps_{profile.name}"
+    storage = args.storage or (out if args.smoke else ROOT / "bench" / "out") / f"sweeps_{profile.name}"
 
     import pandas as pd
     import ray
