@@ -157,7 +157,7 @@ def photometric(
     hue: float = 0.0,
     grayscale_prob: float = 0.0,
     blur_prob: float = 0.0,
-    blur_sigma: tuple[float, float] = (0.1, 2.0),
+    blur_sigma: tuple[float, ...] = (0.1, 2.0),  # (low, high)
 ) -> torch.Tensor:
     """The rest of UniMatch's strong augmentation, per image: a hue shift uniform in [-hue, hue]
     (a fraction of the colour circle, torchvision's `adjust_hue`), then greyscale with probability

@@ -19,7 +19,7 @@ at round boundaries instead of averaging it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -108,8 +108,7 @@ class Method:
         first, *rest = student.encoder(batch.weak_images)  # smp's first "feature" is the input image itself
         features = [first, *(functional.feature_dropout(f, self.cfg.fp_dropout, generator) for f in rest)]
         logits = student.segmentation_head(student.decoder(features))
-        weak = PseudoBatch(batch.weak_images, batch.weak_labels, batch.accepted, batch.predicted)
-        return self.unlabeled_loss(logits, weak, loss_fn)
+        return self.unlabeled_loss(logits, replace(batch, images=batch.weak_images, labels=batch.weak_labels), loss_fn)
 
     def update_teacher(self, teacher: torch.nn.Module, student: torch.nn.Module, it: int) -> None:
         """After the optimizer step of step `it`: the EMA (with the configured warmup)."""
@@ -168,7 +167,7 @@ class EmaSelfTraining(Method):
             images = augment.color_jitter(images, self.cfg.color_jitter, generator)
             images = augment.photometric(images, generator, hue=self.cfg.hue_jitter,
                                          grayscale_prob=self.cfg.grayscale_prob, blur_prob=self.cfg.blur_prob,
-                                         blur_sigma=(self.cfg.blur_sigma[0], self.cfg.blur_sigma[1]))
+                                         blur_sigma=self.cfg.blur_sigma)
             box = augment.cutmix_boxes(b, h, w, self.cfg.cutmix_prob, generator)
             perm = torch.randperm(b, generator=generator)
             images = augment.apply_cutmix(images, box, perm)
