@@ -71,3 +71,9 @@ def test_gpus_requested_where_there_are_none(tiny_data: Path, tmp_path: Path, ca
 def test_bad_base_value(tiny_data: Path, capsys) -> None:
     rc, err = _sweep(["--demo", "--data", str(tiny_data), "--set", "lr=-1", "--check"], capsys)
     assert rc == 2 and "lr must be a positive number, got -1" in err
+
+
+def test_missing_teacher_checkpoint(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    rc, err = _sweep(["--demo", "--data", str(tiny_data), "--set", f"teacher_checkpoint={tmp_path / 'gone.pt'}",
+                      "--check"], capsys)
+    assert rc == 2 and "teacher_checkpoint: checkpoint file not found" in err and "gone.pt" in err

@@ -64,12 +64,20 @@ class SweepPlan:
 
 def plan_sweep(sweep: SweepConfig, *, resume: bool = False) -> SweepPlan:
     """Check the sweep file, data, base config, space and storage. Raises SelftuneError naming the culprit."""
+    from selftune.trainable.checkpoint import load_model_file
+    from selftune.trainable.config import CHECKPOINT_KEYS
     from selftune.trainable.data import dataset_fingerprint, validate_dataset
     from selftune.trainable.demo import ensure_demo
 
     base = sweep.base_train_config()
     max_t = sweep.max_t or base.max_iters
-    base = base.replace(max_iters=max_t)
+    base = base.replace(max_iters=max_t).with_absolute_paths()  # trials run in their own folders
+    for key in CHECKPOINT_KEYS:
+        if getattr(base, key):
+            try:
+                load_model_file(Path(getattr(base, key)))
+            except SelftuneError as exc:
+                raise SelftuneError(f"{key}: {exc}") from None
     data_root = str(Path(sweep.data).expanduser().resolve()) if sweep.data else str(ensure_demo())
     if sweep.data and not Path(data_root).is_dir():
         raise SelftuneError(f"data folder not found: {sweep.data}")

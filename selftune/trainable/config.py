@@ -27,6 +27,7 @@ ARCHS = (
     "DeepLabV3Plus", "UPerNet", "Segformer", "DPT",
 )
 METHODS = ("supervised", "ema_self_training")
+CHECKPOINT_KEYS = ("teacher_checkpoint", "init_checkpoint")  # paths to earlier runs' weights
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "poly", "constant")
 THRESHOLD_SCHEDULES = ("constant", "linear")
@@ -87,6 +88,11 @@ class TrainConfig:
     st_start_iter: int = 500  # no pseudo-label loss before this iteration
     st_rampup_iters: int = 1000  # linear ramp of st_weight after st_start_iter
     ema_decay: float = 0.999  # teacher EMA decay (field: 0.99-0.999)
+    teacher_checkpoint: str | None = None  # a frozen pseudo-labeller instead of the EMA model: an earlier run's
+    # best_model_ema.pt, state.pt or run folder (self-training in rounds, Noisy Student); it may be another
+    # architecture; the EMA model is still the one scored and kept
+    init_checkpoint: str | None = None  # start the student and its EMA from an earlier run's weights (same kind of
+    # file) instead of a fresh init: the next round, or fine-tuning; ignored on resume
     ema_warmup: bool = True  # decay min(ema_decay, 1 - 1/(t+1)) at step t (UniMatch V2): the teacher starts
     # as the running mean of the student instead of staying near its random init for ~1/(1-decay) steps
     fp_weight: float = 0.0  # UniMatch's feature-perturbation stream: the student decodes the weakly augmented
@@ -159,6 +165,11 @@ class TrainConfig:
         """A copy with some fields changed, validated like `from_dict`."""
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
+    def with_absolute_paths(self) -> TrainConfig:
+        """This config with `CHECKPOINT_KEYS` made absolute (from the current folder), for runs in another folder."""
+        paths = {k: str(Path(v).expanduser().resolve()) for k in CHECKPOINT_KEYS if (v := getattr(self, k))}
+        return self.replace(**paths) if paths else self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data (tuples become lists) that `from_dict` takes back unchanged."""
         out = dataclasses.asdict(self)
@@ -228,6 +239,12 @@ class TrainConfig:
                     raise ConfigError(f"class_weights[{i}] must be a finite number >= 0, got {w!r}")
         if not self.ignore_index >= 0:
             raise ConfigError(f"ignore_index must be >= 0, got {self.ignore_index!r}")
+        for name in ("teacher_checkpoint", "init_checkpoint"):
+            if getattr(self, name) is not None and not str(getattr(self, name)).strip():
+                raise ConfigError(f"{name} must be null or a path, got {getattr(self, name)!r}")
+        if self.teacher_checkpoint is not None and self.method == "supervised":
+            raise ConfigError("teacher_checkpoint labels unlabelled images, but method is 'supervised'; "
+                              "use a self-training method or drop the key")
 
     def check_num_classes(self, num_classes: int) -> None:
         """Per-class fields must match the dataset's class count."""
@@ -342,4 +359,4 @@ def _at_least(key: str, value: int, low: int) -> None:
         raise ConfigError(f"{key} must be >= {low}, got {value!r}")
 
 
-__all__ = ["V31_THRESHOLDS", "TrainConfig", "demo_config"]
+__all__ = ["CHECKPOINT_KEYS", "V31_THRESHOLDS", "TrainConfig", "demo_config"]

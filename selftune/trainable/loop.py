@@ -35,14 +35,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from selftune.errors import ConfigError
+from selftune.errors import ConfigError, DataError
 from selftune.trainable import checkpoint as ckpt
 from selftune.trainable.augment import crop_transform, normalize
 from selftune.trainable.config import TrainConfig
@@ -145,6 +145,9 @@ def train(
             f"output folder {out_dir} already holds a run ({ckpt.CONFIG_FILE} / {ckpt.METRICS_FILE}); "
             "resume it or choose another folder"
         )
+    # earlier runs' weights: a frozen pseudo-labeller (its own architecture), the student's start (fresh runs only)
+    labeller = _weights_from("teacher_checkpoint", cfg.teacher_checkpoint, classes.names, num_classes)
+    init = _weights_from("init_checkpoint", cfg.init_checkpoint if state is None else None, classes.names, num_classes)
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp(cfg, device)
     torch.set_num_threads(cfg.num_threads or available_cpus())
@@ -154,8 +157,17 @@ def train(
 
     # ---------------------------------------------------------------- model, teacher, optimizer, loss
     memory_format = torch.channels_last if (device.type == "cuda" and cfg.channels_last) else torch.contiguous_format
-    model = build_model(cfg, num_classes).to(device, memory_format=memory_format)
+    model = build_model(cfg, num_classes)
+    if init is not None:
+        _load_weights(model, init, "init_checkpoint", f"this run's {cfg.arch}/{cfg.encoder}")
+    model = model.to(device, memory_format=memory_format)
     teacher = copy.deepcopy(model).eval().requires_grad_(False)  # the EMA model: pseudo-labels, metrics, best
+    if labeller is not None:  # built after the student, so the student's init does not depend on it
+        frozen = build_model(labeller.config.replace(encoder_weights=None), num_classes)
+        _load_weights(frozen, labeller, "teacher_checkpoint", "the architecture its config names")
+        labeller_model = frozen.to(device, memory_format=memory_format).eval().requires_grad_(False)
+    else:
+        labeller_model = teacher  # mean teacher: the EMA model labels
     optimizer = build_optimizer(cfg, model)
 
     def schedule(it: int) -> float:  # LR multiplier for step it
@@ -233,7 +245,7 @@ def train(
                                                  stream=STREAM_UNLABELED, start_iter=it, num_workers=cfg.num_workers,
                                                  transform=crop)
                     step_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_STRONG_AUG, it))
-                    pseudo = method.pseudo_batch(teacher, to_device.images(next(unlabeled)), it, step_gen)
+                    pseudo = method.pseudo_batch(labeller_model, to_device.images(next(unlabeled)), it, step_gen)
                     logits = model(torch.cat([images, pseudo.images]))  # one forward: one set of BN statistics
                     loss_sup = loss_fn(logits[: len(images)], masks)
                     loss_st = method.unlabeled_loss(logits[len(images) :], pseudo, loss_fn)
@@ -310,7 +322,7 @@ def train(
             record(metrics, out_dir, writer)
             if cfg.log_images:
                 panel = image_panel(teacher, val_set, method.thresholds_tensor(it, device), palette, to_device,
-                                    autocast)
+                                    autocast, labeller=labeller_model)
                 writer.add_image("val/panel", panel, iteration, dataformats="CHW")
             writer.flush()
             if progress:
@@ -401,6 +413,44 @@ def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
         raise ConfigError(f"crop_size must be a multiple of {multiple} for arch {cfg.arch!r} with encoder "
                           f"{cfg.encoder!r}, got {cfg.crop_size}")
     return model
+
+
+class LoadedWeights(NamedTuple):
+    """Weights of an earlier run, as `ckpt.load_model_file` reads them."""
+
+    config: TrainConfig
+    class_names: tuple[str, ...] | None
+    weights: dict[str, torch.Tensor]
+    info: dict[str, Any]
+
+
+def _weights_from(key: str, path: str | None, names: tuple[str, ...], num_classes: int) -> LoadedWeights | None:
+    """The EMA weights of the run file or folder at `path` (config key `key`); errors name the key and the file."""
+    if path is None:
+        return None
+    try:
+        loaded = LoadedWeights(*ckpt.load_model_file(Path(path)))
+    except DataError as exc:
+        raise DataError(f"{key}: {exc}") from None
+    if loaded.class_names is not None and tuple(loaded.class_names) != tuple(names):
+        raise ConfigError(f"{key}: {loaded.info['file']} was trained on classes {list(loaded.class_names)}, "
+                          f"but this dataset has {list(names)}")
+    saved_k = len(loaded.config.thresholds)
+    if saved_k != num_classes:
+        raise ConfigError(f"{key}: {loaded.info['file']} has {saved_k} classes, this dataset has {num_classes}")
+    return loaded
+
+
+def _load_weights(model: torch.nn.Module, loaded: LoadedWeights, key: str, what: str) -> None:
+    """Load `loaded` into `model`; a mismatch fails as ConfigError naming the key, the file and both models."""
+    try:
+        model.load_state_dict(loaded.weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ConfigError(
+            f"{key}: {loaded.info['file']} holds a {loaded.config.arch}/{loaded.config.encoder} model that does not "
+            f"fit {what}: {' '.join(first[:2])[:300]}"
+        ) from None
 
 
 def _check_encoder(name: str) -> None:
@@ -638,20 +688,26 @@ def class_palette(colors: tuple[tuple[int, int, int], ...] | None, num_classes: 
 @torch.no_grad()
 def image_panel(
     teacher: torch.nn.Module, val: EvalBatches, thresholds: torch.Tensor, palette: torch.Tensor,
-    to_device: DeviceBatch, autocast: Any,
+    to_device: DeviceBatch, autocast: Any, *, labeller: torch.nn.Module | None = None,
 ) -> torch.Tensor:
-    """uint8 [3, N*H, 4*W]: rows of input | truth | pseudo-label (rejected pixels blanked) | prediction."""
+    """uint8 [3, N*H, 4*W]: rows of input | truth | pseudo-label (rejected pixels blanked) | prediction.
+
+    The pseudo-labels are `labeller`'s (a frozen teacher) when given, else `teacher`'s; the prediction is `teacher`'s.
+    """
     images, masks = val.batches[0][0][:PANEL_IMAGES], val.batches[0][1][:PANEL_IMAGES]
     logits = predict(teacher, images, to_device, autocast)
     k = palette.shape[0] - 1
     pl = pseudo_labels(logits.softmax(1), thresholds, k)
+    prediction = pl.predicted
+    if labeller is not None and labeller is not teacher:
+        pl = pseudo_labels(predict(labeller, images, to_device, autocast).softmax(1), thresholds, k)
     masks = masks.clone()
     masks[(masks < 0) | (masks >= k)] = k
 
     def paint(labels: torch.Tensor) -> torch.Tensor:  # [N, H, W] -> [N, 3, H, W]
         return palette[labels.cpu()].permute(0, 3, 1, 2)
 
-    row = torch.cat([images, paint(masks), paint(pl.labels), paint(pl.predicted)], dim=3)  # along width
+    row = torch.cat([images, paint(masks), paint(pl.labels), paint(prediction)], dim=3)  # along width
     return torch.cat(list(row), dim=1)  # stack the images vertically
 
 
