@@ -5,6 +5,8 @@
     python bench/demo_fairness.py --quick       # 1 seed, 300 iterations
     python bench/demo_fairness.py --set class_weighting=inverse_freq --runs runs_norm_w --oracle-seeds 0
                                                 # every arm's settings, the runs' folder, no oracle
+    python bench/demo_fairness.py --arms supervised,self_training_rounds,supervised_continued --oracle-seeds 0 \
+        --runs runs_rounds                      # self-training in rounds, and its compute-matched control
 
 Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `selftune train` loop:
 - supervised: method=supervised on the 24 labelled tiles;
@@ -13,11 +15,18 @@ Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `sel
   CutMix for the student, and their pseudo-label loss over all unlabelled pixels). V3.1's own
   thresholds (0.45-0.60) accept ~98% of pixels on the demo data and collapse, so they are not
   "sensible settings" here; `--st-set key=value` changes the arm;
+- self_training_rounds: round 2 of self-training in rounds (ST++, Noisy Student, seed 003). The same
+  settings, but the pseudo-labels come from the supervised arm's best model of the same seed, frozen
+  (`teacher_checkpoint`), the student starts from it (`init_checkpoint`) and self-training starts at
+  iteration 0. `--st-set` changes it too;
+- supervised_continued: its control. The supervised arm's best model trained on for as many iterations
+  again, labelled tiles only, so that a gain of the rounds arm is not just the longer training;
 - oracle: method=supervised on the labelled tiles plus the whole unlabelled pool with its true labels
   (the generator's `--unlabeled-masks`), i.e. all tiles' labels.
 The score is the test mIoU of the EMA model at the evaluation with the best val mIoU (the test split
 is never used for selection). Goals: oracle - supervised >= 15 mIoU points; self-training - supervised
->= 4 points, as a mean over the seeds. Writes docs/bench_results/demo_fairness.csv.
+>= 4 points, as a mean over the seeds. Writes docs/bench_results/demo_fairness.csv
+(demo_fairness_<runs>.csv with --runs other than runs).
 `--set key=value` changes every arm. A run folder that holds an unfinished run is resumed; one whose
 run has ended (completed, early_stopped or diverged) is read, not trained again.
 """
@@ -59,6 +68,8 @@ def make_oracle_root(demo: Path, oracle: Path) -> None:
 
 
 ENDED = ("completed", "early_stopped", "diverged")
+ARMS = ("supervised", "self_training", "self_training_rounds", "supervised_continued")
+ROUND_2 = ("self_training_rounds", "supervised_continued")  # start from the supervised arm's best model
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -68,7 +79,7 @@ def _rows(run_dir: Path) -> list[dict]:
 
 def run(arm: str, seed: int, data: Path, out: Path, iters: int, st_settings: dict[str, str],
         settings: dict[str, str]) -> dict:
-    method = "ema_self_training" if arm == "self_training" else "supervised"
+    method = "ema_self_training" if arm.startswith("self_training") else "supervised"
     run_dir = out / f"{arm}-s{seed}"
     rows = _rows(run_dir)
     if rows and rows[-1]["status"] in ENDED:
@@ -80,7 +91,14 @@ def run(arm: str, seed: int, data: Path, out: Path, iters: int, st_settings: dic
         cmd += ["--set", f"max_iters={iters}"]
     for key, value in settings.items():
         cmd += ["--set", f"{key}={value}"]
-    if arm == "self_training":
+    if arm in ROUND_2:  # the supervised arm's best model of this seed: the teacher and/or the start
+        first = out / f"supervised-s{seed}"
+        if _rows(first)[-1:] == [] or _rows(first)[-1]["status"] not in ENDED:
+            raise RuntimeError(f"{arm} seed {seed} needs the finished supervised run {first}")
+        cmd += ["--set", f"init_checkpoint={first}"]
+        if arm == "self_training_rounds":
+            cmd += ["--set", f"teacher_checkpoint={first}", "--set", "st_start_iter=0"]
+    if arm.startswith("self_training"):
         for key, value in st_settings.items():
             cmd += ["--set", f"{key}={value}"]
     if (run_dir / "checkpoint").exists():
@@ -112,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="change every arm's settings (repeatable)")
     p.add_argument("--runs", default="runs", help="folder under --work for the run folders")
+    p.add_argument("--arms", default="supervised,self_training",
+                   help=f"comma-separated, from {', '.join(ARMS)} (the oracle: --oracle-seeds)")
     args = p.parse_args(argv)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if unknown := sorted(set(arms) - set(ARMS)):
+        p.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    if any(a in ROUND_2 for a in arms) and "supervised" not in arms:
+        p.error("the round-2 arms start from the supervised arm: add supervised to --arms")
     seeds = 1 if args.quick else args.seeds
     iters = 300 if args.quick else args.iters
     st_settings = {**ST_SETTINGS, **_pairs(args.st_set)}
@@ -128,22 +153,29 @@ def main(argv: list[str] | None = None) -> int:
     oracle = args.work / "oracle"
     make_oracle_root(demo, oracle)
     jobs = [("oracle", s, oracle) for s in range(args.oracle_seeds)]
-    jobs += [(a, s, demo) for s in range(seeds) for a in ("supervised", "self_training")]
+    jobs += [(a, s, demo) for s in range(seeds) for a in arms if a not in ROUND_2]
     jobs.sort(key=lambda j: j[0] != "self_training")  # longest first
+    later = [(a, s, demo) for s in range(seeds) for a in arms if a in ROUND_2]  # after their round 1
+    results = []
     with ThreadPoolExecutor(args.parallel) as pool:
-        results = list(pool.map(lambda j: run(j[0], j[1], j[2], args.work / args.runs, iters, st_settings, settings),
-                                jobs))
+        for phase in (jobs, later):
+            results += pool.map(lambda j: run(j[0], j[1], j[2], args.work / args.runs, iters, st_settings, settings),
+                                phase)
     df = pd.DataFrame(results).sort_values(["arm", "seed"])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "demo_fairness_quick.csv" if args.quick else "demo_fairness.csv"
+    name = "demo_fairness_quick.csv" if args.quick else (
+        "demo_fairness.csv" if args.runs == "runs" else f"demo_fairness_{args.runs}.csv")  # one file per runs folder
     df.to_csv(RESULTS / name, index=False)
     print(df.to_string(index=False))
     mean = df.groupby("arm")["test_at_best_val"].agg(["mean", "std", "count"]) * [100, 100, 1]
     print("\n" + mean.round(2).to_string())
     sup = mean["mean"].get("supervised")
-    for arm, goal in (("oracle", 15), ("self_training", 4)):
+    for arm, goal in (("oracle", 15), ("self_training", 4), ("self_training_rounds", 4)):
         if sup is not None and arm in mean.index:
             print(f"{arm} - supervised: {mean.loc[arm, 'mean'] - sup:+.2f} mIoU points (goal >= {goal})")
+    if {"self_training_rounds", "supervised_continued"} <= set(mean.index):
+        gain = mean.loc["self_training_rounds", "mean"] - mean.loc["supervised_continued", "mean"]
+        print(f"self_training_rounds - supervised_continued (same iterations): {gain:+.2f} mIoU points")
     return 0
 
 
