@@ -7,6 +7,9 @@
                                                 # every arm's settings, the runs' folder, no oracle
     python bench/demo_fairness.py --arms supervised,self_training_rounds,supervised_continued --oracle-seeds 0 \
         --runs runs_rounds                      # self-training in rounds, and its compute-matched control
+    python bench/demo_fairness.py --arms supervised,self_training_rounds --st-set min_accept_ratio=0.2 \
+        --oracle-seeds 0 --runs runs_rounds_floor  # rounds with a class-balanced acceptance floor
+    python bench/demo_fairness.py --iters 2400 --runs runs_2400 --seeds 1 --oracle-seeds 0  # a longer budget
 
 Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `selftune train` loop:
 - supervised: method=supervised on the 24 labelled tiles;
