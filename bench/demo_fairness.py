@@ -10,6 +10,9 @@
     python bench/demo_fairness.py --arms supervised,self_training_rounds --st-set min_accept_ratio=0.2 \
         --oracle-seeds 0 --runs runs_rounds_floor  # rounds with a class-balanced acceptance floor
     python bench/demo_fairness.py --iters 2400 --runs runs_2400 --seeds 1 --oracle-seeds 0  # a longer budget
+    python bench/demo_fairness.py --arms supervised,self_training_rounds,supervised_continued,\
+self_training_round3,supervised_continued2 --st-set min_accept_ratio=0.2 --oracle-seeds 0 --runs runs_round3
+                                                # a third round, and a control continued twice
 
 Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `selftune train` loop:
 - supervised: method=supervised on the 24 labelled tiles;
@@ -24,6 +27,9 @@ Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `sel
   iteration 0. `--st-set` changes it too;
 - supervised_continued: its control. The supervised arm's best model trained on for as many iterations
   again, labelled tiles only, so that a gain of the rounds arm is not just the longer training;
+- self_training_round3, supervised_continued2: round 3 of each. Self-training in rounds again, its frozen
+  teacher and start now the self_training_rounds arm's best model; its control continues the
+  supervised_continued arm once more;
 - oracle: method=supervised on the labelled tiles plus the whole unlabelled pool with its true labels
   (the generator's `--unlabeled-masks`), i.e. all tiles' labels.
 The score is the test mIoU of the EMA model at the evaluation with the best val mIoU (the test split
@@ -71,8 +77,15 @@ def make_oracle_root(demo: Path, oracle: Path) -> None:
 
 
 ENDED = ("completed", "early_stopped", "diverged")
-ARMS = ("supervised", "self_training", "self_training_rounds", "supervised_continued")
-ROUND_2 = ("self_training_rounds", "supervised_continued")  # start from the supervised arm's best model
+ARMS = ("supervised", "self_training", "self_training_rounds", "supervised_continued", "self_training_round3",
+        "supervised_continued2")
+START = {"self_training_rounds": "supervised", "supervised_continued": "supervised",  # arm: the arm whose best
+         "self_training_round3": "self_training_rounds", "supervised_continued2": "supervised_continued"}  # model
+
+
+def _round(arm: str) -> int:
+    """1 for an arm trained from scratch, 2 for one that starts from a round-1 arm, and so on."""
+    return 1 + _round(START[arm]) if arm in START else 1
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -94,12 +107,12 @@ def run(arm: str, seed: int, data: Path, out: Path, iters: int, st_settings: dic
         cmd += ["--set", f"max_iters={iters}"]
     for key, value in settings.items():
         cmd += ["--set", f"{key}={value}"]
-    if arm in ROUND_2:  # the supervised arm's best model of this seed: the teacher and/or the start
-        first = out / f"supervised-s{seed}"
+    if arm in START:  # the previous round's best model of this seed: the teacher and/or the start
+        first = out / f"{START[arm]}-s{seed}"
         if _rows(first)[-1:] == [] or _rows(first)[-1]["status"] not in ENDED:
             raise RuntimeError(f"{arm} seed {seed} needs the finished supervised run {first}")
         cmd += ["--set", f"init_checkpoint={first}"]
-        if arm == "self_training_rounds":
+        if arm.startswith("self_training_round"):
             cmd += ["--set", f"teacher_checkpoint={first}", "--set", "st_start_iter=0"]
     if arm.startswith("self_training"):
         for key, value in st_settings.items():
@@ -139,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if unknown := sorted(set(arms) - set(ARMS)):
         p.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
-    if any(a in ROUND_2 for a in arms) and "supervised" not in arms:
-        p.error("the round-2 arms start from the supervised arm: add supervised to --arms")
+    for arm in arms:
+        if arm in START and START[arm] not in arms:
+            p.error(f"{arm} starts from the {START[arm]} arm's best model: add {START[arm]} to --arms")
     seeds = 1 if args.quick else args.seeds
     iters = 300 if args.quick else args.iters
     st_settings = {**ST_SETTINGS, **_pairs(args.st_set)}
@@ -156,12 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     oracle = args.work / "oracle"
     make_oracle_root(demo, oracle)
     jobs = [("oracle", s, oracle) for s in range(args.oracle_seeds)]
-    jobs += [(a, s, demo) for s in range(seeds) for a in arms if a not in ROUND_2]
+    jobs += [(a, s, demo) for s in range(seeds) for a in arms if _round(a) == 1]
     jobs.sort(key=lambda j: j[0] != "self_training")  # longest first
-    later = [(a, s, demo) for s in range(seeds) for a in arms if a in ROUND_2]  # after their round 1
+    later = [[(a, s, demo) for s in range(seeds) for a in arms if _round(a) == r]  # after their previous round
+             for r in range(2, 1 + max(map(_round, arms)))]
     results = []
     with ThreadPoolExecutor(args.parallel) as pool:
-        for phase in (jobs, later):
+        for phase in (jobs, *later):
             results += pool.map(lambda j: run(j[0], j[1], j[2], args.work / args.runs, iters, st_settings, settings),
                                 phase)
     df = pd.DataFrame(results).sort_values(["arm", "seed"])
@@ -176,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     for arm, goal in (("oracle", 15), ("self_training", 4), ("self_training_rounds", 4)):
         if sup is not None and arm in mean.index:
             print(f"{arm} - supervised: {mean.loc[arm, 'mean'] - sup:+.2f} mIoU points (goal >= {goal})")
-    if {"self_training_rounds", "supervised_continued"} <= set(mean.index):
-        gain = mean.loc["self_training_rounds", "mean"] - mean.loc["supervised_continued", "mean"]
-        print(f"self_training_rounds - supervised_continued (same iterations): {gain:+.2f} mIoU points")
+    for rounds, control in (("self_training_rounds", "supervised_continued"),
+                            ("self_training_round3", "supervised_continued2")):
+        if {rounds, control} <= set(mean.index):
+            gain = mean.loc[rounds, "mean"] - mean.loc[control, "mean"]
+            print(f"{rounds} - {control} (same iterations): {gain:+.2f} mIoU points")
     return 0
 
 
