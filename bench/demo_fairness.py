@@ -88,6 +88,11 @@ def _round(arm: str) -> int:
     return 1 + _round(START[arm]) if arm in START else 1
 
 
+def _ended(rows: list[dict]) -> bool:
+    """Whether the run of these metrics rows has ended."""
+    return bool(rows) and rows[-1]["status"] in ENDED
+
+
 def _rows(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
@@ -98,7 +103,7 @@ def run(arm: str, seed: int, data: Path, out: Path, iters: int, st_settings: dic
     method = "ema_self_training" if arm.startswith("self_training") else "supervised"
     run_dir = out / f"{arm}-s{seed}"
     rows = _rows(run_dir)
-    if rows and rows[-1]["status"] in ENDED:
+    if _ended(rows):
         return _summary(arm, seed, rows, wall_s=0)
     cmd = [sys.executable, "-m", "selftune", "train", "--data", str(data), "--out", str(run_dir), "--no-progress",
            "--set", f"method={method}", "--set", f"seed={seed}", "--set", "num_threads=1",
@@ -109,8 +114,8 @@ def run(arm: str, seed: int, data: Path, out: Path, iters: int, st_settings: dic
         cmd += ["--set", f"{key}={value}"]
     if arm in START:  # the previous round's best model of this seed: the teacher and/or the start
         first = out / f"{START[arm]}-s{seed}"
-        if _rows(first)[-1:] == [] or _rows(first)[-1]["status"] not in ENDED:
-            raise RuntimeError(f"{arm} seed {seed} needs the finished supervised run {first}")
+        if not _ended(_rows(first)):
+            raise RuntimeError(f"{arm} seed {seed} needs the finished {START[arm]} run {first}")
         cmd += ["--set", f"init_checkpoint={first}"]
         if arm.startswith("self_training_round"):
             cmd += ["--set", f"teacher_checkpoint={first}", "--set", "st_start_iter=0"]

@@ -64,20 +64,14 @@ class SweepPlan:
 
 def plan_sweep(sweep: SweepConfig, *, resume: bool = False) -> SweepPlan:
     """Check the sweep file, data, base config, space and storage. Raises SelftuneError naming the culprit."""
-    from selftune.trainable.checkpoint import load_model_file
     from selftune.trainable.config import CHECKPOINT_KEYS
     from selftune.trainable.data import dataset_fingerprint, validate_dataset
     from selftune.trainable.demo import ensure_demo
+    from selftune.trainable.loop import weights_from
 
     base = sweep.base_train_config()
     max_t = sweep.max_t or base.max_iters
     base = base.replace(max_iters=max_t).with_absolute_paths()  # trials run in their own folders
-    for key in CHECKPOINT_KEYS:
-        if getattr(base, key):
-            try:
-                load_model_file(Path(getattr(base, key)))
-            except SelftuneError as exc:
-                raise SelftuneError(f"{key}: {exc}") from None
     data_root = str(Path(sweep.data).expanduser().resolve()) if sweep.data else str(ensure_demo())
     if sweep.data and not Path(data_root).is_dir():
         raise SelftuneError(f"data folder not found: {sweep.data}")
@@ -88,6 +82,8 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False) -> SweepPlan:
     summary = validate_dataset(Path(data_root), need_unlabeled=method != "supervised")
     k = len(summary.class_names)
     base.check_num_classes(k)
+    for key in CHECKPOINT_KEYS:  # the checks each trial's loop makes, once, before any trial starts
+        weights_from(key, getattr(base, key), summary.class_names)
     ctx = SpaceContext(num_classes=k, max_iters=max_t, eval_every=base.eval_every)
     report = check_space(sweep.space, base, ctx) if k != ctx0.num_classes else report0
 

@@ -239,7 +239,7 @@ class TrainConfig:
                     raise ConfigError(f"class_weights[{i}] must be a finite number >= 0, got {w!r}")
         if not self.ignore_index >= 0:
             raise ConfigError(f"ignore_index must be >= 0, got {self.ignore_index!r}")
-        for name in ("teacher_checkpoint", "init_checkpoint"):
+        for name in CHECKPOINT_KEYS:
             if getattr(self, name) is not None and not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name} must be null or a path, got {getattr(self, name)!r}")
         if self.teacher_checkpoint is not None and self.method == "supervised":

@@ -146,8 +146,8 @@ def train(
             "resume it or choose another folder"
         )
     # earlier runs' weights: a frozen pseudo-labeller (its own architecture), the student's start (fresh runs only)
-    labeller = _weights_from("teacher_checkpoint", cfg.teacher_checkpoint, classes.names, num_classes)
-    init = _weights_from("init_checkpoint", cfg.init_checkpoint if state is None else None, classes.names, num_classes)
+    labeller = weights_from("teacher_checkpoint", cfg.teacher_checkpoint, classes.names)
+    init = weights_from("init_checkpoint", cfg.init_checkpoint if state is None else None, classes.names)
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp(cfg, device)
     torch.set_num_threads(cfg.num_threads or available_cpus())
@@ -424,8 +424,11 @@ class LoadedWeights(NamedTuple):
     info: dict[str, Any]
 
 
-def _weights_from(key: str, path: str | None, names: tuple[str, ...], num_classes: int) -> LoadedWeights | None:
-    """The EMA weights of the run file or folder at `path` (config key `key`); errors name the key and the file."""
+def weights_from(key: str, path: str | None, names: tuple[str, ...]) -> LoadedWeights | None:
+    """The EMA weights of the run file or folder at `path` (config key `key`) for a dataset of classes `names`.
+
+    A missing or foreign file, or other classes, fail with an error naming the key and the file.
+    """
     if path is None:
         return None
     try:
@@ -436,8 +439,8 @@ def _weights_from(key: str, path: str | None, names: tuple[str, ...], num_classe
         raise ConfigError(f"{key}: {loaded.info['file']} was trained on classes {list(loaded.class_names)}, "
                           f"but this dataset has {list(names)}")
     saved_k = len(loaded.config.thresholds)
-    if saved_k != num_classes:
-        raise ConfigError(f"{key}: {loaded.info['file']} has {saved_k} classes, this dataset has {num_classes}")
+    if saved_k != len(names):
+        raise ConfigError(f"{key}: {loaded.info['file']} has {saved_k} classes, this dataset has {len(names)}")
     return loaded
 
 
@@ -725,4 +728,5 @@ __all__ = [
     "resolve_device",
     "score",
     "train",
+    "weights_from",
 ]
