@@ -33,6 +33,7 @@ def test_unknown_key_suggests_the_field() -> None:
         ({"ema_decay": 1.5}, r"ema_decay must be in \[0, 1\], got 1.5"),
         ({"min_accept_ratio": -0.1}, r"min_accept_ratio must be in \[0, 1\], got -0.1"),
         ({"st_loss_normalization": "pixels"}, r"st_loss_normalization must be one of .*got 'pixels'"),
+        ({"teacher_tta": "rot"}, r"teacher_tta must be one of none, flip, d4; got 'rot'"),
         ({"fp_dropout": 1.0}, r"fp_dropout must be in \[0, 1\), got 1.0"),
         ({"fp_weight": -1}, r"fp_weight must be a finite number >= 0, got -1"),
         ({"hue_jitter": 0.7}, r"hue_jitter must be in \[0, 0.5\], got 0.7"),

@@ -76,6 +76,49 @@ def test_min_accept_ratio_lowers_only_thresholds_that_accept_too_little():
     assert fx.pseudo_labels(p, strict, IGN, min_accept_ratio=1.0).accepted.all()
 
 
+def test_tta_probs_average_the_views_mapped_back():
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)  # not flip-symmetric: views differ
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        single = model(x).softmax(1)
+        assert torch.equal(fx.tta_probs(model, x, "none"), single)
+        # reference: the 8 symmetries as rotations by k*90 degrees, with and without a transpose, undone by hand
+        ref = []
+        for t in (False, True):
+            for k in range(4):
+                v = x.transpose(-1, -2) if t else x
+                p = model(torch.rot90(v, k, dims=(-2, -1))).softmax(1)
+                p = torch.rot90(p, -k, dims=(-2, -1))
+                ref.append(p.transpose(-1, -2) if t else p)
+        d4 = fx.tta_probs(model, x, "d4")
+        flips = [model(x.flip(d)).softmax(1).flip(d) for d in ((-1,), (-2,), (-2, -1))]
+        flip = fx.tta_probs(model, x, "flip")
+    assert torch.allclose(d4, torch.stack(ref).mean(0), atol=1e-6)
+    assert torch.allclose(flip, torch.stack([single, *flips]).mean(0), atol=1e-6)
+    assert not torch.allclose(d4, single, atol=1e-3)
+    assert torch.allclose(d4.sum(1), torch.ones(2, 6, 6), atol=1e-6)
+    symmetric = torch.nn.Conv2d(3, 4, 1)  # a 1x1 convolution commutes with every flip and transpose
+    with torch.no_grad():
+        assert torch.allclose(fx.tta_probs(symmetric, x, "d4"), symmetric(x).softmax(1), atol=1e-6)
+
+
+def test_teacher_tta_sets_the_pseudo_labels():
+    from selftune.trainable.config import TrainConfig
+    from selftune.trainable.methods import create_method
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    x = torch.randn(2, 3, 6, 6)
+    labels = {}
+    for mode in ("none", "d4"):
+        cfg = TrainConfig(thresholds=(0.0,) * 4, strong_aug=False, teacher_tta=mode, st_start_iter=0)
+        labels[mode] = create_method(cfg, 4).pseudo_batch(teacher, x, 0, torch.Generator()).labels
+        with torch.no_grad():
+            assert torch.equal(labels[mode], fx.tta_probs(teacher, x, mode).argmax(1))
+    assert not torch.equal(labels["none"], labels["d4"])
+
+
 def test_align_distribution_moves_mass_from_over_predicted_classes():
     p = probs_2x2()  # class means over the 4 pixels: .325, .4875, .1875
     prior = torch.tensor([0.5, 0.25, 0.25])

@@ -71,6 +71,7 @@ def _wide_extras(trial: Trial, ctx: SpaceContext) -> None:
     trial.suggest_categorical("class_weighting", ["none", "inverse_freq"])
     trial.suggest_float("min_accept_ratio", 0.0, 0.5)
     trial.suggest_categorical("distribution_alignment", [False, True])
+    trial.suggest_categorical("teacher_tta", ["none", "flip", "d4"])
     trial.suggest_categorical("st_loss_normalization", ["accepted", "all_pixels"])
     trial.suggest_float("scale_min", 0.75, 1.0)
     trial.suggest_float("scale_max", 1.0, 1.5)

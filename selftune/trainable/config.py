@@ -32,6 +32,7 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "poly", "constant")
 THRESHOLD_SCHEDULES = ("constant", "linear")
 ST_LOSS_NORMALIZATIONS = ("accepted", "all_pixels")
+TEACHER_TTAS = ("none", "flip", "d4")
 CLASS_WEIGHTINGS = ("none", "inverse_freq", "explicit")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("auto", "bf16", "fp16", "off")
@@ -80,6 +81,9 @@ class TrainConfig:
     distribution_alignment: bool = False  # scale teacher probabilities by labelled class frequency / their running
     # mean on unlabelled data before thresholding (ReMixMatch/AdaMatch): stops drift towards favoured classes
     da_momentum: float = 0.99  # momentum of that running mean (per self-training step)
+    teacher_tta: str = "none"  # none | flip: the teacher's probabilities averaged over the batch and its
+    # horizontal, vertical and double flips | d4: also over their transposes (all 8 symmetries of the square;
+    # for top-down imagery). Costs 4 or 8 teacher passes per step; pseudo-labels are thresholded after averaging
     min_accept_ratio: float = 0.0  # per-class acceptance floor (CBST-style class balance): the most confident
     # fraction of each class's predicted pixels in a batch is accepted even below its threshold; 0 = off
     st_weight: float = 1.5  # weight of the unlabelled (pseudo-label) loss
@@ -187,6 +191,7 @@ class TrainConfig:
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("threshold_schedule", self.threshold_schedule, THRESHOLD_SCHEDULES)
         _choice("st_loss_normalization", self.st_loss_normalization, ST_LOSS_NORMALIZATIONS)
+        _choice("teacher_tta", self.teacher_tta, TEACHER_TTAS)
         _choice("class_weighting", self.class_weighting, CLASS_WEIGHTINGS)
         _choice("device", self.device, DEVICES)
         _choice("amp", self.amp, AMP_DTYPES)

@@ -15,7 +15,7 @@ plain numbers and tensors.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -63,6 +63,28 @@ def pseudo_labels(
     accepted = confidence >= thr
     labels = torch.where(accepted, predicted, torch.full_like(predicted, ignore_index))
     return PseudoLabels(labels, accepted, confidence, predicted)
+
+
+def tta_probs(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str = "none") -> torch.Tensor:
+    """Softmax probabilities [B, K, H, W] of `model` on `images`, averaged over symmetric views.
+
+    `mode`: none (one pass) | flip (the images and their horizontal, vertical and double flips) |
+    d4 (those four and their transposes: the 8 symmetries of the square, for top-down imagery).
+    The views go through the model as one batch; each view's output is mapped back before averaging.
+    d4 needs square images.
+    """
+    if mode == "none":
+        return model(images).float().softmax(dim=1)
+    views = [(dims, t) for t in ((False, True) if mode == "d4" else (False,))
+             for dims in ((), (-1,), (-2,), (-2, -1))]
+
+    def view(x: torch.Tensor, dims: tuple[int, ...], t: bool) -> torch.Tensor:
+        x = x.flip(dims) if dims else x
+        return x.transpose(-1, -2) if t else x
+
+    probs = model(torch.cat([view(images, d, t) for d, t in views])).float().softmax(dim=1)
+    back = [view(p, (), t).flip(d) if d else view(p, (), t) for p, (d, t) in zip(probs.chunk(len(views)), views, strict=True)]
+    return torch.stack(back).mean(dim=0)
 
 
 def align_distribution(probs: torch.Tensor, prior: torch.Tensor, predicted_mean: torch.Tensor) -> torch.Tensor:

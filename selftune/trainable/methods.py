@@ -151,7 +151,7 @@ class EmaSelfTraining(Method):
     def pseudo_batch(
         self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, generator: torch.Generator
     ) -> PseudoBatch:
-        probs = teacher(images_u).float().softmax(dim=1)
+        probs = functional.tta_probs(teacher, images_u, self.cfg.teacher_tta)
         if self.cfg.distribution_alignment:
             batch_mean = probs.mean(dim=(0, 2, 3))
             m = self.cfg.da_momentum
