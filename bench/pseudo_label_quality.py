@@ -1,14 +1,15 @@
 """How right are a model's pseudo-labels? Per-class precision and recall of its confident predictions
 on the unlabelled pool, against the pool's true masks (a demo set made with --unlabeled-masks).
 
-    python bench/pseudo_label_quality.py RUN_DIR DEMO_ROOT [--split unlabeled] [--limit 400] [--quick]
+    python bench/pseudo_label_quality.py RUN_DIR DEMO_ROOT [--split unlabeled] [--limit 400] [--quick] [--tta d4]
 
 RUN_DIR is a `selftune train` output folder (its best_model_ema.pt is used) or a model file. For each
 threshold it prints the share of pixels accepted, their accuracy, and per class the precision and
 recall of the accepted pixels; then, at the highest threshold, which true classes the confidently
 predicted pixels hold (rows: predicted class, columns: true class). This is the measurement behind
 the self-training diagnosis in docs/data.md: a class whose confident pixels are often another class
-is one self-training will drift on.
+is one self-training will drift on. `--tta flip|d4` scores the probabilities averaged over flipped views,
+as the loop's `teacher_tta` makes them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=400, help="images to score (sorted order)")
     p.add_argument("--thresholds", default="0,0.8,0.9,0.95", help="comma-separated")
     p.add_argument("--quick", action="store_true", help="score 100 images only")
+    p.add_argument("--tta", default="none", choices=("none", "flip", "d4"), help="the teacher_tta of the loop")
     args = p.parse_args(argv)
     if args.quick:
         args.limit = min(args.limit, 100)
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from selftune.trainable.augment import normalize
     from selftune.trainable.checkpoint import load_model_file
     from selftune.trainable.data import read_classes, read_image, read_mask
-    from selftune.trainable.functional import confusion_matrix
+    from selftune.trainable.functional import confusion_matrix, tta_probs
     from selftune.trainable.loop import build_model
 
     cfg, _, weights, info = load_model_file(args.model)
@@ -57,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         masks = [read_mask((base / "masks" / q.relative_to(base / "images")).with_suffix(".png"), classes)
                  for q in chunk]
         with torch.no_grad():
-            probs.append(model(normalize(x)).softmax(1))
+            probs.append(tta_probs(model, normalize(x), args.tta))
         truth.append(torch.from_numpy(np.stack(masks)))
     conf, pred = torch.cat(probs).max(1)
     y = torch.cat(truth)
     short = [n[:10] for n in classes.names]
-    print(f"model {info['file']} (iteration {info['iteration']}), {len(images)} images of {base}")
+    print(f"model {info['file']} (iteration {info['iteration']}), {len(images)} images of {base}, tta {args.tta}")
     print(f"{'threshold':>9} {'accepted':>8} {'accuracy':>8}  " + "  ".join(f"{n:>13}" for n in short))
     print(f"{'':>9} {'':>8} {'':>8}  " + "  ".join(f"{'prec / rec':>13}" for _ in short))
     thresholds = [float(t) for t in args.thresholds.split(",")]

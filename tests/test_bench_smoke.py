@@ -32,10 +32,10 @@ def test_pseudo_label_quality_scores_a_trained_model(tmp_path: Path) -> None:
                                      method="supervised", max_iters=2, eval_every=2, warmup_iters=0,
                                      train_eval_size=2, num_threads=1, log_images=False))
     train(cfg, data, tmp_path / "run", progress=False)
-    out = subprocess.run([sys.executable, "bench/pseudo_label_quality.py", str(tmp_path / "run"), str(data), "--quick"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "bench/pseudo_label_quality.py", str(tmp_path / "run"), str(data), "--quick",
+                          "--tta", "d4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "6 images of" in out.stdout and "rows predicted class" in out.stdout
+    assert "6 images of" in out.stdout and "tta d4" in out.stdout and "rows predicted class" in out.stdout
     rows = [line for line in out.stdout.splitlines() if line.strip().startswith(("0.00", "0.95"))]
     assert len(rows) == 2 and rows[0].split()[1] == "1.00"  # threshold 0 accepts every pixel
 
