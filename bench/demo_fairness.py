@@ -13,6 +13,9 @@
     python bench/demo_fairness.py --arms supervised,self_training_rounds,supervised_continued,\
 self_training_round3,supervised_continued2 --st-set min_accept_ratio=0.2 --oracle-seeds 0 --runs runs_round3
                                                 # a third round, and a control continued twice
+    python bench/demo_fairness.py --arms supervised,self_training_rounds,supervised_continued --oracle-seeds 0 \
+        --st-set min_accept_ratio=0.2 --st-set unlabeled_batch_size=24 --runs runs_ub24
+                                                # round 2 with 3 unlabelled tiles per labelled one (FixMatch's mu)
 
 Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `selftune train` loop:
 - supervised: method=supervised on the 24 labelled tiles;
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="change every arm's settings (repeatable)")
     p.add_argument("--runs", default="runs", help="folder under --work for the run folders")
+    p.add_argument("--plot", action="store_true",
+                   help="also draw each run's val and test mIoU against iteration (a PNG beside the CSV)")
     p.add_argument("--arms", default="supervised,self_training",
                    help=f"comma-separated, from {', '.join(ARMS)} (the oracle: --oracle-seeds)")
     args = p.parse_args(argv)
@@ -189,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "demo_fairness_quick.csv" if args.quick else (
         "demo_fairness.csv" if args.runs == "runs" else f"demo_fairness_{args.runs}.csv")  # one file per runs folder
     df.to_csv(RESULTS / name, index=False)
+    if args.plot:
+        plot_curves(args.work / args.runs, sorted(set(df["arm"])), seeds, (RESULTS / name).with_suffix(".png"))
     print(df.to_string(index=False))
     mean = df.groupby("arm")["test_at_best_val"].agg(["mean", "std", "count"]) * [100, 100, 1]
     print("\n" + mean.round(2).to_string())
@@ -202,6 +209,44 @@ def main(argv: list[str] | None = None) -> int:
             gain = mean.loc[rounds, "mean"] - mean.loc[control, "mean"]
             print(f"{rounds} - {control} (same iterations): {gain:+.2f} mIoU points")
     return 0
+
+
+def plot_curves(runs: Path, arms: list[str], seeds: int, path: Path) -> None:
+    """Val and test mIoU of every run against its iteration, one colour per arm, one line per seed; a dot
+    marks each run's best val evaluation (the one scored). Written atomically to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    colors = dict(zip(arms, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    values: list[float] = []
+    for arm in arms:
+        for seed in range(seeds if arm != "oracle" else 1):
+            rows = _rows(runs / f"{arm}-s{seed}")
+            if not rows:
+                continue
+            best = max(rows, key=lambda r: r["val_miou"])
+            values += [100 * r[k] for r in rows for k in ("val_miou", "test_miou")]
+            for ax, key in zip(axes, ("val_miou", "test_miou"), strict=True):
+                ax.plot([r["iteration"] for r in rows], [100 * r[key] for r in rows], color=colors[arm], lw=1.2,
+                        alpha=0.8, label=arm if seed == 0 else None)
+                ax.plot(best["iteration"], 100 * best[key], "o", color=colors[arm], ms=5)
+    for ax, title in zip(axes, ("val mIoU (selects the scored evaluation)", "test mIoU"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("iteration of the run")
+        ax.grid(alpha=0.3)
+    if values:  # the first evaluations of a run from scratch would flatten the rest: cut below the 10th percentile
+        axes[0].set_ylim(bottom=max(0.0, sorted(values)[len(values) // 10] - 3))
+    axes[0].set_ylabel("mIoU (%)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{runs.name}: one line per seed, dot = best val")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def _pairs(items: list[str]) -> dict[str, str]:

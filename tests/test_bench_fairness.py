@@ -1,0 +1,40 @@
+"""bench/demo_fairness.py's reading of ended runs and its learning-curve plot, on hand-written metrics files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("demo_fairness", ROOT / "bench" / "demo_fairness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_run(folder: Path, vals: list[float], tests: list[float], status: str) -> None:
+    folder.mkdir(parents=True)
+    rows = [dict(iteration=50 * (i + 1), val_miou=v, test_miou=t, status="running")
+            for i, (v, t) in enumerate(zip(vals, tests, strict=True))]
+    rows[-1]["status"] = status
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_score_is_test_at_best_val_and_plot_is_a_png(tmp_path: Path) -> None:
+    bench = _bench()
+    _write_run(tmp_path / "supervised-s0", [0.30, 0.45, 0.40], [0.31, 0.41, 0.44], "early_stopped")
+    _write_run(tmp_path / "supervised-s1", [0.35, 0.36], [0.30, 0.33], "completed")
+    _write_run(tmp_path / "self_training_rounds-s0", [0.46, 0.50], [0.44, 0.47], "completed")
+    rows = bench._rows(tmp_path / "supervised-s0")
+    summary = bench._summary("supervised", 0, rows, wall_s=0)
+    assert summary["test_at_best_val"] == 0.41 and summary["best_iteration"] == 100  # not the best test (0.44)
+    assert bench._ended(rows) and not bench._ended(rows[:2])
+
+    png = tmp_path / "curves.png"
+    bench.plot_curves(tmp_path, ["self_training_rounds", "supervised"], 2, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert not list(tmp_path.glob("*.tmp.png"))
