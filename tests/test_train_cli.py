@@ -51,6 +51,26 @@ def test_train_then_resume_then_evaluate(tiny_data: Path, tmp_path: Path, capsys
     assert rc == 0
     assert "split 'val'" in capsys.readouterr().out
 
+    rc = main(["evaluate", "--checkpoint", str(run), "--data", str(tiny_data), "--tta", "d4"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "test-time augmentation d4" in out and "mIoU" in out
+
+    # d4 needs square images: a copy of the data whose test tiles are cut to 32x24 fails by name, flip still runs
+    import shutil
+
+    from PIL import Image
+
+    wide = tmp_path / "nonsquare"
+    shutil.copytree(tiny_data, wide)
+    for sub in ("images", "masks"):
+        for f in (wide / "test" / sub).iterdir():
+            Image.open(f).crop((0, 0, 24, 32)).save(f)
+    rc = main(["evaluate", "--checkpoint", str(run), "--data", str(wide), "--tta", "d4"])
+    captured = capsys.readouterr()
+    assert rc != 0 and "--tta d4 needs square images" in captured.err and "32x24" in captured.err
+    rc = main(["evaluate", "--checkpoint", str(run), "--data", str(wide), "--tta", "flip"])
+    assert rc == 0 and "test-time augmentation flip" in capsys.readouterr().out
+
 
 def test_train_exit_codes(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rc = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "d"), "--no-progress",

@@ -65,6 +65,7 @@ from selftune.trainable.functional import (
     lr_factor,
     mean_iou,
     pseudo_labels,
+    tta_probs,
 )
 from selftune.trainable.methods import METHODS, create_method
 
@@ -573,8 +574,11 @@ def _center_crop(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[to
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, to_device: DeviceBatch, autocast: Any) -> torch.Tensor:
-    """float32 logits [B, K, H, W] for uint8 images of any size (padded to the model's multiple)."""
+def predict(
+    model: torch.nn.Module, images: torch.Tensor, to_device: DeviceBatch, autocast: Any, tta: str = "none"
+) -> torch.Tensor:
+    """float32 logits [B, K, H, W] for uint8 images of any size (padded to the model's multiple); with `tta`
+    flip or d4, the log of the class probabilities averaged over those views (`functional.tta_probs`)."""
     x = to_device.images(images)
     h, w = x.shape[-2:]
     m = input_multiple(model)
@@ -582,22 +586,23 @@ def predict(model: torch.nn.Module, images: torch.Tensor, to_device: DeviceBatch
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
     with autocast():
-        logits = model(x)
+        logits = model(x) if tta == "none" else tta_probs(model, x, tta).clamp_min(1e-12).log()
     return logits[..., :h, :w].float()
 
 
 @torch.no_grad()
 def score(
     model: torch.nn.Module, data: EvalBatches, num_classes: int, to_device: DeviceBatch, autocast: Any,
-    loss_fn: SegmentationLoss | None = None,
+    loss_fn: SegmentationLoss | None = None, tta: str = "none",
 ) -> tuple[torch.Tensor, float]:
-    """(confusion matrix [K, K] summed over `data`, mean loss per image or NaN without loss_fn)."""
+    """(confusion matrix [K, K] summed over `data`, mean loss per image or NaN without loss_fn); `tta` as in
+    `predict`."""
     was_training = model.training
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=to_device.device)
     loss_sum = torch.zeros((), device=to_device.device)
     for images, masks in data.batches:
-        logits = predict(model, images, to_device, autocast)
+        logits = predict(model, images, to_device, autocast, tta)
         y = to_device.masks(masks)
         cm += confusion_matrix(logits.argmax(1), y, num_classes)
         if loss_fn is not None:

@@ -45,6 +45,9 @@ def register(subparsers: Any) -> None:
     e.add_argument("--split", default="test", help="labelled split to score (default: test)")
     e.add_argument("--confusion", type=Path, metavar="PNG", help="also write a row-normalised confusion-matrix plot")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
+    e.add_argument("--tta", default="none", choices=("none", "flip", "d4"),
+                   help="test-time augmentation: average the class probabilities over the flips (flip) or all 8 "
+                   "symmetries of a square image (d4; square images only); default: none")
     e.set_defaults(func=run_evaluate)
 
 
@@ -127,12 +130,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model = model.to(device, memory_format=memory_format).eval()
     dataset = LabeledDataset(data, args.split, classes)
     batches = load_eval_batches(dataset, 0, cfg.batch_size)
+    if args.tta == "d4" and (sizes := {tuple(x.shape[-2:]) for x, _ in batches.batches if x.shape[-1] != x.shape[-2]}):
+        raise DataError(f"--tta d4 needs square images; split {args.split!r} of {data} has images of "
+                        f"{', '.join(f'{h}x{w}' for h, w in sorted(sizes))} (height x width); use --tta flip")
     to_device = DeviceBatch(device, memory_format, cfg.ignore_index)
-    cm, _ = score(model, batches, classes.num_classes, to_device, make_autocast(device, amp_dtype))
+    cm, _ = score(model, batches, classes.num_classes, to_device, make_autocast(device, amp_dtype), tta=args.tta)
     iou = iou_per_class(cm)
 
     where = f"iteration {info['iteration']}" if info.get("iteration") is not None else "unknown iteration"
-    print(f"model {info['file']} ({where}); split {args.split!r} of {data} ({len(dataset)} images)")
+    shown_tta = "" if args.tta == "none" else f"; test-time augmentation {args.tta}"
+    print(f"model {info['file']} ({where}); split {args.split!r} of {data} ({len(dataset)} images){shown_tta}")
     width = max(len("class"), *(len(n) for n in classes.names))
     print(f"{'class':<{width}}  {'IoU':>7}  {'pixels':>10}")
     truth = cm.sum(1).tolist()
