@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from selftune.trainable.config import TEACHER_TTAS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="run folder or model file")
     p.add_argument("data", type=Path, help="dataset root whose SPLIT has masks")
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=400, help="images to score (sorted order)")
     p.add_argument("--thresholds", default="0,0.8,0.9,0.95", help="comma-separated")
     p.add_argument("--quick", action="store_true", help="score 100 images only")
-    p.add_argument("--tta", default="none", choices=("none", "flip", "d4"), help="the teacher_tta of the loop")
+    p.add_argument("--tta", default="none", choices=TEACHER_TTAS, help="the teacher_tta of the loop")
     args = p.parse_args(argv)
     if args.quick:
         args.limit = min(args.limit, 100)

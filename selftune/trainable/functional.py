@@ -78,12 +78,16 @@ def tta_probs(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
     views = [(dims, t) for t in ((False, True) if mode == "d4" else (False,))
              for dims in ((), (-1,), (-2,), (-2, -1))]
 
-    def view(x: torch.Tensor, dims: tuple[int, ...], t: bool) -> torch.Tensor:
+    def view(x: torch.Tensor, dims: tuple[int, ...], t: bool) -> torch.Tensor:  # flip, then transpose
         x = x.flip(dims) if dims else x
         return x.transpose(-1, -2) if t else x
 
+    def unview(x: torch.Tensor, dims: tuple[int, ...], t: bool) -> torch.Tensor:  # its inverse
+        x = x.transpose(-1, -2) if t else x
+        return x.flip(dims) if dims else x
+
     probs = model(torch.cat([view(images, d, t) for d, t in views])).float().softmax(dim=1)
-    back = [view(p, (), t).flip(d) if d else view(p, (), t) for p, (d, t) in zip(probs.chunk(len(views)), views, strict=True)]
+    back = [unview(p, d, t) for p, (d, t) in zip(probs.chunk(len(views)), views, strict=True)]
     return torch.stack(back).mean(dim=0)
 
 

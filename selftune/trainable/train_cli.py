@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from selftune.errors import ConfigError
+from selftune.trainable.config import TEACHER_TTAS
 
 EXIT_DIVERGED = 3
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -45,7 +46,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--split", default="test", help="labelled split to score (default: test)")
     e.add_argument("--confusion", type=Path, metavar="PNG", help="also write a row-normalised confusion-matrix plot")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
-    e.add_argument("--tta", default="none", choices=("none", "flip", "d4"),
+    e.add_argument("--tta", default="none", choices=TEACHER_TTAS,
                    help="test-time augmentation: average the class probabilities over the flips (flip) or all 8 "
                    "symmetries of a square image (d4; square images only); default: none")
     e.set_defaults(func=run_evaluate)
