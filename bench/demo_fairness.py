@@ -16,6 +16,9 @@ self_training_round3,supervised_continued2 --st-set min_accept_ratio=0.2 --oracl
     python bench/demo_fairness.py --arms supervised,self_training_rounds,supervised_continued --oracle-seeds 0 \
         --st-set min_accept_ratio=0.2 --st-set unlabeled_batch_size=24 --runs runs_ub24
                                                 # round 2 with 3 unlabelled tiles per labelled one (FixMatch's mu)
+    python bench/demo_fairness.py --arms supervised,self_training_rounds,supervised_continued --oracle-seeds 0 \
+        --st-set min_accept_ratio=0.2 --seeds 1 --n-train 12 --work bench/out/fairness_n12 --runs runs_n12_rounds
+                                                # rounds on a demo set with 12 labelled tiles (its own --work)
 
 Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `selftune train` loop:
 - supervised: method=supervised on the 24 labelled tiles;
@@ -58,6 +61,29 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "bench_results"
 ST_SETTINGS = {"thresholds": "[0.95,0.95,0.95,0.95,0.95,0.95,0.95]", "st_weight": "1.0", "strong_aug": "true",
                "st_loss_normalization": "all_pixels"}
+
+
+def demo_set(demo: Path, spec) -> Path:
+    """The demo set at DEMO, generated from SPEC (a DemoSpec) if absent. One made by another generator version
+    or spec is refused by name rather than mixed into a comparison."""
+    import dataclasses
+
+    from selftune.trainable.demo import DEMO_VERSION, MARKER, generate_demo
+
+    if not demo.exists():
+        return generate_demo(demo, spec)
+    try:
+        meta = json.loads((demo / MARKER).read_text())
+    except (OSError, ValueError):
+        raise SystemExit(f"{demo} is not a selftune demo set (no readable {MARKER}); choose another --work") from None
+    if meta.get("version") != DEMO_VERSION:
+        raise SystemExit(f"{demo} was made by demo generator v{meta.get('version')}, this is v{DEMO_VERSION}; "
+                         "choose another --work")
+    wanted = dataclasses.asdict(spec)
+    if diff := {k: v for k, v in meta.get("spec", {}).items() if wanted.get(k) != v}:
+        asked = ", ".join(f"{k}={wanted.get(k)} (it has {v})" for k, v in sorted(diff.items()))
+        raise SystemExit(f"{demo} was made with another spec: asked for {asked}; choose another --work")
+    return demo
 
 
 def make_oracle_root(demo: Path, oracle: Path) -> None:
@@ -154,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="change every arm's settings (repeatable)")
     p.add_argument("--runs", default="runs", help="folder under --work for the run folders")
+    p.add_argument("--n-train", type=int, default=None, metavar="N",
+                   help="labelled tiles of the demo set under --work (default: the demo's 24)")
     p.add_argument("--plot", action="store_true",
                    help="also draw each run's val and test mIoU against iteration (a PNG beside the CSV)")
     p.add_argument("--arms", default="supervised,self_training",
@@ -171,12 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = _pairs(args.settings)
     import pandas as pd
 
-    from selftune.trainable.demo import DemoSpec, generate_demo
+    from selftune.errors import DataError
+    from selftune.trainable.demo import DemoSpec
 
     args.work = args.work.resolve()  # the oracle set links to the demo set by absolute paths
-    demo = args.work / "demo"
-    if not demo.exists():
-        generate_demo(demo, DemoSpec(unlabeled_masks=True))
+    try:
+        spec = DemoSpec(unlabeled_masks=True, **({} if args.n_train is None else {"n_train": args.n_train}))
+    except DataError as e:
+        p.error(str(e))
+    demo = demo_set(args.work / "demo", spec)
     oracle = args.work / "oracle"
     make_oracle_root(demo, oracle)
     jobs = [("oracle", s, oracle) for s in range(args.oracle_seeds)]

@@ -38,3 +38,25 @@ def test_score_is_test_at_best_val_and_plot_is_a_png(tmp_path: Path) -> None:
     bench.plot_curves(tmp_path, ["self_training_rounds", "supervised"], 2, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert not list(tmp_path.glob("*.tmp.png"))
+
+
+def test_demo_set_is_generated_once_and_another_spec_or_version_is_refused_by_name(tmp_path: Path) -> None:
+    import pytest
+
+    from selftune.trainable.demo import MARKER, DemoSpec
+
+    bench = _bench()
+    spec = DemoSpec(size=16, n_train=2, n_val=1, n_test=0, n_unlabeled=0, unlabeled_masks=True)
+    demo = bench.demo_set(tmp_path / "demo", spec)
+    assert len(list((demo / "train" / "images").iterdir())) == 2
+    assert bench.demo_set(demo, spec) == demo  # the same spec: read, not generated again
+
+    with pytest.raises(SystemExit, match=r"n_train=3 \(it has 2\)"):
+        bench.demo_set(demo, DemoSpec(size=16, n_train=3, n_val=1, n_test=0, n_unlabeled=0, unlabeled_masks=True))
+    meta = json.loads((demo / MARKER).read_text())
+    (demo / MARKER).write_text(json.dumps({**meta, "version": 1}))
+    with pytest.raises(SystemExit, match="generator v1"):
+        bench.demo_set(demo, spec)
+    (demo / MARKER).unlink()
+    with pytest.raises(SystemExit, match="not a selftune demo set"):
+        bench.demo_set(demo, spec)
