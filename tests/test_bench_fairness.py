@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,8 +43,6 @@ def test_score_is_test_at_best_val_and_plot_is_a_png(tmp_path: Path) -> None:
 
 
 def test_demo_set_is_generated_once_and_another_spec_or_version_is_refused_by_name(tmp_path: Path) -> None:
-    import pytest
-
     from selftune.trainable.demo import MARKER, DemoSpec
 
     bench = _bench()
@@ -60,3 +60,31 @@ def test_demo_set_is_generated_once_and_another_spec_or_version_is_refused_by_na
     (demo / MARKER).unlink()
     with pytest.raises(SystemExit, match="not a selftune demo set"):
         bench.demo_set(demo, spec)
+
+
+def test_survey_split_puts_each_test_tile_with_its_survey(tmp_path: Path) -> None:
+    """A test tile goes to the labelled-surveys root exactly when rendering it as a labelled tile changes nothing."""
+    import numpy as np
+    from PIL import Image
+
+    from selftune.trainable.demo import DemoSpec, generate_demo, render_tile, tile_rng
+
+    spec = DemoSpec(size=16, n_train=2, n_val=1, n_test=24, n_unlabeled=1, seed=3, train_surveys=4)
+    demo = generate_demo(tmp_path / "demo", spec)
+    module_spec = importlib.util.spec_from_file_location("demo_survey_split", ROOT / "bench" / "demo_survey_split.py")
+    split = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(split)
+    roots = split.split_roots(demo, tmp_path / "work")
+    names = {k: sorted(p.name for p in (r / "test" / "images").iterdir()) for k, r in roots.items()}
+    assert sorted(names["labelled surveys"] + names["other surveys"]) == [f"test_{i:04d}.png" for i in range(24)]
+    assert names["labelled surveys"] and names["other surveys"]
+    for key, files in names.items():
+        for name in files:
+            image = np.asarray(Image.open(demo / "test" / "images" / name))
+            as_labelled, _ = render_tile(tile_rng(3, "test", int(name[5:9])), 16, seed=3, index=int(name[5:9]),
+                                         surveys=4)
+            assert np.array_equal(image, as_labelled) == (key == "labelled surveys"), (key, name)
+    with pytest.raises(SystemExit, match="exists"):
+        split.split_roots(demo, tmp_path / "work")
+    quick = split.split_roots(demo, tmp_path / "quick", limit=2)
+    assert [len(list((r / "test" / "images").iterdir())) for r in quick.values()] == [2, 2]

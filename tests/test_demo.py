@@ -78,6 +78,23 @@ def test_bad_spec() -> None:
         DemoSpec(n_train=0)
     with pytest.raises(DataError, match="size must be >= 16"):
         DemoSpec(size=8)
+    with pytest.raises(DataError, match="train_surveys must be between 1 and 16, got 17"):
+        DemoSpec(train_surveys=17)
+
+
+def test_labelled_tiles_come_from_fewer_surveys(tmp_path: Path) -> None:
+    """train_surveys changes the labelled tiles only; the other splits stay the same byte for byte."""
+    spec = DemoSpec(size=16, n_train=8, n_val=2, n_test=1, n_unlabeled=20, seed=1)
+    all_ = files(generate_demo(tmp_path / "all", DemoSpec(**{**spec.__dict__, "train_surveys": 16}), workers=1))
+    one = files(generate_demo(tmp_path / "one", DemoSpec(**{**spec.__dict__, "train_surveys": 1}), workers=1))
+    for name in all_:  # the labelled masks may differ too: a survey's zoom scales its objects
+        if not name.startswith("train/") and name != MARKER:
+            assert all_[name] == one[name], name
+    assert sum(all_[n] != one[n] for n in all_ if n.startswith("train/images/")) >= 6
+    # with one survey every labelled tile has that survey's look: their mean colours are close together
+    spread = {k: np.std([np.asarray(Image.open(tmp_path / k / n)).reshape(-1, 3).mean(0)
+                         for n in all_ if n.startswith("train/images/")], axis=0).mean() for k in ("all", "one")}
+    assert spread["one"] < spread["all"]
 
 
 def test_unlabeled_masks_match_the_pool(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     check.add_argument("--preview-count", type=int, default=8, metavar="N", help="images per row of the preview")
     check.set_defaults(func=run_check)
 
-    from selftune.trainable.demo import DemoSpec  # light: numpy only
+    from selftune.trainable.demo import N_STYLES, DemoSpec  # light: numpy only
 
     d = DemoSpec()
     demo = sub.add_parser("demo", help="generate the procedural demo dataset", description=DEMO_HELP)
@@ -49,6 +49,9 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--n-unlabeled", type=int, default=d.n_unlabeled,
                       help=f"unlabelled tiles (default {d.n_unlabeled})")
     demo.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    demo.add_argument("--train-surveys", type=int, default=d.train_surveys,
+                      help=f"the labelled tiles come from this many of the {N_STYLES} surveys; val, test and the "
+                           f"unlabelled pool from all (default {d.train_surveys})")
     demo.add_argument("--overwrite", action="store_true",
                       help="replace an existing dataset in ROOT (removes its classes.csv, train/, val/, test/, unlabeled/)")
     demo.add_argument("--unlabeled-masks", action="store_true",
@@ -158,7 +161,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     spec = DemoSpec(
         size=args.size, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-        n_unlabeled=args.n_unlabeled, seed=args.seed, unlabeled_masks=args.unlabeled_masks,
+        n_unlabeled=args.n_unlabeled, seed=args.seed, train_surveys=args.train_surveys,
+        unlabeled_masks=args.unlabeled_masks,
     )
     root = generate_demo(args.root, spec, overwrite=args.overwrite, progress=True, workers=args.workers)
     print(

@@ -7,8 +7,9 @@ Made to be a fair testbed for tuning self-training on 2 CPU cores:
   open land: blobs of bare soil in the same tones as dirt roads; buildings: small gabled roofs
   with shadows; water: smooth dark ponds and streams; background: grass with scattered shrubs);
 - each class's look (colours, crown size and spacing, ground scale, roofs, water tint) and the
-  lighting, haze, shadows and noise change from tile to tile, so 24 labelled tiles cover the
-  variety poorly while 1000 unlabelled tiles cover it well;
+  lighting, haze, shadows and noise change from survey to survey and tile to tile; the labelled
+  tiles come from 8 of the 16 surveys (`train_surveys`) while val, test and the 1000 unlabelled
+  tiles come from all of them, so the unlabelled pool covers what the labels miss;
 - class frequencies are long-tailed (water and buildings are rare);
 - the unlabelled pool is slightly shifted (more haze, warmer and dimmer light).
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from selftune.errors import DataError
 
-DEMO_VERSION = 3  # bump when the generator's output changes: ensure_demo then rebuilds its cache
+DEMO_VERSION = 6  # bump when the generator's output changes: ensure_demo then rebuilds its cache
 MARKER = ".selftune_demo.json"
 CLASS_NAMES = ("background", "water body", "building", "road", "areca tree", "snake fruit", "open land")
 CLASS_COLORS = (
@@ -54,6 +55,7 @@ class DemoSpec:
     n_test: int = 96
     n_unlabeled: int = 1000
     seed: int = 0
+    train_surveys: int = 8  # the labelled tiles come from the first N of the N_STYLES surveys; the rest from all
     unlabeled_masks: bool = False  # also write ROOT/unlabeled/masks (oracle experiments only; not part of the format)
 
     def __post_init__(self) -> None:
@@ -65,6 +67,8 @@ class DemoSpec:
         for name in ("n_test", "n_unlabeled", "seed"):
             if getattr(self, name) < 0:
                 raise DataError(f"demo {name} must be >= 0, got {getattr(self, name)}")
+        if not 1 <= self.train_surveys <= N_STYLES:
+            raise DataError(f"demo train_surveys must be between 1 and {N_STYLES}, got {self.train_surveys}")
 
 
 # ---------------------------------------------------------------------- field helpers
@@ -189,7 +193,7 @@ def _jitter_color(
 
 # ---------------------------------------------------------------------- survey styles
 
-N_STYLES = 16  # "surveys": each has its own look for every class; 24 labelled tiles miss several
+N_STYLES = 16  # "surveys": each has its own look for every class; the labelled tiles see train_surveys of them
 _ARECA_BASES = ((0.5, 0.62, 0.28), (0.38, 0.56, 0.34), (0.3, 0.5, 0.42), (0.56, 0.6, 0.34), (0.44, 0.52, 0.22))
 _SNAKE_BASES = ((0.3, 0.42, 0.2), (0.24, 0.32, 0.22), (0.34, 0.4, 0.3), (0.2, 0.36, 0.3), (0.36, 0.36, 0.18))
 _SOIL_BASES = ((0.58, 0.44, 0.31), (0.68, 0.6, 0.47), (0.55, 0.52, 0.48), (0.62, 0.38, 0.26))
@@ -240,16 +244,18 @@ def _style(seed: int, k: int) -> _Style:
 
 
 def render_tile(
-    rng: np.random.Generator, size: int, *, shifted: bool = False, seed: int = 0, index: int = 0
+    rng: np.random.Generator, size: int, *, shifted: bool = False, seed: int = 0, index: int = 0,
+    surveys: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One tile: (HxWx3 uint8 image, HxW uint8 class ids).
 
-    The tile belongs to one of `N_STYLES` survey styles of `seed`; `shifted` draws the unlabelled
+    The tile belongs to one of `N_STYLES` survey styles of `seed` (one of the first `surveys` of
+    them when given: the labelled tiles' surveys); `shifted` draws the unlabelled
     pool's conditions (more haze, dimmer and warmer light). Every 8th tile of a split (by `index`)
     has water and every 8th a road with buildings, so no split of 8 or more tiles lacks a class.
     """
     s = size
-    st = _style(seed, int(rng.integers(N_STYLES)))
+    st = _style(seed, int(rng.integers(N_STYLES)) % (surveys or N_STYLES))
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + np.float32(0.5)
     zoom = st.zoom * rng.uniform(0.95, 1.05)  # ground sampling distance: a survey's own
     sun = rng.uniform(0, 2 * math.pi)
@@ -536,9 +542,13 @@ def _pick_workers(workers: int | None) -> int:
     return max(1, workers)
 
 
-def _render_and_save(job: tuple[Path, int, bool, int, str, int, str]) -> int:
-    stage, seed, masks, size, split, i, rel = job
-    image, mask = render_tile(tile_rng(seed, split, i), size, shifted=split == "unlabeled", seed=seed, index=i)
+def _render_and_save(job: tuple[Path, DemoSpec, str, int, str]) -> int:
+    stage, spec, split, i, rel = job
+    image, mask = render_tile(
+        tile_rng(spec.seed, split, i), spec.size, shifted=split == "unlabeled", seed=spec.seed, index=i,
+        surveys=spec.train_surveys if split == "train" else None,
+    )
+    masks = spec.unlabeled_masks
     if split == "unlabeled":
         _save_png(image, stage / "unlabeled" / "images" / rel)
         if masks:
@@ -564,7 +574,7 @@ def _write_all(stage: Path, spec: DemoSpec, progress: bool, workers: int) -> Non
         f"{i},{n},{r},{g},{b}" for i, (n, (r, g, b)) in enumerate(zip(CLASS_NAMES, CLASS_COLORS, strict=True))
     ]
     (stage / "classes.csv").write_text("\n".join(lines) + "\n")
-    jobs = [(stage, spec.seed, spec.unlabeled_masks, spec.size, split, i, rel) for split, i, rel in _tile_paths(spec)]
+    jobs = [(stage, spec, split, i, rel) for split, i, rel in _tile_paths(spec)]
     bar = None
     if progress:
         from tqdm import tqdm
