@@ -34,12 +34,15 @@ def split_roots(demo: Path, work: Path, limit: int | None = None) -> dict[str, P
         (root / "test" / "masks").mkdir(parents=True)
         for name in ("classes.csv", "train", "val", "unlabeled"):
             (root / name).symlink_to((demo / name).resolve())
+    taken = dict.fromkeys(roots, 0)
     for image in sorted((demo / "test" / "images").glob("test_*.png")):
         index = int(image.stem.split("_")[1])
         survey = int(tile_rng(seed, "test", index).integers(N_STYLES))  # render_tile's first draw
-        root = roots["labelled surveys" if survey < surveys else "other surveys"]
-        if limit is not None and len(list((root / "test" / "images").iterdir())) >= limit:
+        kind = "labelled surveys" if survey < surveys else "other surveys"
+        if limit is not None and taken[kind] >= limit:
             continue
+        taken[kind] += 1
+        root = roots[kind]
         (root / "test" / "images" / image.name).symlink_to(image.resolve())
         (root / "test" / "masks" / image.name).symlink_to((demo / "test" / "masks" / image.name).resolve())
     return roots

@@ -548,10 +548,9 @@ def _render_and_save(job: tuple[Path, DemoSpec, str, int, str]) -> int:
         tile_rng(spec.seed, split, i), spec.size, shifted=split == "unlabeled", seed=spec.seed, index=i,
         surveys=spec.train_surveys if split == "train" else None,
     )
-    masks = spec.unlabeled_masks
     if split == "unlabeled":
         _save_png(image, stage / "unlabeled" / "images" / rel)
-        if masks:
+        if spec.unlabeled_masks:
             _save_png(mask, stage / "unlabeled" / "masks" / rel)
     else:
         _save_png(image, stage / split / "images" / rel)
