@@ -19,6 +19,9 @@ self_training_round3,supervised_continued2 --st-set min_accept_ratio=0.2 --oracl
     python bench/demo_fairness.py --arms supervised,self_training_rounds,supervised_continued --oracle-seeds 0 \
         --st-set min_accept_ratio=0.2 --seeds 1 --n-train 12 --work bench/out/fairness_n12 --runs runs_n12_rounds
                                                 # rounds on a demo set with 12 labelled tiles (its own --work)
+    python bench/demo_fairness.py --arms supervised,self_training_rounds,supervised_continued --oracle-seeds 1 \
+        --st-set min_accept_ratio=0.2 --train-surveys 4 --work bench/out/fairness_s4 --runs runs_s4_rounds
+                                                # labelled tiles from 4 of the 16 surveys (its own --work)
 
 Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `selftune train` loop:
 - supervised: method=supervised on the 24 labelled tiles;
@@ -182,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs", help="folder under --work for the run folders")
     p.add_argument("--n-train", type=int, default=None, metavar="N",
                    help="labelled tiles of the demo set under --work (default: the demo's 24)")
+    p.add_argument("--train-surveys", type=int, default=None, metavar="N",
+                   help="surveys the labelled tiles of the demo set under --work come from (default: the demo's)")
     p.add_argument("--plot", action="store_true",
                    help="also draw each run's val and test mIoU against iteration (a PNG beside the CSV)")
     p.add_argument("--arms", default="supervised,self_training",
@@ -204,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.work = args.work.resolve()  # the oracle set links to the demo set by absolute paths
     try:
-        spec = DemoSpec(unlabeled_masks=True, **({} if args.n_train is None else {"n_train": args.n_train}))
+        given = {"n_train": args.n_train, "train_surveys": args.train_surveys}
+        spec = DemoSpec(unlabeled_masks=True, **{k: v for k, v in given.items() if v is not None})
     except DataError as e:
         p.error(str(e))
     demo = demo_set(args.work / "demo", spec)

@@ -62,6 +62,20 @@ def test_demo_set_is_generated_once_and_another_spec_or_version_is_refused_by_na
         bench.demo_set(demo, spec)
 
 
+def test_train_surveys_option_reaches_the_demo_spec(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from selftune.trainable.demo import DemoSpec
+
+    bench = _bench()
+    bench.demo_set(tmp_path / "demo", DemoSpec(size=16, n_train=2, n_val=1, n_test=0, n_unlabeled=0,
+                                               unlabeled_masks=True))
+    with pytest.raises(SystemExit, match=r"train_surveys=4 \(it has 8\)"):  # refused before any run starts
+        bench.main(["--work", str(tmp_path), "--train-surveys", "4", "--seeds", "1", "--oracle-seeds", "0"])
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(SystemExit) as bad:
+        bench.main(["--work", str(tmp_path), "--train-surveys", "17"])
+    assert bad.value.code == 2 and "train_surveys must be between 1 and 16, got 17" in capsys.readouterr().err
+
+
 def test_survey_split_puts_each_test_tile_with_its_survey(tmp_path: Path) -> None:
     """A test tile goes to the labelled-surveys root exactly when rendering it as a labelled tile changes nothing."""
     import numpy as np
