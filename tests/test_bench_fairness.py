@@ -67,7 +67,7 @@ def test_train_surveys_option_reaches_the_demo_spec(tmp_path: Path, capsys: pyte
 
     bench = _bench()
     bench.demo_set(tmp_path / "demo", DemoSpec(size=16, n_train=2, n_val=1, n_test=0, n_unlabeled=0,
-                                               unlabeled_masks=True))
+                                               unlabeled_masks=True, train_surveys=8))
     with pytest.raises(SystemExit, match=r"train_surveys=4 \(it has 8\)"):  # refused before any run starts
         bench.main(["--work", str(tmp_path), "--train-surveys", "4", "--seeds", "1", "--oracle-seeds", "0"])
     assert not (tmp_path / "runs").exists()

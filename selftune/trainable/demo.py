@@ -8,7 +8,7 @@ Made to be a fair testbed for tuning self-training on 2 CPU cores:
   with shadows; water: smooth dark ponds and streams; background: grass with scattered shrubs);
 - each class's look (colours, crown size and spacing, ground scale, roofs, water tint) and the
   lighting, haze, shadows and noise change from survey to survey and tile to tile; the labelled
-  tiles come from 8 of the 16 surveys (`train_surveys`) while val, test and the 1000 unlabelled
+  tiles come from 4 of the 16 surveys (`train_surveys`) while val, test and the 1000 unlabelled
   tiles come from all of them, so the unlabelled pool covers what the labels miss;
 - class frequencies are long-tailed (water and buildings are rare);
 - the unlabelled pool is slightly shifted (more haze, warmer and dimmer light).
@@ -55,7 +55,7 @@ class DemoSpec:
     n_test: int = 96
     n_unlabeled: int = 1000
     seed: int = 0
-    train_surveys: int = 8  # the labelled tiles come from the first N of the N_STYLES surveys; the rest from all
+    train_surveys: int = 4  # the labelled tiles come from the first N of the N_STYLES surveys; the rest from all
     unlabeled_masks: bool = False  # also write ROOT/unlabeled/masks (oracle experiments only; not part of the format)
 
     def __post_init__(self) -> None:
