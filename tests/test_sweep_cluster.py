@@ -39,6 +39,33 @@ def test_cluster_yaml_passes_rays_own_schema() -> None:
     assert opened == [22]  # never the dashboard (8265), client (10001) or GCS (6379) ports
 
 
+def test_searcher_restored_behind_the_study_does_not_tell_a_finished_trial_again(tmp_path: Path) -> None:
+    """The Optuna journal is written at once, the searcher's state only at Ray's checkpoints: a driver killed
+    in between resumes with a searcher that thinks a trial the study has finished is still running."""
+    from selftune.search.adapter import make_searcher
+    from selftune.search.study import open_optuna_storage
+    from selftune.spaces import SpaceContext
+
+    journal = f"journal:{tmp_path / 'optuna.journal'}"
+    limiter = make_searcher("tpe", "thresholds_shared", SpaceContext(7, 60, 10), seed=0, num_samples=4,
+                            max_concurrent=1, study_name="lag", storage_url=journal)
+    searcher = limiter.searcher
+    assert searcher.suggest("t1")
+    searcher.on_trial_result("t1", {"val_miou": 0.2, "iteration": 10})
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Ray's last experiment checkpoint before the crash
+    searcher.on_trial_complete("t1", {"val_miou": 0.3, "best_val_miou": 0.35, "iteration": 60,
+                                      "status": "completed"})
+
+    behind = make_searcher("tpe", "thresholds_shared", SpaceContext(7, 60, 10), seed=0, num_samples=4,
+                           max_concurrent=1, study_name="lag", storage_url=journal).searcher
+    behind.restore(str(tmp_path / "searcher.pkl"))
+    assert "t1" not in behind._completed_trials
+    behind.on_trial_result("t1", {"val_miou": 0.3, "iteration": 60})  # the resumed trial's duplicate report
+    behind.on_trial_complete("t1", {"val_miou": 0.3, "best_val_miou": 0.35, "iteration": 60, "status": "completed"})
+    [trial] = optuna.load_study(study_name="lag", storage=open_optuna_storage(journal)).trials
+    assert trial.state.name == "COMPLETE" and trial.value == 0.35
+
+
 def test_resume_after_driver_sigkill_accounts_for_every_trial(tiny_data: Path, tmp_path: Path) -> None:
     storage = tmp_path / "results"
     script = textwrap.dedent(f"""

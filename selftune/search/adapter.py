@@ -102,7 +102,11 @@ class HonestOptunaSearch(OptunaSearch):
         value = float(result[self.metric])
         reported = self.__dict__.setdefault("_reported_steps", {}).setdefault(trial_id, set())
         if step not in reported and value == value:  # one value per step; NaN is never a value
-            self._ot_trials[trial_id].report(value, step)
+            try:
+                self._ot_trials[trial_id].report(value, step)
+            except optuna.exceptions.UpdateFinishedTrialError:  # told before a crash (see on_trial_complete)
+                self._completed_trials.add(trial_id)
+                return
             reported.add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -117,7 +121,9 @@ class HonestOptunaSearch(OptunaSearch):
             value = result.get(OBJECTIVE, result.get(self.metric)) if result else None
             if value is None or value != value:
                 state, value = optuna.trial.TrialState.FAIL, None
-        self._ot_study.tell(ot_trial, value, state=state)
+        # skip_if_finished: the study's storage is written at once, this searcher's state only at Ray's
+        # experiment checkpoints, so after a driver crash a resumed trial may already be finished in the study.
+        self._ot_study.tell(ot_trial, value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
 
 
