@@ -122,8 +122,13 @@ def test_resume_after_driver_sigkill_accounts_for_every_trial(tiny_data: Path, t
     from optuna.storages.journal import JournalFileBackend
 
     study = optuna.load_study(study_name="killed", storage=JournalStorage(JournalFileBackend(str(exp / "optuna_journal.log"))))
-    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
-    assert all(t.intermediate_values for t in study.trials)
+    # The journal is written at once, the searcher's state only at Ray's checkpoints: a trial suggested or
+    # finished between the last checkpoint and the kill may be known to Optuna and not to the resumed searcher.
+    # What always holds: the trial finished before the kill and the two started after the resume are COMPLETE,
+    # and nothing is left RUNNING (close_open_trials closes what the resumed searcher could not).
+    states = [t.state.name for t in study.trials]
+    assert len(states) >= 4 and states.count("COMPLETE") >= 3 and "RUNNING" not in states, states
+    assert all(t.intermediate_values for t in study.trials if t.state.name == "COMPLETE")
 
 
 def test_trials_spread_over_a_multi_node_cluster(tiny_data: Path, tmp_path: Path) -> None:
