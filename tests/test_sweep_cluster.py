@@ -47,17 +47,19 @@ def test_searcher_restored_behind_the_study_does_not_tell_a_finished_trial_again
     from selftune.spaces import SpaceContext
 
     journal = f"journal:{tmp_path / 'optuna.journal'}"
-    limiter = make_searcher("tpe", "thresholds_shared", SpaceContext(7, 60, 10), seed=0, num_samples=4,
-                            max_concurrent=1, study_name="lag", storage_url=journal)
-    searcher = limiter.searcher
+
+    def searcher_on_journal():
+        return make_searcher("tpe", "thresholds_shared", SpaceContext(7, 60, 10), seed=0, num_samples=4,
+                             max_concurrent=1, study_name="lag", storage_url=journal).searcher
+
+    searcher = searcher_on_journal()
     assert searcher.suggest("t1")
     searcher.on_trial_result("t1", {"val_miou": 0.2, "iteration": 10})
     searcher.save(str(tmp_path / "searcher.pkl"))  # Ray's last experiment checkpoint before the crash
     searcher.on_trial_complete("t1", {"val_miou": 0.3, "best_val_miou": 0.35, "iteration": 60,
                                       "status": "completed"})
 
-    behind = make_searcher("tpe", "thresholds_shared", SpaceContext(7, 60, 10), seed=0, num_samples=4,
-                           max_concurrent=1, study_name="lag", storage_url=journal).searcher
+    behind = searcher_on_journal()
     behind.restore(str(tmp_path / "searcher.pkl"))
     assert "t1" not in behind._completed_trials
     behind.on_trial_result("t1", {"val_miou": 0.3, "iteration": 60})  # the resumed trial's duplicate report
