@@ -13,7 +13,7 @@ from selftune.analysis.trials import read_sweep_meta, read_trials
 from selftune.errors import SelftuneError
 from selftune.search.outcome import DIVERGED, ERRORED
 from selftune.spaces import apply_params
-from selftune.trainable.checkpoint import write_atomic
+from selftune.fileio import write_atomic
 from selftune.trainable.config import TrainConfig
 
 METRIC = "val_miou"

@@ -24,7 +24,7 @@ from selftune.errors import SelftuneError
 from selftune.search.study import close_open_trials
 from selftune.search.sweepfile import SweepConfig
 from selftune.spaces import SpaceContext, check_space
-from selftune.trainable.checkpoint import write_atomic
+from selftune.fileio import write_atomic
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://")
 

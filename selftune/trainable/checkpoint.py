@@ -7,17 +7,15 @@ with `torch.load(..., weights_only=True)`: the files hold only tensors and plain
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from selftune.errors import ConfigError, DataError
+from selftune.fileio import write_atomic
 from selftune.trainable.config import TrainConfig
 
 STATE_VERSION = 1
@@ -28,25 +26,6 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 # Keys that may change when a run is resumed: a longer run, a different patience.
 RESUMABLE_CHANGES = ("max_iters", "patience")
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    # open(..., "xb") rather than mkstemp: the file gets the usual permissions (umask), not 0600
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -153,5 +132,4 @@ __all__ = [
     "save_atomic",
     "state_path",
     "truncate_metrics",
-    "write_atomic",
 ]

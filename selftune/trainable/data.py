@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from selftune.errors import DataError
-from selftune.trainable.checkpoint import write_atomic
+from selftune.fileio import write_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 LABELED_SPLITS = ("train", "val", "test")

@@ -85,7 +85,7 @@ def write_preview(root: Path, path: Path, *, count: int = 8, unlabeled: bool = T
     from matplotlib.patches import Patch
 
     from selftune.errors import DataError
-    from selftune.trainable.checkpoint import write_atomic
+    from selftune.fileio import write_atomic
     from selftune.trainable.data import IGNORE_VALUE, list_pairs, read_classes, read_image, read_mask, unlabeled_index
     from selftune.trainable.loop import class_palette
 

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from selftune.errors import ConfigError, DataError
+from selftune.fileio import write_atomic
 from selftune.trainable import checkpoint as ckpt
 from selftune.trainable.augment import crop_transform, normalize
 from selftune.trainable.config import TrainConfig
@@ -224,7 +225,7 @@ def train(
 
     # ---------------------------------------------------------------- output folder
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.write_atomic(out_dir / ckpt.CONFIG_FILE, cfg.to_yaml())
+    write_atomic(out_dir / ckpt.CONFIG_FILE, cfg.to_yaml())
     if state is not None:
         ckpt.truncate_metrics(out_dir / ckpt.METRICS_FILE, start)
     writer = _summary_writer(out_dir, purge_step=start + 1 if state is not None else None)

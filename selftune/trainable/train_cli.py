@@ -165,7 +165,7 @@ def write_confusion_plot(cm: Any, names: tuple[str, ...], path: Path, *, title: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from selftune.trainable.checkpoint import write_atomic
+    from selftune.fileio import write_atomic
 
     counts = cm.double()
     rows = counts.sum(1, keepdim=True)
