@@ -253,7 +253,7 @@ def sweep_windows(cfg: TrainConfig, data: Path, steps: int, n: int, *, name: str
     """Run `cfg` for `steps` steps as n concurrent Ray Tune trials through `selftune.search` (the real
     trainable, adapter and reporter; FIFO; `gpus_per_trial` 1/n on CUDA): each trial's `step_seconds`
     per window."""
-    from selftune.analysis.trials import read_trials
+    from selftune.sweepfolder import read_trials
     from selftune.search import SweepConfig, run_sweep
 
     with tempfile.TemporaryDirectory() as tmp:

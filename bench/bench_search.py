@@ -102,7 +102,7 @@ def events(arm: str, seed: int, exp: Path):
     """Every evaluation of every trial in time order, with cumulative compute and the incumbent."""
     import pandas as pd
 
-    from selftune.analysis.trials import read_trials
+    from selftune.sweepfolder import read_trials
 
     rows = []
     for t in read_trials(str(exp)):

@@ -23,7 +23,7 @@ from selftune.analysis import analyze, load_history, load_study, load_trials, re
 from selftune.analysis.report import Analysis
 from selftune.cli import main
 from selftune.errors import SelftuneError
-from selftune.search.outcome import optuna_state
+from selftune.sweepfolder import optuna_state
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BASE = dict(

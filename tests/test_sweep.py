@@ -12,9 +12,9 @@ import optuna
 import pytest
 import yaml
 
-from selftune.analysis.trials import read_trials
+from selftune.sweepfolder import read_trials
 from selftune.cli import main
-from selftune.search.outcome import COMPLETED, DIVERGED, EARLY_STOPPED, STOPPED_BY_SCHEDULER
+from selftune.sweepfolder import COMPLETED, DIVERGED, EARLY_STOPPED, STOPPED_BY_SCHEDULER
 from selftune.search.sweepfile import SweepConfig
 from selftune.trainable.config import TrainConfig
 

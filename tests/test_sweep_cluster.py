@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from selftune.analysis.trials import read_trials
+from selftune.sweepfolder import read_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = dict(

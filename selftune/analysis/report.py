@@ -57,7 +57,7 @@ class Output:
         self.remote = "://" in out
         self.root = out.rstrip("/") or out
         if self.remote:
-            from selftune.analysis.trials import filesystem
+            from selftune.sweepfolder import filesystem
 
             self.fs, self._base = filesystem(self.root)
             self.fs.create_dir(self._base, recursive=True)

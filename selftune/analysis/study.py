@@ -26,13 +26,21 @@ from typing import Any
 import pandas as pd
 
 from selftune.analysis.tables import Sweep
-from selftune.analysis.trials import as_uri, filesystem
 from selftune.errors import SelftuneError
+from selftune.sweepfolder import (
+    COMPLETED,
+    EARLY_STOPPED,
+    JOURNAL_FILE,
+    STOPPED_BY_BUDGET,
+    STOPPED_BY_SCHEDULER,
+    as_uri,
+    filesystem,
+    read_sweep_meta,
+)
 
-JOURNAL_FILE = "optuna_journal.log"
 MIN_TRIALS_FOR_IMPORTANCE = 4  # scored trials; PED-ANOVA compares the top ones against all
-SCORED = ("completed", "early_stopped", "stopped_by_asha", "stopped_by_budget")
-CUT = ("stopped_by_asha", "stopped_by_budget")  # judged by their last value, as Optuna saw them (PRUNED)
+SCORED = (COMPLETED, EARLY_STOPPED, STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET)
+CUT = (STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET)  # judged by their last value, as Optuna saw them (PRUNED)
 
 
 def _study_from_storage(storage: Any, name: str) -> Any:
@@ -67,7 +75,6 @@ def load_study(path: str, meta: dict[str, Any] | None = None) -> Any:
     """The sweep's Optuna study (an in-memory copy). Raises SelftuneError naming where it looked."""
     import optuna
 
-    from selftune.analysis.trials import read_sweep_meta
 
     path = str(path)
     meta = meta if meta is not None else read_sweep_meta(path)

@@ -8,7 +8,7 @@ Column conventions of the trial table:
   `val_miou`, was best), so `best.val_iou/road` is the road IoU of the checkpoint worth keeping.
 - `final.<m>`: every metric of the last report.
 - `status`: completed | stopped_by_asha | early_stopped | diverged | errored | running
-  (`selftune.search.outcome`), plus stopped_by_budget: stopped from outside but not at an ASHA rung,
+  (`selftune.sweepfolder.outcome`), plus stopped_by_budget: stopped from outside but not at an ASHA rung,
   so by the sweep's budget (time_budget_s, budget_iters); `ray_status` is Ray's own (TERMINATED, ERROR, RUNNING, PENDING, ...).
 """
 
@@ -22,11 +22,19 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs as pafs
 
-from selftune.analysis.trials import TrialRecord, filesystem, read_sweep_meta, read_text, read_trials
 from selftune.errors import SelftuneError
-from selftune.search.outcome import STOPPED_BY_BUDGET
+from selftune.sweepfolder import (
+    METRIC,
+    STOPPED_BY_BUDGET,
+    STOPPED_BY_SCHEDULER,
+    TrialRecord,
+    filesystem,
+    read_sweep_meta,
+    read_text,
+    read_trials,
+)
 
-DEFAULT_METRIC = "val_miou"
+DEFAULT_METRIC = METRIC
 
 # Ray's bookkeeping in every report: not metrics of the loop.
 RAY_KEYS = frozenset({
@@ -160,7 +168,7 @@ def _status(t: TrialRecord, rungs: list[float]) -> str:
     outcome = t.outcome
     if outcome == "errored" and not t.errored and not t.results and t.ray_status == "TERMINATED":
         return STOPPED_BY_BUDGET  # ended by the sweep before its first report, without an error
-    if outcome != "stopped_by_asha":
+    if outcome != STOPPED_BY_SCHEDULER:
         return outcome
     last = t.results[-1].get("iteration") if t.results else None
     prev = t.results[-2].get("iteration", 0) if len(t.results) > 1 else 0

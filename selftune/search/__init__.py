@@ -7,9 +7,9 @@ Only `selftune.search.adapter` imports `ray.tune`; importing this package does n
 """
 
 from selftune.search.export import export_best, rank_trials
-from selftune.search.outcome import trial_outcome
 from selftune.search.run import SweepPlan, SweepSummary, plan_sweep, resume_sweep, run_sweep
 from selftune.search.sweepfile import SweepConfig, demo_sweep
+from selftune.sweepfolder import trial_outcome
 
 __all__ = [
     "SweepConfig",

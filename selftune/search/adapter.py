@@ -20,16 +20,19 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from selftune.search.outcome import optuna_state, trial_outcome
-from selftune.search.run import REMOTE_SCHEMES, experiment_path
 from selftune.search.study import open_optuna_storage
 from selftune.spaces import SpaceContext, apply_params, call_space, get_space
+from selftune.sweepfolder import (
+    METRIC,
+    OBJECTIVE,
+    REMOTE_SCHEMES,
+    TIME_ATTR,
+    TRIAL_RUN_DIR,
+    experiment_path,
+    optuna_state,
+    trial_outcome,
+)
 from selftune.trainable.config import TrainConfig
-
-METRIC = "val_miou"  # what ASHA compares at its rungs (the EMA model's val mIoU)
-OBJECTIVE = "best_val_miou"  # what a finished trial is told to Optuna as
-TIME_ATTR = "iteration"  # optimizer steps, not report calls
-
 
 # ---------------------------------------------------------------------- the trial
 
@@ -78,9 +81,9 @@ def selftune_trial(
 def _trial_run_dir(experiment_dir: str) -> Path:
     """Where this trial's loop writes: in its storage folder when that is a local path."""
     if experiment_dir.startswith(REMOTE_SCHEMES):
-        return Path.cwd() / "train"  # staged, then synced by Ray (sync_artifacts)
+        return Path.cwd() / TRIAL_RUN_DIR  # staged, then synced by Ray (sync_artifacts)
     trial_dir_name = Path(tune.get_context().get_trial_dir()).name
-    return Path(experiment_dir) / trial_dir_name / "train"
+    return Path(experiment_dir) / trial_dir_name / TRIAL_RUN_DIR
 
 
 # ---------------------------------------------------------------------- the searcher

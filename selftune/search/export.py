@@ -9,14 +9,11 @@ from typing import Any
 import yaml
 
 from selftune import __version__
-from selftune.analysis.trials import read_sweep_meta, read_trials
 from selftune.errors import SelftuneError
-from selftune.search.outcome import DIVERGED, ERRORED
-from selftune.spaces import apply_params
 from selftune.fileio import write_atomic
+from selftune.spaces import apply_params
+from selftune.sweepfolder import DIVERGED, ERRORED, METRIC, TRIAL_RUN_DIR, read_sweep_meta, read_trials
 from selftune.trainable.config import TrainConfig
-
-METRIC = "val_miou"
 
 
 def rank_trials(path: str) -> list[dict[str, Any]]:
@@ -41,7 +38,7 @@ def rank_trials(path: str) -> list[dict[str, Any]]:
             "iteration": int(best.get("iteration", best.get("training_iteration", 0))),
             "outcome": t.outcome,
             "checkpoint": checkpoint,
-            "best_model": f"{t.path}/train/best_model_ema.pt",
+            "best_model": f"{t.path}/{TRIAL_RUN_DIR}/best_model_ema.pt",
             "trial_path": t.path,
             "params": t.params,
             "selftune_version": __version__,

@@ -21,12 +21,20 @@ import yaml
 
 from selftune import __version__
 from selftune.errors import SelftuneError
+from selftune.fileio import write_atomic
 from selftune.search.study import close_open_trials
 from selftune.search.sweepfile import SweepConfig
 from selftune.spaces import SpaceContext, check_space
-from selftune.fileio import write_atomic
-
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://")
+from selftune.sweepfolder import (
+    BEST_CONFIG_FILE,
+    JOURNAL_FILE,
+    METRIC,
+    REMOTE_SCHEMES,
+    SWEEP_FILE,
+    experiment_path,
+    read_sweep_meta,
+    read_trials,
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ class SweepPlan:
             "max_t": self.max_t,
             "grace_period": self.grace_period,
             "optuna_storage": self.optuna_storage,
-            "metric": "val_miou",
+            "metric": METRIC,
             "mode": "max",
         }
 
@@ -110,17 +118,12 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False) -> SweepPlan:
     elif storage.startswith(REMOTE_SCHEMES):  # a journal file needs a local (or NFS) path
         optuna_storage = "journal:" + str(Path.cwd() / f"optuna_{sweep.name}.log")
     else:
-        optuna_storage = "journal:" + str(Path(experiment_dir) / "optuna_journal.log")
+        optuna_storage = "journal:" + str(Path(experiment_dir) / JOURNAL_FILE)
     return SweepPlan(
         sweep=sweep, base=base.to_dict(), data_root=data_root, num_classes=k, class_names=list(summary.class_names),
         fingerprint=dataset_fingerprint(Path(data_root)), ctx=ctx, max_t=max_t, grace_period=grace,
         storage=storage, experiment_dir=experiment_dir, optuna_storage=optuna_storage,
     )
-
-
-def experiment_path(storage: str, name: str) -> str:
-    """The experiment folder of sweep `name` under `storage` (a local path or a URI)."""
-    return storage.rstrip("/") + "/" + name
 
 
 def _check_writable(path: Path) -> None:
@@ -217,9 +220,9 @@ def run_sweep(sweep: SweepConfig) -> SweepSummary:
     from selftune.search import adapter
 
     if not plan.experiment_dir.startswith(REMOTE_SCHEMES):
-        write_atomic(Path(plan.experiment_dir) / "selftune_sweep.yaml", yaml.safe_dump(plan.meta(), sort_keys=False))
+        write_atomic(Path(plan.experiment_dir) / SWEEP_FILE, yaml.safe_dump(plan.meta(), sort_keys=False))
     else:
-        _write_remote(plan.experiment_dir + "/selftune_sweep.yaml", yaml.safe_dump(plan.meta(), sort_keys=False))
+        _write_remote(plan.experiment_dir + "/" + SWEEP_FILE, yaml.safe_dump(plan.meta(), sort_keys=False))
     adapter.fit(adapter.build_tuner(_tuner_spec(plan)))
     close_open_trials(plan.optuna_storage, sweep.name)
     return _finish(plan.experiment_dir)
@@ -228,8 +231,6 @@ def run_sweep(sweep: SweepConfig) -> SweepSummary:
 def resume_sweep(path: str, *, restart_errored: bool = False, address: str | None = None,
                  num_cpus: int | None = None) -> SweepSummary:
     """Continue a sweep whose driver died, from its folder."""
-    from selftune.analysis.trials import read_sweep_meta
-
     path = path if path.startswith(REMOTE_SCHEMES) else str(Path(path).expanduser().resolve())
     meta = read_sweep_meta(path)
     sweep = SweepConfig.from_dict(meta["sweep"])
@@ -258,7 +259,6 @@ def _write_remote(uri: str, text: str) -> None:
 
 
 def _finish(experiment_dir: str) -> SweepSummary:
-    from selftune.analysis.trials import read_trials
     from selftune.search.export import export_best
 
     trials = read_trials(experiment_dir)
@@ -267,7 +267,7 @@ def _finish(experiment_dir: str) -> SweepSummary:
     except SelftuneError as exc:
         print(f"selftune: no best config: {exc}", file=sys.stderr)
         return SweepSummary(experiment_dir, len(trials), None, None)
-    out = experiment_dir + "/best_config.yaml"
+    out = experiment_dir + "/" + BEST_CONFIG_FILE
     if experiment_dir.startswith(REMOTE_SCHEMES):
         _write_remote(out, text)
     else:

@@ -17,9 +17,8 @@ import pyarrow.fs as pafs
 import yaml
 
 from selftune.errors import SelftuneError
-
-SWEEP_FILE = "selftune_sweep.yaml"
-ERROR_FILES = ("error.txt", "error.pkl")
+from selftune.sweepfolder.layout import ERROR_FILES, SWEEP_FILE
+from selftune.sweepfolder.outcome import trial_outcome
 
 
 @dataclass
@@ -42,9 +41,6 @@ class TrialRecord:
 
     @property
     def outcome(self) -> str:
-        # imported here: selftune.search imports this module (export), so a top-level import is circular
-        from selftune.search.outcome import trial_outcome
-
         last = self.results[-1] if self.results else None
         return trial_outcome(last, errored=self.errored, finished=self.finished)
 
@@ -57,9 +53,6 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
         except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise SelftuneError(f"cannot open {path}: {exc}") from None
     return pafs.LocalFileSystem(), path
-
-
-_fs = filesystem  # the old private name
 
 
 def read_text(fs: pafs.FileSystem, path: str) -> str:

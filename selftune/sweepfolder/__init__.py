@@ -1,0 +1,63 @@
+"""The sweep folder: its layout, how trials end, the metric names, and reading trials and meta.
+
+`selftune.search` writes a sweep folder and `selftune.analysis` reads one; both import this
+package and neither imports the other. No Ray here: folders are read through pyarrow, so a sweep
+on s3:// or gs:// reads the same as one on disk.
+"""
+
+from selftune.sweepfolder.layout import (
+    BEST_CONFIG_FILE,
+    ERROR_FILES,
+    JOURNAL_FILE,
+    METRIC,
+    OBJECTIVE,
+    REMOTE_SCHEMES,
+    SWEEP_FILE,
+    TIME_ATTR,
+    TRIAL_RUN_DIR,
+    experiment_path,
+    is_remote,
+)
+from selftune.sweepfolder.outcome import (
+    COMPLETED,
+    DIVERGED,
+    EARLY_STOPPED,
+    ERRORED,
+    OUTCOMES,
+    RUNNING,
+    STOPPED_BY_BUDGET,
+    STOPPED_BY_SCHEDULER,
+    optuna_state,
+    trial_outcome,
+)
+from selftune.sweepfolder.trials import TrialRecord, as_uri, filesystem, read_sweep_meta, read_text, read_trials
+
+__all__ = [
+    "BEST_CONFIG_FILE",
+    "COMPLETED",
+    "DIVERGED",
+    "EARLY_STOPPED",
+    "ERRORED",
+    "ERROR_FILES",
+    "JOURNAL_FILE",
+    "METRIC",
+    "OBJECTIVE",
+    "OUTCOMES",
+    "REMOTE_SCHEMES",
+    "RUNNING",
+    "STOPPED_BY_BUDGET",
+    "STOPPED_BY_SCHEDULER",
+    "SWEEP_FILE",
+    "TIME_ATTR",
+    "TRIAL_RUN_DIR",
+    "TrialRecord",
+    "as_uri",
+    "experiment_path",
+    "filesystem",
+    "is_remote",
+    "optuna_state",
+    "read_sweep_meta",
+    "read_text",
+    "read_trials",
+    "trial_outcome",
+]

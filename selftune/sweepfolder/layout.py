@@ -1,0 +1,31 @@
+"""The sweep folder's layout and names: what the driver writes where, and the metric names it sorts by.
+
+    <storage>/<name>/
+        selftune_sweep.yaml     the driver's record: resolved sweep file, base config, data root, fingerprint
+        optuna_journal.log      the Optuna study (JournalStorage), unless optuna_storage names another
+        best_config.yaml        the best trial's exported config, written when the sweep ends
+        <trial folders>/        Ray's: params.json, result.json, checkpoint_*/, train/ (the loop's run folder)
+"""
+
+from __future__ import annotations
+
+SWEEP_FILE = "selftune_sweep.yaml"
+JOURNAL_FILE = "optuna_journal.log"
+BEST_CONFIG_FILE = "best_config.yaml"
+TRIAL_RUN_DIR = "train"  # the loop's output folder inside a trial folder
+ERROR_FILES = ("error.txt", "error.pkl")
+
+METRIC = "val_miou"  # what ASHA compares at its rungs and trials are ranked by (the EMA model's val mIoU)
+OBJECTIVE = "best_val_miou"  # what a finished trial is told to Optuna as
+TIME_ATTR = "iteration"  # the sweep's time axis: optimizer steps, not report calls
+
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://")
+
+
+def experiment_path(storage: str, name: str) -> str:
+    """The sweep folder of sweep `name` under `storage` (a local path or a URI)."""
+    return storage.rstrip("/") + "/" + name
+
+
+def is_remote(path: str) -> bool:
+    return path.startswith(REMOTE_SCHEMES)
