@@ -59,16 +59,11 @@ from selftune.trainable.data import (
 )
 from selftune.trainable.demo import ensure_demo
 from selftune.trainable.functional import SegmentationLoss
-from selftune.trainable.loop import (
-    DeviceBatch,
-    available_cpus,
-    build_model,
-    evaluate,
-    load_eval_batches,
-    make_autocast,
-    metric_names,
-    train,
-)
+from selftune.trainable.device import DeviceBatch, available_cpus, make_autocast
+from selftune.trainable.evaluation import evaluate, load_eval_batches
+from selftune.trainable.loop import train
+from selftune.trainable.model import build_model
+from selftune.trainable.records import metric_names
 
 OUT = Path(__file__).resolve().parent / "out"
 WINDOW = 5  # steps per timed window (train()'s eval_every)

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from selftune.trainable.checkpoint import load_model_file
     from selftune.trainable.data import read_classes, read_image, read_mask
     from selftune.trainable.functional import confusion_matrix, tta_probs
-    from selftune.trainable.loop import build_model
+    from selftune.trainable.model import build_model
 
     cfg, _, weights, info = load_model_file(args.model)
     classes = read_classes(args.data)

@@ -24,13 +24,10 @@ from selftune.analysis.report import Analysis
 from selftune.cli import main
 from selftune.errors import SelftuneError
 from selftune.sweepfolder import optuna_state
+from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_BASE = dict(
-    arch="Unet", encoder="tu-mobilenetv3_small_050", crop_size=32, batch_size=4, unlabeled_batch_size=4,
-    train_eval_size=4, max_iters=40, eval_every=10, warmup_iters=2, st_start_iter=10, st_rampup_iters=10,
-    patience=0, log_images=True, ema_decay=0.9,
-)
+TINY_BASE = tiny_config(log_images=True, num_threads=0)
 SPACE_MODULE = '''
 def tiny(trial, ctx):
     """A threshold, a log-scale ST weight, and an LR choice that includes one that diverges."""

@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import tiny_config
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name != "__init__.py")
 
@@ -22,15 +24,15 @@ def test_bench_script_help(script: str) -> None:
 
 
 def test_pseudo_label_quality_scores_a_trained_model(tmp_path: Path) -> None:
-    from selftune.trainable.config import TrainConfig
     from selftune.trainable.demo import DemoSpec, generate_demo
+
+    from selftune.trainable.config import TrainConfig
     from selftune.trainable.loop import train
 
     data = generate_demo(tmp_path / "d", DemoSpec(size=32, n_train=4, n_val=2, n_test=0, n_unlabeled=6,
                                                   unlabeled_masks=True), workers=1)
-    cfg = TrainConfig.from_dict(dict(arch="Unet", encoder="tu-mobilenetv3_small_050", crop_size=32, batch_size=2,
-                                     method="supervised", max_iters=2, eval_every=2, warmup_iters=0,
-                                     train_eval_size=2, num_threads=1, log_images=False))
+    cfg = TrainConfig.from_dict(tiny_config(batch_size=2, method="supervised", max_iters=2, eval_every=2,
+                                            warmup_iters=0, train_eval_size=2, log_images=False))
     train(cfg, data, tmp_path / "run", progress=False)
     out = subprocess.run([sys.executable, "bench/pseudo_label_quality.py", str(tmp_path / "run"), str(data), "--quick",
                           "--tta", "d4"], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -15,12 +15,9 @@ from pathlib import Path
 import pytest
 
 from selftune.analysis import read_trials
+from tests.conftest import tiny_config
 
-BASE = dict(
-    arch="Unet", encoder="tu-mobilenetv3_small_050", crop_size=32, batch_size=4, unlabeled_batch_size=4,
-    train_eval_size=4, max_iters=20, eval_every=10, warmup_iters=2, st_start_iter=10, st_rampup_iters=10,
-    patience=0, ema_decay=0.9,
-)
+BASE = tiny_config(max_iters=20, num_threads=0)
 ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
 
 

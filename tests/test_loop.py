@@ -13,11 +13,10 @@ import torch
 from selftune.errors import ConfigError
 from selftune.trainable.config import TrainConfig
 from selftune.trainable.loop import train
+from tests.conftest import tiny_config
 
-TINY: dict[str, Any] = dict(
-    arch="Unet", encoder="tu-mobilenetv3_small_050", crop_size=32, batch_size=4, unlabeled_batch_size=4,
-    train_eval_size=4, max_iters=12, eval_every=4, warmup_iters=2, st_start_iter=2, st_rampup_iters=2,
-    thresholds=[0.0] * 7, strong_aug=True, ema_decay=0.9, patience=0, lr=1e-3, num_threads=1,
+TINY: dict[str, Any] = tiny_config(
+    max_iters=12, eval_every=4, st_start_iter=2, st_rampup_iters=2, thresholds=[0.0] * 7, strong_aug=True, lr=1e-3,
     distribution_alignment=True,  # its running mean is method state: the exact-resume test covers it
     fp_weight=1.0, hue_jitter=0.1, grayscale_prob=0.5, blur_prob=0.5,  # they draw from the step generator: ditto
 )

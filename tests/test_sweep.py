@@ -12,18 +12,14 @@ import optuna
 import pytest
 import yaml
 
-from selftune.sweepfolder import read_trials
 from selftune.cli import main
-from selftune.sweepfolder import COMPLETED, DIVERGED, EARLY_STOPPED, STOPPED_BY_SCHEDULER
 from selftune.search.sweepfile import SweepConfig
+from selftune.sweepfolder import COMPLETED, DIVERGED, EARLY_STOPPED, STOPPED_BY_SCHEDULER, read_trials
 from selftune.trainable.config import TrainConfig
+from tests.conftest import tiny_config
 
 SEED = 1
-TINY_BASE = dict(
-    arch="Unet", encoder="tu-mobilenetv3_small_050", crop_size=32, batch_size=4, unlabeled_batch_size=4,
-    train_eval_size=4, max_iters=40, eval_every=10, warmup_iters=2, st_start_iter=10, st_rampup_iters=10,
-    patience=0, log_images=True, ema_decay=0.9, num_threads=1,
-)
+TINY_BASE = tiny_config(log_images=True)
 
 SPACE_MODULE = '''
 def tiny(trial, ctx):

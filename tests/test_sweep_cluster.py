@@ -15,13 +15,10 @@ import optuna
 import yaml
 
 from selftune.sweepfolder import read_trials
+from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = dict(
-    arch="Unet", encoder="tu-mobilenetv3_small_050", crop_size=32, batch_size=4, unlabeled_batch_size=4,
-    train_eval_size=4, max_iters=60, eval_every=10, warmup_iters=2, st_start_iter=10, st_rampup_iters=10,
-    patience=0, log_images=False, ema_decay=0.9, num_threads=1,
-)
+BASE = tiny_config(max_iters=60, log_images=False)
 
 
 def test_cluster_yaml_passes_rays_own_schema() -> None:

@@ -75,7 +75,7 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False) -> SweepPlan:
     from selftune.trainable.config import CHECKPOINT_KEYS
     from selftune.trainable.data import dataset_fingerprint, validate_dataset
     from selftune.trainable.demo import ensure_demo
-    from selftune.trainable.loop import weights_from
+    from selftune.trainable.model import weights_from
 
     base = sweep.base_train_config()
     max_t = sweep.max_t or base.max_iters

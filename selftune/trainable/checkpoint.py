@@ -1,4 +1,4 @@
-"""Files of a training run: atomic writes, the resumable state, the best EMA model.
+"""Files of a training run: the resumable training state (its schema, save and restore), the best EMA model.
 
 Every file is written to a temporary name in its folder and moved into place with `os.replace`,
 so a crash leaves either the old file or the new one, never half of one. Everything is read back
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,17 +121,97 @@ def truncate_metrics(path: Path, last_iteration: int) -> None:
     write_atomic(path, "".join(kept))
 
 
+# ---------------------------------------------------------------------- the training state
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the counters the loop keeps between evaluations (saved in state.pt)."""
+
+    iteration: int = 0  # optimizer steps completed
+    best_val_miou: float = -math.inf
+    best_iteration: int = 0  # 0: no evaluation yet
+    bad_evals: int = 0  # evaluations since the last new best (patience)
+    status: str = "running"
+
+    @property
+    def best_or_nan(self) -> float:
+        return self.best_val_miou if self.best_iteration else float("nan")
+
+
+@dataclass
+class TrainingState:
+    """Everything that changes while a run trains; `save_state` writes it, `restore_state` loads it back."""
+
+    model: torch.nn.Module  # the student
+    teacher: torch.nn.Module  # its EMA copy (scored and kept)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    method: Any  # selftune.trainable.methods.Method
+    window: Any  # selftune.trainable.records.Window
+    progress: Progress
+
+
+def _cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def save_state(path: Path, st: TrainingState, cfg: TrainConfig, class_names: tuple[str, ...], device: torch.device
+               ) -> None:
+    """Write the resumable state (schema version STATE_VERSION) to `path`, atomically."""
+    p = st.progress
+    save_atomic({
+        "version": STATE_VERSION, "config": cfg.to_dict(), "class_names": list(class_names),
+        "iteration": p.iteration, "status": p.status, "best_val_miou": p.best_val_miou,
+        "best_iteration": p.best_iteration, "bad_evals": p.bad_evals,
+        "model": _cpu(st.model), "ema": _cpu(st.teacher), "optimizer": st.optimizer.state_dict(),
+        "scheduler": st.scheduler.state_dict(), "scaler": st.scaler.state_dict(), "method": st.method.state_dict(),
+        "window": st.window.state_dict(), "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+    }, path)
+
+
+def restore_state(state: dict[str, Any], st: TrainingState, device: torch.device) -> None:
+    """Load a saved state into the freshly built `st` (and the global RNGs)."""
+    st.model.load_state_dict(state["model"])
+    st.teacher.load_state_dict(state["ema"])
+    st.optimizer.load_state_dict(state["optimizer"])
+    st.scheduler.load_state_dict(state["scheduler"])
+    if st.scaler.is_enabled() and state["scaler"]:  # empty when saved without fp16 (CPU, bf16)
+        st.scaler.load_state_dict(state["scaler"])
+    st.method.load_state_dict(state["method"])
+    st.window = type(st.window).from_state(state["window"], device)
+    st.progress = Progress(int(state["iteration"]), float(state["best_val_miou"]), int(state["best_iteration"]),
+                           int(state["bad_evals"]), str(state.get("status", "running")))
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and state["rng_cuda"]:
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+
+def save_best(path: Path, teacher: torch.nn.Module, cfg: TrainConfig, class_names: tuple[str, ...],
+              iteration: int, val_miou: float) -> None:
+    """best_model_ema.pt: the EMA weights with the config and classes that built them."""
+    save_atomic({"config": cfg.to_dict(), "class_names": list(class_names), "model": _cpu(teacher),
+                 "iteration": iteration, "val_miou": val_miou}, path)
+
+
 __all__ = [
     "BEST_FILE",
     "CHECKPOINT_DIR",
     "CONFIG_FILE",
     "METRICS_FILE",
     "STATE_FILE",
+    "Progress",
+    "TrainingState",
     "check_resume_config",
     "load",
     "load_model_file",
     "load_state",
+    "restore_state",
     "save_atomic",
+    "save_best",
+    "save_state",
     "state_path",
     "truncate_metrics",
 ]

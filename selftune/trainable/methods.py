@@ -81,6 +81,16 @@ class Method:
         return functional.st_weight_at(it, weight=c.st_weight, start_iter=c.st_start_iter,
                                        rampup_iters=c.st_rampup_iters)
 
+    @torch.no_grad()
+    def label(self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, *, update: bool = True
+              ) -> functional.PseudoLabels:
+        """The pseudo-labels of `teacher` on the normalised batch `images_u` at step `it`: per-class
+        thresholds (and the acceptance floor). `update=False` leaves the method's state alone (for the
+        TensorBoard panels, which must show what the student trains on without changing it)."""
+        probs = functional.tta_probs(teacher, images_u, self.cfg.teacher_tta)
+        return functional.pseudo_labels(probs, self.thresholds_tensor(it, images_u.device), self.cfg.ignore_index,
+                                        self.cfg.min_accept_ratio)
+
     def pseudo_batch(
         self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, generator: torch.Generator
     ) -> PseudoBatch:
@@ -148,18 +158,25 @@ class EmaSelfTraining(Method):
         self.predicted_mean: torch.Tensor | None = None  # running mean of teacher probabilities (alignment)
 
     @torch.no_grad()
-    def pseudo_batch(
-        self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, generator: torch.Generator
-    ) -> PseudoBatch:
+    def label(self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, *, update: bool = True
+              ) -> functional.PseudoLabels:
         probs = functional.tta_probs(teacher, images_u, self.cfg.teacher_tta)
         if self.cfg.distribution_alignment:
             batch_mean = probs.mean(dim=(0, 2, 3))
             m = self.cfg.da_momentum
-            self.predicted_mean = batch_mean if self.predicted_mean is None else (
+            mean = batch_mean if self.predicted_mean is None else (
                 m * self.predicted_mean.to(batch_mean) + (1 - m) * batch_mean)
-            probs = functional.align_distribution(probs, self.class_prior, self.predicted_mean)
-        pl = functional.pseudo_labels(probs, self.thresholds_tensor(it, images_u.device), self.cfg.ignore_index,
-                                      self.cfg.min_accept_ratio)
+            if update:
+                self.predicted_mean = mean
+            probs = functional.align_distribution(probs, self.class_prior, mean)
+        return functional.pseudo_labels(probs, self.thresholds_tensor(it, images_u.device), self.cfg.ignore_index,
+                                        self.cfg.min_accept_ratio)
+
+    @torch.no_grad()
+    def pseudo_batch(
+        self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, generator: torch.Generator
+    ) -> PseudoBatch:
+        pl = self.label(teacher, images_u, it)
         accepted, predicted = functional.pseudo_label_counts(pl, self.num_classes)
         images, labels = images_u, pl.labels
         if self.cfg.strong_aug:

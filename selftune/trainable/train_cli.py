@@ -107,15 +107,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from selftune.trainable.data import LabeledDataset, read_classes
     from selftune.trainable.demo import ensure_demo
     from selftune.trainable.functional import iou_per_class, mean_iou
-    from selftune.trainable.loop import (
-        DeviceBatch,
-        build_model,
-        load_eval_batches,
-        make_autocast,
-        resolve_amp,
-        resolve_device,
-        score,
-    )
+    from selftune.trainable.device import DeviceBatch, make_autocast, memory_format_for, resolve_amp, resolve_device
+    from selftune.trainable.evaluation import load_eval_batches, score
+    from selftune.trainable.model import build_model
 
     cfg, saved_names, weights, info = ckpt.load_model_file(args.checkpoint)
     data = args.data or ensure_demo()
@@ -127,7 +121,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     amp_dtype = resolve_amp(cfg, device)
     model = build_model(cfg, classes.num_classes)
     model.load_state_dict(weights)
-    memory_format = torch.channels_last if (device.type == "cuda" and cfg.channels_last) else torch.contiguous_format
+    memory_format = memory_format_for(cfg, device)
     model = model.to(device, memory_format=memory_format).eval()
     dataset = LabeledDataset(data, args.split, classes)
     batches = load_eval_batches(dataset, 0, cfg.batch_size)
