@@ -16,8 +16,9 @@ from selftune.errors import SelftuneError
 
 def build_parser() -> argparse.ArgumentParser:
     from selftune.analysis import cli as analysis_cli
+    from selftune.data import cli as data_cli
     from selftune.search import cli as search_cli
-    from selftune.trainable import data_cli, train_cli
+    from selftune.trainable import train_cli
 
     parser = argparse.ArgumentParser(
         prog="selftune",

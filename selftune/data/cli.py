@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     check.add_argument("--preview-count", type=int, default=8, metavar="N", help="images per row of the preview")
     check.set_defaults(func=run_check)
 
-    from selftune.trainable.demo import N_STYLES, DemoSpec  # light: numpy only
+    from selftune.data.demo import N_STYLES, DemoSpec  # light: numpy only
 
     d = DemoSpec()
     demo = sub.add_parser("demo", help="generate the procedural demo dataset", description=DEMO_HELP)
@@ -62,7 +62,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from selftune.trainable.data import dataset_fingerprint, validate_dataset
+    from selftune.data.validate import dataset_fingerprint, validate_dataset
 
     summary = validate_dataset(args.root, need_unlabeled=not args.no_unlabeled)
     print(format_summary(summary, fingerprint=dataset_fingerprint(args.root)))
@@ -84,10 +84,11 @@ def write_preview(root: Path, path: Path, *, count: int = 8, unlabeled: bool = T
     import numpy as np
     from matplotlib.patches import Patch
 
+    from selftune.data.format import IGNORE_VALUE, list_pairs, read_classes, read_image, read_mask
+    from selftune.data.index import unlabeled_index
+    from selftune.data.palette import class_palette
     from selftune.errors import DataError
     from selftune.fileio import write_atomic
-    from selftune.trainable.data import IGNORE_VALUE, list_pairs, read_classes, read_image, read_mask, unlabeled_index
-    from selftune.trainable.loop import class_palette
 
     if count < 1:
         raise DataError(f"--preview-count must be >= 1, got {count}")
@@ -157,7 +158,7 @@ def format_summary(summary: Any, *, fingerprint: str | None = None) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from selftune.trainable.demo import DemoSpec, generate_demo
+    from selftune.data.demo import DemoSpec, generate_demo
 
     spec = DemoSpec(
         size=args.size, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,

@@ -28,6 +28,7 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -241,6 +242,51 @@ def _style(seed: int, k: int) -> _Style:
 
 
 # ---------------------------------------------------------------------- one tile
+#
+# `render_tile` draws a tile in stages, one function each, defined below it in the order it calls
+# them: the scene (pixel grid, ground scale, sun), the label layout (cover regions, roads, water,
+# buildings), each class's look, the ground and plants with their shadows, then roads, water and
+# roofs over them, and last the camera's acquisition effects. All stages draw from the tile's one
+# generator, so the order of the stages, and of the draws inside each, is part of the output.
+
+
+class _Scene(NamedTuple):
+    """What every drawing stage of one tile shares."""
+
+    st: _Style  # the tile's survey style
+    s: int  # tile side in pixels
+    yy: np.ndarray  # pixel-centre coordinates, float32 [s, s]
+    xx: np.ndarray
+    zoom: float  # ground sampling distance: the survey's, varied per tile
+    sun: float  # sun azimuth (radians)
+    sdy: float  # shadows fall this way: (sdy, sdx) pixels per unit of object height
+    sdx: float
+
+
+class _Textures(NamedTuple):
+    """The tile's noise fields and base colours, shared by the classes' looks."""
+
+    fine: np.ndarray  # fractal noise [s, s], fine grain
+    mid: np.ndarray  # fractal noise [s, s], patches
+    soil: np.ndarray  # RGB
+    grass: np.ndarray  # RGB
+
+
+class _Plants(NamedTuple):
+    """One vegetation class: its ground, the coverage of its crowns (before masking by class), the shaded crowns."""
+
+    ground: np.ndarray  # [s, s, 3]
+    cover: np.ndarray  # [s, s] in [0, 1]
+    crowns: np.ndarray  # [s, s, 3]
+
+
+class _Roofs(NamedTuple):
+    """The buildings: roof coverage, shading (lit or shaded side) and colour, and the shadows they cast."""
+
+    cover: np.ndarray  # [s, s] in [0, 1]
+    shade: np.ndarray  # [s, s]
+    color: np.ndarray  # [s, s, 3]
+    shadow: np.ndarray  # [s, s] in [0, 1]
 
 
 def render_tile(
@@ -254,15 +300,44 @@ def render_tile(
     pool's conditions (more haze, dimmer and warmer light). Every 8th tile of a split (by `index`)
     has water and every 8th a road with buildings, so no split of 8 or more tiles lacks a class.
     """
-    s = size
     st = _style(seed, int(rng.integers(N_STYLES)) % (surveys or N_STYLES))
+    sc = _scene(rng, size, st)
+
+    # ---- layout: cover regions (warped Voronoi), clearings, roads, water, buildings
+    labels = _cover_regions(rng, sc)
+    road_dist, road_anchor = _roads(rng, sc, labels, index)
+    water = _water(rng, sc, labels, index)
+    roofs = _buildings(rng, sc, labels, water, road_anchor, index)
+
+    # ---- appearance: per-tile colours and textures for each class
+    tex = _textures(rng, sc)
+    background = _background(rng, sc, labels, tex)
+    open_land = _open_land(rng, tex)
+    areca = _areca(rng, sc, labels, tex)
+    snake_fruit = _snake_fruit(rng, sc, labels, tex)
+    img = _ground_and_plants(sc, labels, background, open_land, areca, snake_fruit, roofs.shadow)
+    img = _paint_roads(rng, sc, img, road_dist, water, tex)
+    img = _paint_water(rng, sc, img, water)
+    img = _paint_roofs(img, roofs, tex)
+
+    # ---- acquisition: illumination, colour cast, cloud shadow, haze, blur, noise
+    return _acquire(rng, sc, img, shifted), labels
+
+
+def _scene(rng: np.random.Generator, size: int, st: _Style) -> _Scene:
+    """The pixel grid, this tile's ground scale and the sun (direction and shadow length)."""
+    s = size
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + np.float32(0.5)
     zoom = st.zoom * rng.uniform(0.95, 1.05)  # ground sampling distance: a survey's own
     sun = rng.uniform(0, 2 * math.pi)
     sun_len = rng.uniform(0.8, 2.2) * zoom
     sdy, sdx = math.sin(sun) * sun_len, math.cos(sun) * sun_len  # shadows fall this way
+    return _Scene(st=st, s=s, yy=yy, xx=xx, zoom=zoom, sun=sun, sdy=sdy, sdx=sdx)
 
-    # ---- layout: cover regions (warped Voronoi), clearings, water, roads, buildings
+
+def _cover_regions(rng: np.random.Generator, sc: _Scene) -> np.ndarray:
+    """The labels' base: 2-5 land-cover regions (a warped Voronoi) and maybe a clearing of bare soil."""
+    s, yy, xx = sc.s, sc.yy, sc.xx
     labels = np.zeros((s, s), dtype=np.uint8)
     n_regions = int(rng.integers(2, 6))
     seeds = rng.uniform(-0.2 * s, 1.2 * s, (n_regions, 2)).astype(np.float32)
@@ -277,7 +352,16 @@ def render_tile(
         r = rng.uniform(0.08, 0.2) * s
         blob = np.hypot(yy - cy, xx - cx) / r + _fractal(rng, s, 4) * 1.2
         labels[blob < 1] = OPEN_LAND
-    road_angle = None
+    return labels
+
+
+def _roads(
+    rng: np.random.Generator, sc: _Scene, labels: np.ndarray, index: int
+) -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
+    """Label 0-2 gently curved roads: (signed distance to the nearest road's edge, inf without roads;
+    the last road's (y, x, angle, width), which buildings line up along, or None without roads)."""
+    s, yy, xx, zoom = sc.s, sc.yy, sc.xx, sc.zoom
+    road_anchor = None
     road_dist = np.full((s, s), np.inf, dtype=np.float32)
     if rng.random() < 0.45 or index % 8 == 2:
         for _ in range(1 if rng.random() < 0.75 else 2):
@@ -288,9 +372,14 @@ def render_tile(
             across = across + rng.uniform(-1, 1) * 0.6 * along**2 / s  # gentle curve
             width = rng.uniform(2.0, 3.8) * zoom
             road_dist = np.minimum(road_dist, np.abs(across) - width / 2)
-            road_angle = ang if road_angle is None else road_angle
             road_anchor = (oy, ox, ang, width)
         labels[road_dist < 0] = ROAD
+    return road_dist, road_anchor
+
+
+def _water(rng: np.random.Generator, sc: _Scene, labels: np.ndarray, index: int) -> np.ndarray:
+    """Label a pond or a stream on some tiles; returns the water mask (bool [s, s])."""
+    s, yy, xx, zoom = sc.s, sc.yy, sc.xx, sc.zoom
     water = np.zeros((s, s), dtype=bool)
     if rng.random() < 0.1 or index % 8 == 5:
         if rng.random() < 0.55:  # pond
@@ -303,15 +392,25 @@ def render_tile(
             across = -(xx - ox) * math.sin(ang) + (yy - oy) * math.cos(ang) + _fractal(rng, s, 2) * 0.5 * s
             water = np.abs(across) < rng.uniform(2.0, 4.5) * zoom
         labels[water] = WATER
+    return water
+
+
+def _buildings(
+    rng: np.random.Generator, sc: _Scene, labels: np.ndarray, water: np.ndarray,
+    road_anchor: tuple[float, float, float, float] | None, index: int,
+) -> _Roofs:
+    """Label 1-5 gabled roofs (along the road when there is one, else anywhere; none on water)
+    and cast their shadows."""
+    s, yy, xx, zoom, sun, sdy, sdx, st = sc.s, sc.yy, sc.xx, sc.zoom, sc.sun, sc.sdy, sc.sdx, sc.st
     roof = np.zeros((s, s), dtype=np.float32)  # building coverage
     roof_shade = np.zeros((s, s), dtype=np.float32)
     roof_col = np.zeros((s, s, 3), dtype=np.float32)
     roof_shadow = np.zeros((s, s), dtype=np.float32)
-    p_building = 0.6 if road_angle is not None else 0.2
+    p_building = 0.6 if road_anchor is not None else 0.2
     if rng.random() < p_building or index % 8 == 2:
         for _ in range(int(rng.integers(1, 6))):
             bl, bw = rng.uniform(4.5, 9.0, 2) * zoom
-            if road_angle is not None:
+            if road_anchor is not None:
                 oy, ox, ang, width = road_anchor
                 t = rng.uniform(-0.4, 0.4) * s
                 side = rng.choice([-1.0, 1.0])
@@ -338,18 +437,31 @@ def render_tile(
                     roof_shadow = np.maximum(roof_shadow, cov)
         roof *= ~water
         labels[roof > 0.5] = BUILDING
+    return _Roofs(cover=roof, shade=roof_shade, color=roof_col, shadow=roof_shadow)
 
-    # ---- appearance: per-tile colours and textures for each class
+
+def _textures(rng: np.random.Generator, sc: _Scene) -> _Textures:
+    """The tile's two noise fields, its soil colour and its grass colour (green to dry)."""
+    s, st = sc.s, sc.st
     fine = _fractal(rng, s, 16, 2)
     mid = _fractal(rng, s, 6, 3)
     soil = _jitter_color(rng, st.soil, 0.06, spread=0.015)
     dry = np.clip(st.dry + rng.normal(0, 0.08), 0, 1)  # green to dry grass
     grass = _jitter_color(rng, (0.34 + 0.2 * dry, 0.5, 0.24 + 0.08 * dry), 0.08, spread=0.015)
-    img = np.empty((s, s, 3), dtype=np.float32)
+    return _Textures(fine=fine, mid=mid, soil=soil, grass=grass)
 
-    # background: grass with darker patches and scattered shrubs (not on a grid)
+
+def _crown_shade(rho: np.ndarray, ang: np.ndarray, fronds: float, sun: float) -> np.ndarray:
+    """Brightness [s, s, 1] over crowns: brighter at the centre, on the sunny side and along the fronds."""
+    lit = 1.0 - 0.25 * np.cos(ang - sun) * np.clip(rho, 0, 1)  # the side facing the sun is brighter
+    return ((0.7 + 0.45 * (1 - np.clip(rho, 0, 1) ** 2)) * lit * (0.9 + 0.1 * np.cos(fronds * ang)))[:, :, None]
+
+
+def _background(rng: np.random.Generator, sc: _Scene, labels: np.ndarray, tex: _Textures) -> _Plants:
+    """Background: grass with darker patches and scattered shrubs (not on a grid)."""
+    xx, yy, zoom, st = sc.xx, sc.yy, sc.zoom, sc.st
+    grass, mid, fine = tex.grass, tex.mid, tex.fine
     bg = grass * (1 + 0.35 * mid[:, :, None] + 0.12 * fine[:, :, None])
-    img[:] = bg
     shrub_spacing = rng.uniform(7.0, 12.0) * zoom
     is_bg = labels == BACKGROUND
     shrub_cov, shrub_rho, shrub_ang = _crowns_in(
@@ -358,13 +470,22 @@ def render_tile(
         keep=rng.uniform(0.3, 0.8),
     )
     shrub_col = _jitter_color(rng, st.shrub, 0.08, spread=0.015)
+    shrubs = shrub_col * _crown_shade(shrub_rho, shrub_ang, 0, sc.sun) * (1 + 0.2 * fine[:, :, None])
+    return _Plants(ground=bg, cover=shrub_cov, crowns=shrubs)
 
-    # open land: soil with slow tone changes and sparse grass specks
+
+def _open_land(rng: np.random.Generator, tex: _Textures) -> np.ndarray:
+    """Open land: soil with slow tone changes and sparse grass specks."""
+    soil, grass, mid, fine = tex.soil, tex.grass, tex.mid, tex.fine
     open_img = soil * (1 + 0.25 * mid[:, :, None] + 0.06 * fine[:, :, None])
     specks = (fine > rng.uniform(0.2, 0.35))[:, :, None]
-    open_img = np.where(specks, open_img * 0.6 + grass * 0.4, open_img)
+    return np.where(specks, open_img * 0.6 + grass * 0.4, open_img)
 
-    # areca: large star-shaped crowns on a regular grid over a grassy-to-soily understory
+
+def _areca(rng: np.random.Generator, sc: _Scene, labels: np.ndarray, tex: _Textures) -> _Plants:
+    """Areca: large star-shaped crowns on a regular grid over a grassy-to-soily understory."""
+    xx, yy, zoom, st = sc.xx, sc.yy, sc.zoom, sc.st
+    grass, soil, mid, fine = tex.grass, tex.soil, tex.mid, tex.fine
     spacing_a = st.areca_spacing * rng.uniform(0.93, 1.07) * zoom
     a_cov, a_rho, a_ang = _crowns_in(
         labels == ARECA, xx, yy, rng, spacing=spacing_a, angle=rng.uniform(0, math.pi / 2), jitter=0.12,
@@ -374,8 +495,13 @@ def render_tile(
     under = grass * (1 - (mix := rng.uniform(0, 0.7))) + soil * mix
     areca_ground = under * (1 + 0.2 * mid[:, :, None] + 0.1 * fine[:, :, None])
     areca_col = _jitter_color(rng, st.areca, 0.08, spread=0.015)
+    crowns_a = areca_col * _crown_shade(a_rho, a_ang, 14, sc.sun)
+    return _Plants(ground=areca_ground, cover=a_cov, crowns=crowns_a)
 
-    # snake fruit: dense small spiky clumps over deep shade
+
+def _snake_fruit(rng: np.random.Generator, sc: _Scene, labels: np.ndarray, tex: _Textures) -> _Plants:
+    """Snake fruit: dense small spiky clumps over deep shade."""
+    xx, yy, zoom, st, fine = sc.xx, sc.yy, sc.zoom, sc.st, tex.fine
     spacing_s = st.snake_spacing * rng.uniform(0.93, 1.07) * zoom
     s_cov, s_rho, s_ang = _crowns_in(
         labels == SNAKE_FRUIT, xx, yy, rng, spacing=spacing_s, angle=rng.uniform(0, math.pi / 2), jitter=0.7,
@@ -384,57 +510,81 @@ def render_tile(
     )
     snake_col = _jitter_color(rng, st.snake, 0.08, spread=0.015)
     snake_ground = snake_col * 0.35 * (1 + 0.3 * fine[:, :, None])
+    crowns_s = snake_col * _crown_shade(s_rho, s_ang, 10, sc.sun) * (1 + 0.25 * fine[:, :, None])
+    return _Plants(ground=snake_ground, cover=s_cov, crowns=crowns_s)
 
-    # compose ground by class, then objects with their shadows
+
+def _ground_and_plants(
+    sc: _Scene, labels: np.ndarray, background: _Plants, open_land: np.ndarray, areca: _Plants,
+    snake_fruit: _Plants, roof_shadow: np.ndarray,
+) -> np.ndarray:
+    """Compose the ground by class, darken it by the shadows of plants and buildings, then lay the crowns over it."""
+    s, sdy, sdx = sc.s, sc.sdy, sc.sdx
+    img = np.empty((s, s, 3), dtype=np.float32)
+    img[:] = background.ground
+    is_bg = labels == BACKGROUND
+    shrub_cov, shrubs = background.cover, background.crowns
     lab = labels[:, :, None]
-    img = np.where(lab == OPEN_LAND, open_img, img)
-    img = np.where(lab == ARECA, areca_ground, img)
-    img = np.where(lab == SNAKE_FRUIT, snake_ground, img)
+    img = np.where(lab == OPEN_LAND, open_land, img)
+    img = np.where(lab == ARECA, areca.ground, img)
+    img = np.where(lab == SNAKE_FRUIT, snake_fruit.ground, img)
     shadow = np.zeros((s, s), dtype=np.float32)
     shadow = np.maximum(shadow, _shift(shrub_cov * is_bg, sdy * 0.6, sdx * 0.6))
-    areca_here = a_cov * (labels == ARECA)
-    snake_here = s_cov * (labels == SNAKE_FRUIT)
+    areca_here = areca.cover * (labels == ARECA)
+    snake_here = snake_fruit.cover * (labels == SNAKE_FRUIT)
     shadow = np.maximum(shadow, _shift(areca_here, sdy * 1.4, sdx * 1.4))
     shadow = np.maximum(shadow, _shift(snake_here, sdy * 0.5, sdx * 0.5))
     shadow = np.maximum(shadow, roof_shadow)
     img *= (1 - 0.55 * shadow)[:, :, None]
 
-    def crown_shade(rho: np.ndarray, ang: np.ndarray, fronds: float) -> np.ndarray:
-        lit = 1.0 - 0.25 * np.cos(ang - sun) * np.clip(rho, 0, 1)  # the side facing the sun is brighter
-        return ((0.7 + 0.45 * (1 - np.clip(rho, 0, 1) ** 2)) * lit * (0.9 + 0.1 * np.cos(fronds * ang)))[:, :, None]
-
-    shrubs = shrub_col * crown_shade(shrub_rho, shrub_ang, 0) * (1 + 0.2 * fine[:, :, None])
     img = np.where(is_bg[:, :, None], img * (1 - shrub_cov[:, :, None]) + shrubs * shrub_cov[:, :, None], img)
-    crowns_a = areca_col * crown_shade(a_rho, a_ang, 14)
-    img = img * (1 - areca_here[:, :, None]) + crowns_a * areca_here[:, :, None]
-    crowns_s = snake_col * crown_shade(s_rho, s_ang, 10) * (1 + 0.25 * fine[:, :, None])
-    img = img * (1 - snake_here[:, :, None]) + crowns_s * snake_here[:, :, None]
+    img = img * (1 - areca_here[:, :, None]) + areca.crowns * areca_here[:, :, None]
+    img = img * (1 - snake_here[:, :, None]) + snake_fruit.crowns * snake_here[:, :, None]
+    return img
 
-    # roads: the soil's tones (dirt) or grey (paved), smoother than open land, darker verges
-    if np.isfinite(road_dist).any():
-        paved = rng.random() < st.paved
-        road_col = _jitter_color(rng, (0.55, 0.55, 0.53), 0.1) if paved else soil * rng.uniform(0.95, 1.15)
-        road_img = road_col * (1 + 0.05 * fine[:, :, None] + 0.08 * mid[:, :, None])
-        cov = np.clip(0.5 - road_dist, 0, 1) * (~water)
-        verge = np.clip(1.2 - np.abs(road_dist - 0.6), 0, 1) * (~water) * (1 - cov)
-        img = img * (1 - 0.25 * verge[:, :, None])
-        img = img * (1 - cov[:, :, None]) + road_img * cov[:, :, None]
 
-    # water: smooth, dark, tinted per tile; darker in the middle
-    if water.any():
-        tint = _jitter_color(rng, _WATER_BASES[st.water], 0.12, spread=0.015)
-        depth = _blur3(_blur3(water.astype(np.float32)))  # 0 outside, 1 well inside
-        glint = np.clip(_value_noise(rng, s, 3) - 0.7, 0, 1) * rng.uniform(0, 0.6)
-        water_img = tint * (1.15 - 0.3 * depth[:, :, None]) + glint[:, :, None] * 0.3
-        bank = np.clip(depth * (1 - depth) * 4, 0, 1) * (~water)  # wet, darker ground along the shore
-        img = img * (1 - 0.35 * bank[:, :, None])
-        img = np.where(water[:, :, None], water_img, img)
+def _paint_roads(
+    rng: np.random.Generator, sc: _Scene, img: np.ndarray, road_dist: np.ndarray, water: np.ndarray, tex: _Textures
+) -> np.ndarray:
+    """Roads: the soil's tones (dirt) or grey (paved), smoother than open land, darker verges."""
+    if not np.isfinite(road_dist).any():
+        return img
+    soil, fine, mid = tex.soil, tex.fine, tex.mid
+    paved = rng.random() < sc.st.paved
+    road_col = _jitter_color(rng, (0.55, 0.55, 0.53), 0.1) if paved else soil * rng.uniform(0.95, 1.15)
+    road_img = road_col * (1 + 0.05 * fine[:, :, None] + 0.08 * mid[:, :, None])
+    cov = np.clip(0.5 - road_dist, 0, 1) * (~water)
+    verge = np.clip(1.2 - np.abs(road_dist - 0.6), 0, 1) * (~water) * (1 - cov)
+    img = img * (1 - 0.25 * verge[:, :, None])
+    return img * (1 - cov[:, :, None]) + road_img * cov[:, :, None]
 
-    if roof.any():
-        roof_img = roof_col * roof_shade[:, :, None] * (1 + 0.03 * fine[:, :, None])
-        img = img * (1 - roof[:, :, None]) + roof_img * roof[:, :, None]
 
-    # ---- acquisition: illumination, colour cast, cloud shadow, haze, blur, noise
+def _paint_water(rng: np.random.Generator, sc: _Scene, img: np.ndarray, water: np.ndarray) -> np.ndarray:
+    """Water: smooth, dark, tinted per tile; darker in the middle; wet, darker ground along the shore."""
+    if not water.any():
+        return img
+    s, st = sc.s, sc.st
+    tint = _jitter_color(rng, _WATER_BASES[st.water], 0.12, spread=0.015)
+    depth = _blur3(_blur3(water.astype(np.float32)))  # 0 outside, 1 well inside
+    glint = np.clip(_value_noise(rng, s, 3) - 0.7, 0, 1) * rng.uniform(0, 0.6)
+    water_img = tint * (1.15 - 0.3 * depth[:, :, None]) + glint[:, :, None] * 0.3
+    bank = np.clip(depth * (1 - depth) * 4, 0, 1) * (~water)  # wet, darker ground along the shore
+    img = img * (1 - 0.35 * bank[:, :, None])
+    return np.where(water[:, :, None], water_img, img)
+
+
+def _paint_roofs(img: np.ndarray, roofs: _Roofs, tex: _Textures) -> np.ndarray:
+    """Roofs over everything else, in their colour and side shading."""
+    if not roofs.cover.any():
+        return img
+    roof = roofs.cover
+    roof_img = roofs.color * roofs.shade[:, :, None] * (1 + 0.03 * tex.fine[:, :, None])
+    return img * (1 - roof[:, :, None]) + roof_img * roof[:, :, None]
+
+
+def _acquire(rng: np.random.Generator, sc: _Scene, img: np.ndarray, shifted: bool) -> np.ndarray:
+    """The camera: illumination, colour cast, cloud shadow, haze, blur, noise; then to uint8."""
+    s, st = sc.s, sc.st
     gain = st.gain * rng.uniform(0.88, 1.08) * (0.93 if shifted else 1.0)
     warm = st.warm + rng.uniform(-0.03, 0.03) + (0.04 if shifted else 0.0)
     img = img * gain * np.array([1 + warm, 1.0, 1 - warm])
@@ -449,8 +599,7 @@ def render_tile(
     sigma = rng.uniform(0.005, 0.035)
     img = img + sigma * rng.standard_normal((s, s, 1), dtype=np.float32)
     img = img + (sigma * 0.4) * rng.standard_normal((s, s, 3), dtype=np.float32)
-    image = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
-    return image, labels
+    return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
 
 
 def tile_rng(seed: int, split: str, index: int) -> np.random.Generator:

@@ -1,0 +1,165 @@
+"""Checking a dataset before training (`validate_dataset`, its `DatasetSummary`) and its fingerprint.
+
+`validate_dataset` checks all of the format (`selftune.data.format`) and raises one `DataError`
+naming the first bad file; `dataset_fingerprint` tells datasets apart in exported provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from selftune.data.datasets import LabeledDataset
+from selftune.data.format import IGNORE_VALUE, LABELED_SPLITS, REQUIRED_SPLITS, _orphan_masks, read_classes, read_image
+from selftune.data.index import unlabeled_index
+from selftune.errors import DataError
+
+UNLABELED_SAMPLE = 8  # unlabelled files decoded by validate_dataset
+
+
+@dataclass
+class DatasetSummary:
+    """What `validate_dataset` found: counts, class pixel statistics (train split) and warnings."""
+
+    root: Path
+    counts: dict[str, int]  # images per split: train, val, [test], [unlabeled (when checked)]
+    class_names: tuple[str, ...]
+    pixel_counts: tuple[int, ...]  # train pixels per class (ignore pixels excluded)
+    frequencies: tuple[float, ...]  # pixel_counts / sum
+    suggested_weights: tuple[float, ...]  # inverse frequency, mean 1 over present classes, 0 if absent
+    ignored_pixels: int = 0  # train pixels marked 255
+    image_sizes: tuple[tuple[int, int], ...] = ()  # distinct (height, width) of labelled images
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def class_frequencies(pixel_counts: Sequence[int] | np.ndarray) -> tuple[float, ...]:
+    """Each class's share of the labelled pixels; all zeros when there are none."""
+    counts = np.asarray(pixel_counts, dtype=np.float64)
+    total = counts.sum()
+    return tuple(float(x) for x in (counts / total if total > 0 else np.zeros_like(counts)))
+
+
+def suggested_class_weights(frequencies: Sequence[float] | np.ndarray) -> tuple[float, ...]:
+    """Inverse-frequency class weights normalised to mean 1 over the present classes.
+
+    As in seed 004's imbalance fix (weight ~ 1/frequency, normalised). A class with no pixels
+    gets weight 0: there is nothing to weight, and 1/0 would be infinite.
+    """
+    f = np.asarray(frequencies, dtype=np.float64)
+    present = f > 0
+    w = np.zeros_like(f)
+    if present.any():
+        w[present] = 1.0 / f[present]
+        w[present] /= w[present].mean()
+    return tuple(float(x) for x in w)
+
+
+def validate_dataset(root: Path, *, need_unlabeled: bool, num_classes: int | None = None) -> DatasetSummary:
+    """Check a dataset before training; raise one DataError naming the first bad file or folder.
+
+    Reads classes.csv and every labelled image and mask in full (sizes must match, ids/colours
+    must be known, files must decode). For the unlabelled pool (only when `need_unlabeled`) it
+    checks the folder is there and non-empty and decodes the first few files.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    classes = read_classes(root)
+    if num_classes is not None and num_classes != classes.num_classes:
+        raise DataError(
+            f"{root / 'classes.csv'} defines {classes.num_classes} classes but {num_classes} were expected"
+        )
+    k = classes.num_classes
+    counts: dict[str, int] = {}
+    notes: list[str] = []
+    pixels = np.zeros(k, dtype=np.int64)
+    ignored = 0
+    sizes: set[tuple[int, int]] = set()
+    seen_in: dict[str, np.ndarray] = {}
+    for split in LABELED_SPLITS:
+        if split not in REQUIRED_SPLITS and not (root / split).exists():
+            continue
+        ds = LabeledDataset(root, split, classes, cache=False)
+        counts[split] = len(ds)
+        present = np.zeros(k, dtype=bool)
+        for i in range(len(ds)):
+            image, mask = ds.arrays(i)
+            sizes.add(image.shape[:2])
+            hist = np.bincount(mask.ravel(), minlength=256)
+            present |= hist[:k] > 0
+            if split == "train":
+                pixels += hist[:k]
+                ignored += int(hist[IGNORE_VALUE])
+        seen_in[split] = present
+        orphans = _orphan_masks(root, split)
+        if orphans:
+            notes.append(f"{split}: {len(orphans)} mask(s) without an image, e.g. {root / split / 'masks' / orphans[0]}")
+    if need_unlabeled:
+        top = root / "unlabeled" / "images"
+        index = unlabeled_index(root)
+        if not index:
+            raise DataError(f"no images in {top}: self-training needs an unlabelled pool (or use method=supervised)")
+        counts["unlabeled"] = len(index)
+        for rel in index[:UNLABELED_SAMPLE]:
+            read_image(top / rel)
+    freqs = class_frequencies(pixels)
+    weights = suggested_class_weights(freqs)
+    for c in range(k):
+        if pixels[c] == 0:
+            notes.append(f"class {c} ({classes.names[c]!r}) has no train pixels: its suggested weight is 0")
+        elif not seen_in["val"][c]:
+            notes.append(f"class {c} ({classes.names[c]!r}) does not occur in val: its IoU cannot be measured there")
+    if len(sizes) > 1:
+        notes.append(f"labelled images come in {len(sizes)} sizes ({_sizes_text(sizes)}); crops handle that")
+    return DatasetSummary(
+        root=root, counts=counts, class_names=classes.names, pixel_counts=tuple(int(x) for x in pixels),
+        frequencies=freqs, suggested_weights=weights, ignored_pixels=ignored,
+        image_sizes=tuple(sorted(sizes)), warnings=notes,
+    )
+
+
+def _sizes_text(sizes: set[tuple[int, int]]) -> str:
+    shown = sorted(sizes)[:3]
+    more = ", ..." if len(sizes) > 3 else ""
+    return ", ".join(f"{w}x{h}" for h, w in shown) + more
+
+
+def dataset_fingerprint(root: Path) -> str:
+    """A short sha256 over classes.csv, the labelled file list with sizes, and the unlabelled count.
+
+    Cheap (no image is decoded; the unlabelled pool is counted from its index) and enough to tell
+    datasets apart in exported provenance.
+    """
+    root = Path(root)
+    h = hashlib.sha256()
+    classes_csv = root / "classes.csv"
+    h.update(classes_csv.read_bytes() if classes_csv.is_file() else b"")
+    for split in LABELED_SPLITS:
+        for sub in ("images", "masks"):
+            d = root / split / sub
+            if not d.is_dir():
+                continue
+            for e in sorted(os.scandir(d), key=lambda e: e.name):
+                if e.is_file() and not e.name.startswith("."):
+                    h.update(f"\n{split}/{sub}/{e.name}\t{e.stat().st_size}".encode())
+    n_unlabeled = len(unlabeled_index(root)) if (root / "unlabeled" / "images").is_dir() else 0
+    h.update(f"\nunlabeled\t{n_unlabeled}".encode())
+    return h.hexdigest()[:16]
+
+
+__all__ = [
+    "DatasetSummary",
+    "class_frequencies",
+    "dataset_fingerprint",
+    "suggested_class_weights",
+    "validate_dataset",
+]
