@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selftune.data import UnlabeledDataset, make_batches, unlabeled_index, unlabeled_index_path
 from selftune.trainable.augment import crop_transform
-from selftune.trainable.data import UnlabeledDataset, make_batches, unlabeled_index, unlabeled_index_path
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -86,7 +86,7 @@ def make_png_pool(root: Path, n: int, size: int = 64) -> None:
 
     from PIL import Image
 
-    from selftune.trainable.demo import render_tile, tile_rng
+    from selftune.data.demo import render_tile, tile_rng
 
     blobs = []
     for i in range(64):

@@ -48,19 +48,19 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 
-from selftune.trainable.augment import crop_transform, normalize
-from selftune.trainable.config import TrainConfig, demo_config
-from selftune.trainable.data import (
+from selftune.data import (
     LabeledDataset,
     UnlabeledDataset,
     make_batches,
     read_classes,
     unlabeled_index,
 )
-from selftune.trainable.demo import ensure_demo
-from selftune.trainable.functional import SegmentationLoss
+from selftune.data.demo import ensure_demo
+from selftune.trainable.augment import crop_transform, normalize
+from selftune.trainable.config import TrainConfig, demo_config
 from selftune.trainable.device import DeviceBatch, available_cpus, make_autocast
 from selftune.trainable.evaluation import evaluate, load_eval_batches
+from selftune.trainable.functional import SegmentationLoss
 from selftune.trainable.loop import train
 from selftune.trainable.model import build_model
 from selftune.trainable.records import metric_names
@@ -248,8 +248,8 @@ def sweep_windows(cfg: TrainConfig, data: Path, steps: int, n: int, *, name: str
     """Run `cfg` for `steps` steps as n concurrent Ray Tune trials through `selftune.search` (the real
     trainable, adapter and reporter; FIFO; `gpus_per_trial` 1/n on CUDA): each trial's `step_seconds`
     per window."""
-    from selftune.sweepfolder import read_trials
     from selftune.search import SweepConfig, run_sweep
+    from selftune.sweepfolder import read_trials
 
     with tempfile.TemporaryDirectory() as tmp:
         sweep = SweepConfig(name=name, data=str(data), base=cfg.replace(max_iters=steps).to_dict(),
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         data = args.data
     elif args.device == "cuda":  # tiles as large as the seeds' crops
-        from selftune.trainable.demo import DemoSpec, generate_demo
+        from selftune.data.demo import DemoSpec, generate_demo
 
         data = OUT / "demo320"
         if not data.exists():

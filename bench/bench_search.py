@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import ray
 
-    from selftune.trainable.demo import DemoSpec, ensure_demo, generate_demo
+    from selftune.data.demo import DemoSpec, ensure_demo, generate_demo
 
     if profile.demo is not None:
         data = out / "smoke_data"

@@ -71,7 +71,7 @@ def demo_set(demo: Path, spec) -> Path:
     or spec is refused by name rather than mixed into a comparison."""
     import dataclasses
 
-    from selftune.trainable.demo import DEMO_VERSION, MARKER, generate_demo
+    from selftune.data.demo import DEMO_VERSION, MARKER, generate_demo
 
     if not demo.exists():
         return generate_demo(demo, spec)
@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = _pairs(args.settings)
     import pandas as pd
 
+    from selftune.data.demo import DemoSpec
     from selftune.errors import DataError
-    from selftune.trainable.demo import DemoSpec
 
     args.work = args.work.resolve()  # the oracle set links to the demo set by absolute paths
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 def split_roots(demo: Path, work: Path, limit: int | None = None) -> dict[str, Path]:
     """Two data roots under WORK whose test split holds the tiles of the labelled surveys, or of the rest
     (at most `limit` tiles each)."""
-    from selftune.trainable.demo import MARKER, N_STYLES, tile_rng
+    from selftune.data.demo import MARKER, N_STYLES, tile_rng
 
     meta = json.loads((demo / MARKER).read_text())
     seed, surveys = meta["spec"]["seed"], meta["spec"].get("train_surveys", N_STYLES)

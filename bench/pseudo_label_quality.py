@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
+    from selftune.data import read_classes, read_image, read_mask
     from selftune.trainable.augment import normalize
     from selftune.trainable.checkpoint import load_model_file
-    from selftune.trainable.data import read_classes, read_image, read_mask
     from selftune.trainable.functional import confusion_matrix, tta_probs
     from selftune.trainable.model import build_model
 

@@ -13,3 +13,11 @@ class ConfigError(SelftuneError, ValueError):
 
 class DataError(SelftuneError):
     """A dataset file or folder is missing or malformed; the message names the path."""
+
+
+class StorageError(SelftuneError, OSError):
+    """A file could not be written (a full disk, a read-only folder); the message names the file. Still an
+    OSError, so code that falls back to another place on OSError keeps doing so."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()

@@ -1,7 +1,7 @@
 """The one atomic writer of the project: a temporary file in the same folder, fsync, `os.replace`.
 
 A crash leaves either the old file or the new one, never half of one. A full disk (or a
-read-only folder) is one `SelftuneError` naming the file, not a traceback.
+read-only folder) is one `StorageError` (a SelftuneError and an OSError) naming the file.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import uuid
 from pathlib import Path
 
-from selftune.errors import SelftuneError
+from selftune.errors import StorageError
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
@@ -31,7 +31,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise SelftuneError(f"cannot write {path}: {_why(exc)}") from None
+        raise StorageError(exc.errno, f"cannot write {path}: {_why(exc)}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -43,7 +43,7 @@ def test_score_is_test_at_best_val_and_plot_is_a_png(tmp_path: Path) -> None:
 
 
 def test_demo_set_is_generated_once_and_another_spec_or_version_is_refused_by_name(tmp_path: Path) -> None:
-    from selftune.trainable.demo import MARKER, DemoSpec
+    from selftune.data.demo import MARKER, DemoSpec
 
     bench = _bench()
     spec = DemoSpec(size=16, n_train=2, n_val=1, n_test=0, n_unlabeled=0, unlabeled_masks=True)
@@ -63,7 +63,7 @@ def test_demo_set_is_generated_once_and_another_spec_or_version_is_refused_by_na
 
 
 def test_train_surveys_option_reaches_the_demo_spec(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from selftune.trainable.demo import DemoSpec
+    from selftune.data.demo import DemoSpec
 
     bench = _bench()
     bench.demo_set(tmp_path / "demo", DemoSpec(size=16, n_train=2, n_val=1, n_test=0, n_unlabeled=0,
@@ -81,7 +81,7 @@ def test_survey_split_puts_each_test_tile_with_its_survey(tmp_path: Path) -> Non
     import numpy as np
     from PIL import Image
 
-    from selftune.trainable.demo import DemoSpec, generate_demo, render_tile, tile_rng
+    from selftune.data.demo import DemoSpec, generate_demo, render_tile, tile_rng
 
     spec = DemoSpec(size=16, n_train=2, n_val=1, n_test=24, n_unlabeled=1, seed=3, train_surveys=4)
     demo = generate_demo(tmp_path / "demo", spec)

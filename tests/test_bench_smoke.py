@@ -24,8 +24,7 @@ def test_bench_script_help(script: str) -> None:
 
 
 def test_pseudo_label_quality_scores_a_trained_model(tmp_path: Path) -> None:
-    from selftune.trainable.demo import DemoSpec, generate_demo
-
+    from selftune.data.demo import DemoSpec, generate_demo
     from selftune.trainable.config import TrainConfig
     from selftune.trainable.loop import train
 

@@ -14,10 +14,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from selftune.errors import DataError, SelftuneError
-from selftune.trainable import data_cli
-from selftune.trainable.augment import crop_transform
-from selftune.trainable.data import (
+from selftune.data import (
     ClassTable,
     LabeledDataset,
     UnlabeledDataset,
@@ -33,6 +30,9 @@ from selftune.trainable.data import (
     unlabeled_index_path,
     validate_dataset,
 )
+from selftune.data import cli as data_cli
+from selftune.errors import DataError, SelftuneError
+from selftune.trainable.augment import crop_transform
 
 CLASSES3 = ClassTable(names=("a", "b", "c"), colors=((0, 0, 0), (255, 0, 0), (0, 255, 0)))
 

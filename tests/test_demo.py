@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selftune.errors import DataError
-from selftune.trainable.data import read_classes, unlabeled_index, validate_dataset
-from selftune.trainable.demo import (
+from selftune.data import read_classes, unlabeled_index, validate_dataset
+from selftune.data.demo import (
     CLASS_NAMES,
     MARKER,
     DemoSpec,
@@ -20,6 +19,7 @@ from selftune.trainable.demo import (
     render_tile,
     tile_rng,
 )
+from selftune.errors import DataError
 
 SMALL = DemoSpec(size=16, n_train=3, n_val=2, n_test=1, n_unlabeled=60, seed=1)
 

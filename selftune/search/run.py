@@ -72,9 +72,9 @@ class SweepPlan:
 
 def plan_sweep(sweep: SweepConfig, *, resume: bool = False) -> SweepPlan:
     """Check the sweep file, data, base config, space and storage. Raises SelftuneError naming the culprit."""
+    from selftune.data import dataset_fingerprint, validate_dataset
+    from selftune.data.demo import ensure_demo
     from selftune.trainable.config import CHECKPOINT_KEYS
-    from selftune.trainable.data import dataset_fingerprint, validate_dataset
-    from selftune.trainable.demo import ensure_demo
     from selftune.trainable.model import weights_from
 
     base = sweep.base_train_config()

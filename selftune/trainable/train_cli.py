@@ -73,9 +73,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from selftune.data.demo import ensure_demo
     from selftune.trainable import checkpoint as ckpt
     from selftune.trainable.config import TrainConfig, demo_config
-    from selftune.trainable.demo import ensure_demo
     from selftune.trainable.loop import train
 
     cfg = TrainConfig.from_yaml(args.config) if args.config else demo_config()
@@ -100,15 +100,13 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     import math
 
-    import torch
-
+    from selftune.data import LabeledDataset, read_classes
+    from selftune.data.demo import ensure_demo
     from selftune.errors import DataError
     from selftune.trainable import checkpoint as ckpt
-    from selftune.trainable.data import LabeledDataset, read_classes
-    from selftune.trainable.demo import ensure_demo
-    from selftune.trainable.functional import iou_per_class, mean_iou
     from selftune.trainable.device import DeviceBatch, make_autocast, memory_format_for, resolve_amp, resolve_device
     from selftune.trainable.evaluation import load_eval_batches, score
+    from selftune.trainable.functional import iou_per_class, mean_iou
     from selftune.trainable.model import build_model
 
     cfg, saved_names, weights, info = ckpt.load_model_file(args.checkpoint)
