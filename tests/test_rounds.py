@@ -80,3 +80,84 @@ def test_bad_checkpoints_fail_by_key_before_writing(fpn_run: Path, tiny_data: Pa
         tiny(method="supervised", teacher_checkpoint=str(renamed))
     with pytest.raises(ConfigError, match="init_checkpoint must be null or a path"):
         tiny(init_checkpoint=" ")
+
+
+# ---------------------------------------------------------------------- method: rounds
+
+
+def rounds_cfg(**changes: Any) -> Any:
+    """Three rounds of 4, 4 and 4 iterations, an evaluation every 2; threshold 0 accepts every pixel."""
+    return tiny(**{**dict(method="rounds", rounds=3, max_iters=12, eval_every=2, st_start_iter=0, st_rampup_iters=1,
+                          warmup_iters=1, log_images=True), **changes})
+
+
+@pytest.fixture(scope="module")
+def rounds_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Reports]:
+    run = tmp_path_factory.mktemp("rounds") / "run"
+    reports = Reports()
+    result = train(rounds_cfg(), tiny_data, run, reporter=reports, progress=False)
+    assert result.status == "completed" and result.iterations == 12
+    return run, reports
+
+
+def test_rounds_run_supervised_then_self_train_from_the_last_rounds_best(rounds_run: tuple[Path, Reports]) -> None:
+    _, reports = rounds_run
+    assert [(m["iteration"], m["round"]) for m, _ in reports] == [(2, 1), (4, 1), (6, 2), (8, 2), (10, 3), (12, 3)]
+    assert [m["st_count"] for m, _ in reports][:2] == [0, 0]  # round 1 is supervised
+    assert all(m["st_count"] > 0 for m, _ in reports[2:])
+    assert [m["status"] for m, _ in reports] == ["running"] * 5 + ["completed"]
+    # each round restarts its own LR warmup: the first step of a round runs at lr * 1/warmup... and decays to ~0
+    assert reports[1][0]["lr"] < reports[0][0]["lr"]  # cosine decay within round 1
+
+
+def test_rounds_resume_exactly_across_a_round_boundary(rounds_run: tuple[Path, Reports], tiny_data: Path,
+                                                       tmp_path: Path) -> None:
+    """Killed at iteration 6 (in round 2, after the boundary at 4), resumed: the same metrics, bit for bit."""
+    from tests.test_loop import read_metrics, same
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_6(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if metrics["iteration"] == 6:
+            raise Crash
+
+    run = tmp_path / "run"
+    with pytest.raises(Crash):
+        train(rounds_cfg(), tiny_data, run, reporter=crash_at_6, progress=False)
+    reports = Reports()
+    train(rounds_cfg(), tiny_data, run, resume_from=run / "checkpoint", reporter=reports, progress=False)
+    assert [(m["iteration"], m["round"]) for m, _ in reports] == [(8, 2), (10, 3), (12, 3)]
+    assert same(read_metrics(run), read_metrics(rounds_run[0]))
+    a = torch.load(run / "checkpoint" / "state.pt", weights_only=True)
+    b = torch.load(rounds_run[0] / "checkpoint" / "state.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_rounds_from_a_first_stage_checkpoint_train_the_later_rounds(tiny_data: Path, tmp_path: Path) -> None:
+    stage = tmp_path / "stage"
+    train(tiny(method="supervised", max_iters=4, eval_every=2, log_images=False), tiny_data, stage, progress=False)
+    reports = Reports()
+    train(rounds_cfg(rounds=2, max_iters=4, teacher_checkpoint=str(stage), round_init="warm"), tiny_data,
+          tmp_path / "run", reporter=reports, progress=False)
+    assert [(m["iteration"], m["round"]) for m, _ in reports] == [(2, 2), (4, 2)]
+    assert all(m["st_count"] > 0 for m, _ in reports)
+    fresh = Reports()
+    train(rounds_cfg(rounds=2, max_iters=4, teacher_checkpoint=str(stage), round_init="fresh"), tiny_data,
+          tmp_path / "fresh", reporter=fresh, progress=False)
+    assert fresh[0][0]["val_miou"] != reports[0][0]["val_miou"]  # the warm student starts from the stage's model
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(rounds=0), r"rounds must be >= 1, got 0"),
+        (dict(round_iters=[4, 4]), r"round_iters lists 2 rounds but the run trains 3"),
+        (dict(round_iters=[4, 4, 5]), r"round_iters \[4, 4, 5\] adds up to 13, but max_iters is 12"),
+        (dict(rounds=1, teacher_checkpoint="x.pt"), r"rounds is 1 and teacher_checkpoint gives the first round"),
+        (dict(round_init="lukewarm"), r"round_init must be one of warm, fresh; got 'lukewarm'"),
+    ],
+)
+def test_bad_rounds_fail_by_name(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        rounds_cfg(**changes)

@@ -26,7 +26,8 @@ ARCHS = (
     "Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "PAN", "DeepLabV3",
     "DeepLabV3Plus", "UPerNet", "Segformer", "DPT",
 )
-METHODS = ("supervised", "ema_self_training")
+METHODS = ("supervised", "ema_self_training", "rounds")
+ROUND_INITS = ("warm", "fresh")
 CHECKPOINT_KEYS = ("teacher_checkpoint", "init_checkpoint")  # paths to earlier runs' weights
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "poly", "constant")
@@ -73,7 +74,14 @@ class TrainConfig:
     ignore_index: int = 255  # mask value ignored by every loss and metric
 
     # --- self-training ---
-    method: str = "ema_self_training"  # supervised (baseline, no unlabelled data) | ema_self_training
+    method: str = "ema_self_training"  # supervised (baseline, no unlabelled data) | ema_self_training (mean
+    # teacher) | rounds (self-training in rounds: supervised, then each round pseudo-labelled by the last one's best)
+    rounds: int = 2  # method rounds: rounds in all, the supervised first one included; with teacher_checkpoint
+    # the first round is that checkpoint (a shared first stage) and the run trains rounds 2..rounds
+    round_iters: tuple[int, ...] = ()  # method rounds: iterations of each round this run trains, adding up to
+    # max_iters; empty: max_iters split evenly (the last round takes the remainder)
+    round_init: str = "warm"  # method rounds: each round's student starts from the last round's best EMA model
+    # (warm) or from a fresh init (fresh; Noisy Student)
     thresholds: tuple[float, ...] = V31_THRESHOLDS  # per-class pseudo-label confidence thresholds
     threshold_schedule: str = "constant"  # constant | linear ramp from thresholds+start_offset
     threshold_start_offset: float = 0.0  # linear schedule: thresholds start this far from the end value
@@ -187,6 +195,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice("arch", self.arch, ARCHS)
         _choice("method", self.method, METHODS)
+        _choice("round_init", self.round_init, ROUND_INITS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("threshold_schedule", self.threshold_schedule, THRESHOLD_SCHEDULES)
@@ -247,9 +256,43 @@ class TrainConfig:
         for name in CHECKPOINT_KEYS:
             if getattr(self, name) is not None and not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name} must be null or a path, got {getattr(self, name)!r}")
+        self._check_rounds()
         if self.teacher_checkpoint is not None and self.method == "supervised":
             raise ConfigError("teacher_checkpoint labels unlabelled images, but method is 'supervised'; "
                               "use a self-training method or drop the key")
+
+    def trained_rounds(self) -> int:
+        """Rounds this run trains (method rounds): all of them, or all but the first given by teacher_checkpoint."""
+        return self.rounds - (1 if self.teacher_checkpoint is not None else 0)
+
+    def round_lengths(self) -> tuple[int, ...]:
+        """Iterations of each round this run trains (one entry for methods without rounds)."""
+        if self.method != "rounds":
+            return (self.max_iters,)
+        if self.round_iters:
+            return self.round_iters
+        n = self.trained_rounds()
+        return (self.max_iters // n,) * (n - 1) + (self.max_iters - (n - 1) * (self.max_iters // n),)
+
+    def _check_rounds(self) -> None:
+        _at_least("rounds", self.rounds, 1)
+        for i, n in enumerate(self.round_iters):
+            _at_least(f"round_iters[{i}]", n, 1)
+        if self.method != "rounds":
+            return
+        n = self.trained_rounds()
+        if n < 1:
+            raise ConfigError(f"rounds is {self.rounds} and teacher_checkpoint gives the first round: nothing is left "
+                              "to train; set rounds >= 2")
+        if self.rounds > self.max_iters:
+            raise ConfigError(f"rounds {self.rounds} needs at least one iteration per round, max_iters is {self.max_iters}")
+        if self.round_iters:
+            if len(self.round_iters) != n:
+                raise ConfigError(f"round_iters lists {len(self.round_iters)} rounds but the run trains {n} "
+                                  f"(rounds {self.rounds}{', the first from teacher_checkpoint' if n < self.rounds else ''})")
+            if sum(self.round_iters) != self.max_iters:
+                raise ConfigError(f"round_iters {list(self.round_iters)} adds up to {sum(self.round_iters)}, but max_iters "
+                                  f"is {self.max_iters}; make them agree, or leave round_iters empty to split max_iters evenly")
 
     def check_num_classes(self, num_classes: int) -> None:
         """Per-class fields must match the dataset's class count."""

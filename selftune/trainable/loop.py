@@ -62,7 +62,7 @@ from selftune.trainable.device import (
     resolve_device,
 )
 from selftune.trainable.evaluation import EvalBatches, evaluate, load_eval_batches
-from selftune.trainable.functional import SegmentationLoss, class_weights_for, lr_factor
+from selftune.trainable.functional import SegmentationLoss, class_weights_for
 from selftune.trainable.methods import METHODS, Method, create_method
 from selftune.trainable.model import build_model, build_optimizer, load_weights, weights_from
 from selftune.trainable.records import Window, image_panel, metric_names, record, summary_writer, window_metrics
@@ -70,7 +70,7 @@ from selftune.trainable.records import Window, image_panel, metric_names, record
 Reporter = Callable[[dict[str, Any], Path | None], None]  # (metrics, checkpoint folder or None)
 
 # Independent random streams, all derived from cfg.seed: batch t of each is a pure function of t.
-STREAM_LABELED, STREAM_UNLABELED, STREAM_STRONG_AUG = 0, 1, 2
+STREAM_LABELED, STREAM_UNLABELED, STREAM_STRONG_AUG, STREAM_ROUND_INIT = 0, 1, 2, 3
 FINAL_STATUSES = ("completed", "early_stopped", "diverged")
 
 
@@ -101,7 +101,7 @@ def train(
     """
     run = setup(cfg, Path(data_root), Path(out_dir), resume_from)  # checks everything, writes nothing
     st, p, method, device = run.st, run.st.progress, run.st.method, run.device
-    if run.resumed and (finished := _finished_status(p.iteration, cfg, p.bad_evals)):
+    if run.resumed and (finished := _finished_status(p.iteration, method, p.bad_evals)):
         return TrainResult(finished, p.best_val_miou, p.best_iteration, p.iteration, run.out_dir,
                            f"nothing to do: the run at iteration {p.iteration} is already {finished}")
     start = p.iteration
@@ -165,18 +165,24 @@ def train(
             thr = sum(method.thresholds_at(it)) / run.classes.num_classes
             bar.set_postfix_str(f"CE {v_sup:.3f} | ST {v_st:.3f} | ST_cnt {int(v_cnt)} | thr {thr:.2f} | "
                                 f"lr {lr_used:.2e} | val mIoU {val_miou:.3f}", refresh=False)
-            if p.iteration % cfg.eval_every and p.iteration != cfg.max_iters:
+            if p.iteration % cfg.eval_every and p.iteration != method.end():
                 continue
 
             # -------------------------------------------------------- evaluate, checkpoint, report
             metrics = evaluation_metrics(run, it, lr_used)
             val_miou = metrics["val_miou"]
-            if val_miou > p.best_val_miou:
-                p.best_val_miou, p.best_iteration, p.bad_evals = val_miou, p.iteration, 0
+            new_best = val_miou > p.best_val_miou
+            if new_best:
+                p.best_val_miou, p.best_iteration = val_miou, p.iteration
                 ckpt.save_best(run.out_dir / ckpt.BEST_FILE, st.teacher, cfg, run.classes.names, p.iteration, val_miou)
-            else:
+            round_best = method.keep_if_best(val_miou, st.teacher)
+            if new_best if round_best is None else round_best:
+                p.bad_evals = 0
+            elif method.patience_counts(it):
                 p.bad_evals += 1
-            p.status = _finished_status(p.iteration, cfg, p.bad_evals) or "running"
+            if method.round_over(p.iteration, p.bad_evals) and not method.is_last():
+                next_round(run)  # the round's best EMA model labels the next one
+            p.status = _finished_status(p.iteration, method, p.bad_evals) or "running"
             metrics.update(best_val_miou=p.best_or_nan, best_iteration=p.best_iteration, status=p.status)
             st.window = Window.empty(run.classes.num_classes, device)
             ckpt.save_state(run.out_dir / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE, st, cfg, run.classes.names, device)
@@ -262,15 +268,20 @@ def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | 
         frozen = build_model(labeller_weights.config.replace(encoder_weights=None), k)
         load_weights(frozen, labeller_weights, "teacher_checkpoint", "the architecture its config names")
         labeller = frozen.to(device, memory_format=memory_format).eval().requires_grad_(False)
+        if saved is None and init is None and cfg.method == "rounds" and cfg.round_init == "warm":  # from round 1
+            load_weights(model, labeller_weights, "teacher_checkpoint", f"this run's {cfg.arch}/{cfg.encoder} "
+                         "(round_init warm starts the student from the first round; round_init fresh does not)")
+            teacher.load_state_dict(model.state_dict())
     optimizer = build_optimizer(cfg, model)
-    schedule = lr_schedule(cfg)
-    st = TrainingState(model, teacher, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+    st = TrainingState(model, teacher, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, method.lr_factor),
                        torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), method,
                        Window.empty(k, device), Progress())
     if saved is not None:
         ckpt.restore_state(saved, st, device)
-        for group in optimizer.param_groups:  # max_iters may have changed: use the schedule's value now
-            group["lr"] = group["initial_lr"] * schedule(st.progress.iteration)
+        for group in st.optimizer.param_groups:  # max_iters may have changed: use the schedule's value now
+            group["lr"] = group["initial_lr"] * method.lr_factor(st.scheduler.last_epoch)
+        if getattr(method, "labeller_weights", None) is not None:  # a later round: the last round's best labels
+            labeller = frozen_model(cfg, k, method.labeller_weights, device, memory_format)
     weights = class_weights_for(cfg.class_weighting, k, explicit=cfg.class_weights,
                                 suggested=summary.suggested_weights)
     return Run(
@@ -293,14 +304,6 @@ def _saved_state(cfg: TrainConfig, out_dir: Path, resume_from: Path | None) -> d
             "resume it or choose another folder"
         )
     return None
-
-
-def lr_schedule(cfg: TrainConfig) -> Callable[[int], float]:
-    """The LR multiplier of step `it`: warmup, then the configured decay over max_iters."""
-    def schedule(it: int) -> float:
-        return lr_factor(it, warmup_iters=cfg.warmup_iters, max_iters=cfg.max_iters, schedule=cfg.lr_schedule,
-                         poly_power=cfg.poly_power)
-    return schedule
 
 
 @dataclass
@@ -354,7 +357,7 @@ def evaluation_metrics(run: Run, it: int, lr: float) -> dict[str, Any]:
     """The metrics of the evaluation after step `it`: the models' scores and the window's statistics."""
     eval_start = time.perf_counter()
     st = run.st
-    metrics: dict[str, Any] = {"iteration": it + 1}
+    metrics: dict[str, Any] = {"iteration": it + 1, "round": st.method.round}
     metrics.update(evaluate(st.teacher, st.model, run.evals.val, run.evals.train, run.loss_fn, run.to_device,
                             run.autocast, run.names, run.evals.test))
     metrics.update(window_metrics(st.window, run.names, st.method.thresholds_at(it), st.method.st_weight(it), lr))
@@ -372,12 +375,40 @@ def write_evaluation(run: Run, metrics: dict[str, Any], it: int) -> None:
     run.writer.flush()
 
 
-def _finished_status(iteration: int, cfg: TrainConfig, bad_evals: int) -> str | None:
-    if iteration >= cfg.max_iters:
+def _finished_status(iteration: int, method: Method, bad_evals: int) -> str | None:
+    """completed at the (last round's) end, early_stopped when patience ran out in the last round, else None."""
+    if not method.is_last():
+        return None
+    if iteration >= method.end():
         return "completed"
-    if cfg.patience and bad_evals >= cfg.patience:
+    if method.cfg.patience and bad_evals >= method.cfg.patience:
         return "early_stopped"
     return None
+
+
+def next_round(run: Run) -> None:
+    """Rounds: the finished round's best EMA model becomes the frozen labeller; the student starts from it
+    (round_init warm) or afresh; the EMA copy, optimizer and LR schedule start over."""
+    st, cfg, method = run.st, run.cfg, run.st.method
+    weights = method.advance(st.progress.iteration)
+    run.labeller = frozen_model(cfg, run.classes.num_classes, weights, run.device, memory_format_for(cfg, run.device))
+    if cfg.round_init == "warm":
+        st.model.load_state_dict(weights)
+    else:  # a fresh init, seeded by the round (Noisy Student)
+        torch.manual_seed(derive_seed(cfg.seed, STREAM_ROUND_INIT, method.round))
+        st.model.load_state_dict(build_model(cfg, run.classes.num_classes).state_dict())
+    st.teacher.load_state_dict(st.model.state_dict())
+    st.optimizer = build_optimizer(cfg, st.model)
+    st.scheduler = torch.optim.lr_scheduler.LambdaLR(st.optimizer, method.lr_factor)
+    st.progress.bad_evals = 0
+
+
+def frozen_model(cfg: TrainConfig, num_classes: int, weights: dict[str, torch.Tensor], device: torch.device,
+                 memory_format: torch.memory_format) -> torch.nn.Module:
+    """A pseudo-labeller of this run's architecture with `weights`, on the device, frozen."""
+    model = build_model(cfg.replace(encoder_weights=None), num_classes)
+    model.load_state_dict(weights)
+    return model.to(device, memory_format=memory_format).eval().requires_grad_(False)
 
 
 __all__ = ["FINAL_STATUSES", "Method", "Reporter", "TrainResult", "train"]

@@ -18,6 +18,7 @@ at round boundaries instead of averaging it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -55,8 +56,24 @@ class Method:
         self.class_prior = prior / prior.sum().clamp_min(1e-12)
         self._thr_cache: tuple[tuple[tuple[float, ...], str], torch.Tensor] | None = None
 
+    round: int = 1  # methods without rounds train one
+
     def uses_unlabeled(self, it: int) -> bool:
         return self.needs_unlabeled and it >= self.cfg.st_start_iter
+
+    def lr_factor(self, step: int) -> float:
+        """LR multiplier at optimizer step `step`: warmup, then the configured decay over max_iters."""
+        c = self.cfg
+        return functional.lr_factor(step, warmup_iters=c.warmup_iters, max_iters=c.max_iters, schedule=c.lr_schedule,
+                                    poly_power=c.poly_power)
+
+    def patience_counts(self, it: int) -> bool:
+        """Does an evaluation after step `it` count towards patience? Not before the LR warmup is over, nor,
+        with unlabelled data, before the ST weight has ramped up: the dip after self-training starts is not a
+        plateau (ASHA already stops trials that plateau)."""
+        c = self.cfg
+        ready = c.st_start_iter + c.st_rampup_iters if self.needs_unlabeled else 0
+        return it + 1 >= max(c.warmup_iters, ready)
 
     def thresholds_at(self, it: int) -> list[float]:
         """The per-class pseudo-label thresholds in force at step `it`."""
@@ -119,6 +136,23 @@ class Method:
         features = [first, *(functional.feature_dropout(f, self.cfg.fp_dropout, generator) for f in rest)]
         logits = student.segmentation_head(student.decoder(features))
         return self.unlabeled_loss(logits, replace(batch, images=batch.weak_images, labels=batch.weak_labels), loss_fn)
+
+    def end(self) -> int:
+        """The iteration the run (or, with rounds, the current round) ends at."""
+        return self.cfg.max_iters
+
+    def is_last(self) -> bool:
+        """Is this the run's last round?"""
+        return True
+
+    def round_over(self, iteration: int, bad_evals: int) -> bool:
+        """Has the current round ended (so the next one starts)? Methods without rounds have none to end."""
+        return False
+
+    def keep_if_best(self, val_miou: float, teacher: torch.nn.Module) -> bool | None:
+        """With rounds: keep the EMA model if it is the round's best, and say if it was. None: no rounds, the run's
+        best decides."""
+        return None
 
     def update_teacher(self, teacher: torch.nn.Module, student: torch.nn.Module, it: int) -> None:
         """After the optimizer step of step `it`: the EMA (with the configured warmup)."""
@@ -198,9 +232,105 @@ class EmaSelfTraining(Method):
         self.predicted_mean = state.get("predicted_mean")
 
 
+class Rounds(EmaSelfTraining):
+    """Self-training in rounds (Noisy Student; the demo's +4.95 in docs/bench_results/demo_calibration.md).
+
+    Round 1 trains on the labelled images only. Each later round is `EmaSelfTraining` with a frozen
+    pseudo-labeller: the previous round's best EMA model. Its student starts from that model
+    (`round_init: warm`) or from a fresh init (`fresh`). Every round has its own LR warmup and decay, ST
+    start and ramp, threshold schedule and patience, on its own iteration count (`round_iters`); the
+    loop's `iteration` keeps counting over all rounds, so ASHA and the budget see the whole pipeline.
+    With `teacher_checkpoint`, round 1 is that checkpoint (a sweep's shared first stage) and the run
+    trains rounds 2.. from it.
+
+    The loop swaps the models at a round's end (`next_round`); this unit keeps the round's counters
+    and the weights that outlive a round (its best EMA model, the labeller), which the checkpoint saves.
+    """
+
+    name = "rounds"
+
+    def __init__(self, cfg: TrainConfig, num_classes: int, class_prior: Sequence[float] | None = None):
+        super().__init__(cfg, num_classes, class_prior)
+        self.lengths = cfg.round_lengths()
+        self.index = 0  # which of `lengths` is being trained
+        self.start = 0  # the iteration this round started at
+        self.best = -math.inf  # this round's best val mIoU (patience counts against it)
+        self.best_weights: dict[str, torch.Tensor] | None = None  # this round's best EMA model (CPU)
+        self.labeller_weights: dict[str, torch.Tensor] | None = None  # set once a round of this run labels
+
+    @property
+    def round(self) -> int:
+        """The round being trained, 1-based over the whole pipeline (round 1 may be teacher_checkpoint)."""
+        return self.index + 1 + (self.cfg.rounds - len(self.lengths))
+
+    def local(self, it: int) -> int:
+        return it - self.start
+
+    def end(self) -> int:
+        """The iteration this round ends at."""
+        return self.start + self.lengths[self.index]
+
+    def is_last(self) -> bool:
+        return self.index == len(self.lengths) - 1
+
+    def uses_unlabeled(self, it: int) -> bool:
+        return self.round > 1 and self.local(it) >= self.cfg.st_start_iter
+
+    def st_weight(self, it: int) -> float:
+        return super().st_weight(self.local(it)) if self.round > 1 else 0.0
+
+    def thresholds_at(self, it: int) -> list[float]:
+        return super().thresholds_at(self.local(it))
+
+    def lr_factor(self, step: int) -> float:
+        """LR multiplier at the round's `step`-th optimizer step: warmup and decay over this round."""
+        c = self.cfg
+        return functional.lr_factor(step, warmup_iters=c.warmup_iters, max_iters=self.lengths[self.index],
+                                    schedule=c.lr_schedule, poly_power=c.poly_power)
+
+    def update_teacher(self, teacher: torch.nn.Module, student: torch.nn.Module, it: int) -> None:
+        super().update_teacher(teacher, student, self.local(it))
+
+    def patience_counts(self, it: int) -> bool:
+        if self.round == 1:  # supervised: counts once the LR warmup is over
+            return self.local(it) + 1 >= self.cfg.warmup_iters
+        return super().patience_counts(self.local(it))
+
+    def round_over(self, iteration: int, bad_evals: int) -> bool:
+        return iteration >= self.end() or bool(self.cfg.patience and bad_evals >= self.cfg.patience)
+
+    def keep_if_best(self, val_miou: float, teacher: torch.nn.Module) -> bool:
+        """Keep the EMA model if it is this round's best so far; True if it was."""
+        if val_miou > self.best:
+            self.best = val_miou
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in teacher.state_dict().items()}
+            return True
+        return False
+
+    def advance(self, iteration: int) -> dict[str, torch.Tensor]:
+        """Start the next round at `iteration`; returns the finished round's best EMA weights (its labeller)."""
+        if self.best_weights is None:
+            raise RuntimeError("a round ended without an evaluation")  # the loop evaluates at every round's end
+        weights = self.best_weights
+        self.index, self.start, self.best, self.best_weights = self.index + 1, iteration, -math.inf, None
+        self.labeller_weights = weights
+        self.predicted_mean = None  # distribution alignment starts afresh with the new labeller
+        return weights
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "index": self.index, "start": self.start, "best": self.best,
+                "best_weights": self.best_weights, "labeller_weights": self.labeller_weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.index, self.start, self.best = int(state["index"]), int(state["start"]), float(state["best"])
+        self.best_weights, self.labeller_weights = state["best_weights"], state["labeller_weights"]
+
+
 METHODS: dict[str, type[Method]] = {
     Supervised.name: Supervised,
     EmaSelfTraining.name: EmaSelfTraining,
+    Rounds.name: Rounds,
 }
 
 
@@ -213,4 +343,4 @@ def create_method(cfg: TrainConfig, num_classes: int, class_prior: Sequence[floa
     return cls(cfg, num_classes, class_prior)
 
 
-__all__ = ["METHODS", "EmaSelfTraining", "Method", "PseudoBatch", "Supervised", "create_method"]
+__all__ = ["METHODS", "EmaSelfTraining", "Method", "PseudoBatch", "Rounds", "Supervised", "create_method"]
