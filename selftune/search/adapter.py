@@ -39,7 +39,7 @@ from selftune.trainable.config import TrainConfig
 
 def selftune_trial(
     params: dict[str, Any], *, base: dict[str, Any], data_root: str, cpus: float, gpus: float,
-    experiment_dir: str,
+    experiment_dir: str, stage_model: str | None = None,
 ) -> None:
     """One trial: apply the sampled params to the base config and run the plain loop.
 
@@ -56,6 +56,8 @@ def selftune_trial(
     os.environ["OMP_NUM_THREADS"] = str(threads)  # the cluster launcher exports 1; trust our allocation
     torch.set_num_threads(threads)
     cfg = apply_params(TrainConfig.from_dict(base), params)
+    if stage_model is not None and cfg.method == "rounds":  # round 1 is the sweep's shared stage
+        cfg = cfg.replace(teacher_checkpoint=stage_model)
     if cfg.num_threads == 0:
         cfg = cfg.replace(num_threads=threads)
     if 0 < gpus < 1 and torch.cuda.is_available():
@@ -172,8 +174,9 @@ def make_searcher(
 class IterationBudget(tune.Stopper):
     """Stops the whole sweep once the trials' iterations add up to `budget` (the sum over trials)."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, spent: int = 0) -> None:
         self.budget = budget
+        self.spent = spent  # before any trial: the shared stage, counted once
         self.seen: dict[str, int] = {}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
@@ -181,7 +184,7 @@ class IterationBudget(tune.Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return sum(self.seen.values()) >= self.budget
+        return self.spent + sum(self.seen.values()) >= self.budget
 
 
 # ---------------------------------------------------------------------- the tuner
@@ -216,12 +219,14 @@ class TunerSpec:
     wandb_project: str | None
     mlflow_uri: str | None
     verbose: int
+    stage_model: str | None = None
+    stage_iters: int = 0
 
 
 def _trainable(spec: TunerSpec) -> Any:
     fn = tune.with_parameters(
         selftune_trial, base=spec.base, data_root=spec.data_root, cpus=spec.cpus_per_trial, gpus=spec.gpus_per_trial,
-        experiment_dir=experiment_path(spec.storage, spec.name),
+        experiment_dir=experiment_path(spec.storage, spec.name), stage_model=spec.stage_model,
     )
     return tune.with_resources(fn, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
 
@@ -260,7 +265,7 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
         ),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=spec.storage, verbose=spec.verbose, callbacks=_callbacks(spec),
-            stop=IterationBudget(spec.budget_iters) if spec.budget_iters else None,
+            stop=IterationBudget(spec.budget_iters, spec.stage_iters) if spec.budget_iters else None,
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
             ),
@@ -268,6 +273,20 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
             sync_config=tune.SyncConfig(sync_artifacts=spec.storage.startswith(REMOTE_SCHEMES)),
         ),
     )
+
+
+def run_task(fn: Any, *args: Any, cpus: float, gpus: float) -> Any:
+    """Run `fn(*args)` as one Ray task with a trial's resources (the control, the verdict's scoring)."""
+    threads = max(1, int(cpus))
+
+    def task(*a: Any) -> Any:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+        return fn(*a)
+
+    return ray.get(ray.remote(num_cpus=cpus, num_gpus=gpus)(task).remote(*args))
 
 
 def can_restore(path: str) -> bool:

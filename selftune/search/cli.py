@@ -13,7 +13,7 @@ from selftune.errors import ConfigError
 
 _FLAG_KEYS = ("data", "space", "searcher", "scheduler", "num_samples", "max_concurrent", "time_budget_s",
               "storage", "name", "address", "cpus_per_trial", "gpus_per_trial", "seed", "max_t", "num_cpus",
-              "budget_iters", "wandb_project", "mlflow_uri")
+              "budget_iters", "wandb_project", "mlflow_uri", "control")
 
 
 def register(sub: Any) -> None:
@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
                    "(default: resume them from their last checkpoint)")
     p.add_argument("--check", action="store_true", help="check the sweep file, data, space and storage, then exit")
     p.add_argument("--data", help="dataset root (default: the built-in demo data)")
-    p.add_argument("--space", help="space name (thresholds, thresholds_independent, thresholds_shared, wide, "
+    p.add_argument("--space", help="space name (methods, thresholds, thresholds_independent, thresholds_shared, wide, "
                    "supervised) or module:function")
     p.add_argument("--searcher", choices=["tpe", "tpe-stock", "random"])
     p.add_argument("--scheduler", choices=["asha", "fifo"])
@@ -47,6 +47,8 @@ def register(sub: Any) -> None:
     p.add_argument("--budget-iters", type=int, help="compute budget: stop once all trials ran this many iterations")
     p.add_argument("--wandb-project", help="also log every trial to this W&B project (pip install wandb)")
     p.add_argument("--mlflow-uri", help="also log every trial to MLflow, e.g. sqlite:///mlflow.db")
+    p.add_argument("--no-control", dest="control", action="store_false", default=None,
+                   help="skip the compute-matched supervised control and the verdict (sweep key control: false)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a train config key of the base config (repeatable), e.g. --set max_iters=600")
     p.set_defaults(func=run_sweep_cmd)
@@ -98,6 +100,8 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary: Any) -> None:
+    if summary.verdict is not None:  # the one thing the sweep was for, first
+        print("\n" + summary.verdict["headline"])
     print(f"\nsweep folder: {summary.experiment_dir} ({summary.trials} trials)")
     best = summary.best
     if best is None:

@@ -31,6 +31,8 @@ def rank_trials(path: str) -> list[dict[str, Any]]:
         ck_name = best.get("checkpoint_dir_name")
         checkpoint = f"{t.path}/{ck_name}" if ck_name and f"{t.path}/{ck_name}" in t.checkpoints else None
         config = apply_params(base, t.params)
+        if config.method == "rounds" and meta.get("shared_stage_model"):  # as the trial ran: from the shared stage
+            config = config.replace(teacher_checkpoint=meta["shared_stage_model"])
         entries.append({
             "trial_id": t.trial_id,
             "metric": METRIC,

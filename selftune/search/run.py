@@ -27,10 +27,13 @@ from selftune.search.sweepfile import SweepConfig
 from selftune.spaces import SpaceContext, check_space
 from selftune.sweepfolder import (
     BEST_CONFIG_FILE,
+    CONTROL_DIR,
     JOURNAL_FILE,
     METRIC,
     REMOTE_SCHEMES,
+    STAGE_DIR,
     SWEEP_FILE,
+    VERDICT_FILE,
     experiment_path,
     read_sweep_meta,
     read_trials,
@@ -53,6 +56,8 @@ class SweepPlan:
     storage: str  # absolute local path or URI
     experiment_dir: str
     optuna_storage: str
+    stage_model: str | None = None  # the shared stage's best model, which every rounds trial starts from
+    stage_iters: int = 0  # its iterations (0 for a given checkpoint), counted once toward budget_iters
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -67,17 +72,23 @@ class SweepPlan:
             "optuna_storage": self.optuna_storage,
             "metric": METRIC,
             "mode": "max",
+            "shared_stage_model": self.stage_model,
+            "shared_stage_iters": self.stage_iters,
         }
 
 
-def plan_sweep(sweep: SweepConfig, *, resume: bool = False) -> SweepPlan:
-    """Check the sweep file, data, base config, space and storage. Raises SelftuneError naming the culprit."""
+def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str, Any] | None = None) -> SweepPlan:
+    """Check the sweep file, data, base config, space and storage. Raises SelftuneError naming the culprit.
+
+    `base_dict`: the resolved base config a resumed sweep started with (its selftune_sweep.yaml), used as is
+    instead of being rebuilt from the sweep file, so a resume runs exactly what the sweep ran.
+    """
     from selftune.data import dataset_fingerprint, validate_dataset
     from selftune.data.demo import ensure_demo
-    from selftune.trainable.config import CHECKPOINT_KEYS
+    from selftune.trainable.config import CHECKPOINT_KEYS, TrainConfig
     from selftune.trainable.model import weights_from
 
-    base = sweep.base_train_config()
+    base = TrainConfig.from_dict(base_dict) if base_dict is not None else sweep.base_train_config()
     max_t = sweep.max_t or base.max_iters
     base = base.replace(max_iters=max_t).with_absolute_paths()  # trials run in their own folders
     data_root = str(Path(sweep.data).expanduser().resolve()) if sweep.data else str(ensure_demo())
@@ -86,8 +97,8 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False) -> SweepPlan:
 
     ctx0 = SpaceContext(num_classes=len(base.thresholds), max_iters=max_t, eval_every=base.eval_every)
     report0 = check_space(sweep.space, base, ctx0)  # name and ranges first: cheap and most likely wrong
-    method = report0.constants.get("method", base.method)
-    summary = validate_dataset(Path(data_root), need_unlabeled=method != "supervised")
+    methods = _methods_of(report0, base)
+    summary = validate_dataset(Path(data_root), need_unlabeled=methods != {"supervised"})
     k = len(summary.class_names)
     base.check_num_classes(k)
     for key in CHECKPOINT_KEYS:  # the checks each trial's loop makes, once, before any trial starts
@@ -99,7 +110,7 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False) -> SweepPlan:
         grace = sweep.grace_period
     else:  # ASHA must not cut a trial before its self-training has begun
         late = report.upper("warmup_iters", base)
-        if method != "supervised":
+        if methods != {"supervised"}:
             late = max(late, report.upper("st_start_iter", base) + report.upper("st_rampup_iters", base))
         grace = int(math.ceil(max(late, base.eval_every) / base.eval_every) * base.eval_every)
     grace = min(grace, max_t)
@@ -119,11 +130,55 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False) -> SweepPlan:
         optuna_storage = "journal:" + str(Path.cwd() / f"optuna_{sweep.name}.log")
     else:
         optuna_storage = "journal:" + str(Path(experiment_dir) / JOURNAL_FILE)
+    stage_model, stage_iters = _check_shared_stage(sweep, base, methods, summary.class_names, experiment_dir)
     return SweepPlan(
         sweep=sweep, base=base.to_dict(), data_root=data_root, num_classes=k, class_names=list(summary.class_names),
         fingerprint=dataset_fingerprint(Path(data_root)), ctx=ctx, max_t=max_t, grace_period=grace,
-        storage=storage, experiment_dir=experiment_dir, optuna_storage=optuna_storage,
+        storage=storage, experiment_dir=experiment_dir, optuna_storage=optuna_storage, stage_model=stage_model,
+        stage_iters=stage_iters,
     )
+
+
+def _methods_of(report: Any, base: Any) -> set[str]:
+    """The methods a space's trials can run: the choices of its `method` parameter, its constant, or the base's."""
+    info = report.params.get("method")
+    if info is not None and info.choices:
+        return {str(c) for c in info.choices}
+    return {str(report.constants.get("method", base.method))}
+
+
+def _check_shared_stage(sweep: SweepConfig, base: Any, methods: set[str], class_names: Any, experiment_dir: str
+                        ) -> tuple[str | None, int]:
+    """(the shared stage's model file, its iterations) or (None, 0); fails naming the key and value."""
+    from selftune.trainable.model import weights_from
+
+    stage = sweep.shared_stage
+    if stage is None:
+        return None, 0
+    if "rounds" not in methods:
+        raise SelftuneError(
+            f"shared_stage {stage!r}: no trial of space {sweep.space!r} can start from it (its methods: "
+            f"{', '.join(sorted(methods))}); only method rounds does: use space 'methods', or drop shared_stage")
+    if "checkpoint" in stage:
+        path = str(Path(stage["checkpoint"]).expanduser().resolve())
+        loaded = weights_from("shared_stage checkpoint", path, tuple(class_names))
+        assert loaded is not None
+        if (loaded.config.arch, loaded.config.encoder) != (base.arch, base.encoder):
+            raise SelftuneError(
+                f"shared_stage checkpoint {stage['checkpoint']}: it holds a {loaded.config.arch}/{loaded.config.encoder} "
+                f"model, the sweep's base config trains {base.arch}/{base.encoder}; rounds trials start from it")
+        return loaded.info["file"], 0
+    if experiment_dir.startswith(REMOTE_SCHEMES):
+        raise SelftuneError("shared_stage max_iters trains the stage into the sweep folder, which must be a local or "
+                            "shared (NFS) path; train it once with `selftune train` and give shared_stage checkpoint")
+    stage_config(base, int(stage["max_iters"]))  # valid for this base
+    return str(Path(experiment_dir) / STAGE_DIR / "best_model_ema.pt"), int(stage["max_iters"])
+
+
+def stage_config(base: Any, iterations: int) -> Any:
+    """The shared first stage: the base config's model, supervised, for `iterations` steps."""
+    return base.replace(method="supervised", max_iters=iterations, teacher_checkpoint=None, round_iters=[],
+                        log_images=False)
 
 
 def _check_writable(path: Path) -> None:
@@ -201,6 +256,7 @@ def _tuner_spec(plan: SweepPlan) -> Any:
         max_concurrent=s.max_concurrent, cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial,
         optuna_storage=plan.optuna_storage, keep_checkpoints=s.keep_checkpoints, max_failures=s.max_failures,
         reuse_actors=s.reuse_actors, wandb_project=s.wandb_project, mlflow_uri=s.mlflow_uri, verbose=s.verbose,
+        stage_model=plan.stage_model, stage_iters=plan.stage_iters,
     )
 
 
@@ -210,6 +266,7 @@ class SweepSummary:
     trials: int
     best: dict[str, Any] | None  # the exported best entry (see selftune.search.export)
     best_config_path: str | None
+    verdict: dict[str, Any] | None = None  # the best self-training trial against the control (verdict.json)
 
 
 def run_sweep(sweep: SweepConfig) -> SweepSummary:
@@ -223,9 +280,10 @@ def run_sweep(sweep: SweepConfig) -> SweepSummary:
         write_atomic(Path(plan.experiment_dir) / SWEEP_FILE, yaml.safe_dump(plan.meta(), sort_keys=False))
     else:
         _write_remote(plan.experiment_dir + "/" + SWEEP_FILE, yaml.safe_dump(plan.meta(), sort_keys=False))
+    train_shared_stage(plan)
     adapter.fit(adapter.build_tuner(_tuner_spec(plan)))
     close_open_trials(plan.optuna_storage, sweep.name)
-    return _finish(plan.experiment_dir)
+    return _finish(plan)
 
 
 def resume_sweep(path: str, *, restart_errored: bool = False, address: str | None = None,
@@ -238,16 +296,17 @@ def resume_sweep(path: str, *, restart_errored: bool = False, address: str | Non
         sweep = sweep.replace(address=address)
     storage, _, name = path.rstrip("/").rpartition("/")
     sweep = sweep.replace(storage=storage, name=name, data=meta["data_root"])
-    plan = plan_sweep(sweep, resume=True)
+    plan = plan_sweep(sweep, resume=True, base_dict=meta["base"])
     start_ray(sweep.address, num_cpus if num_cpus is not None else sweep.num_cpus)
     check_resources(sweep)
     from selftune.search import adapter
 
     if not adapter.can_restore(path):
         raise SelftuneError(f"{path} has no Ray experiment state to resume from")
+    train_shared_stage(plan)  # nothing to do when it finished before the crash
     adapter.fit(adapter.restore_tuner(path, _tuner_spec(plan), restart_errored=restart_errored))
     close_open_trials(plan.optuna_storage, sweep.name)
-    return _finish(path)
+    return _finish(plan)
 
 
 def _write_remote(uri: str, text: str) -> None:
@@ -258,18 +317,82 @@ def _write_remote(uri: str, text: str) -> None:
         f.write(text.encode())
 
 
-def _finish(experiment_dir: str) -> SweepSummary:
-    from selftune.search.export import export_best
+def train_shared_stage(plan: SweepPlan) -> None:
+    """Train the shared first stage into <sweep>/shared_stage before any trial (resumed if it was cut short)."""
+    s = plan.sweep.shared_stage
+    if not s or "max_iters" not in s:
+        return
+    from selftune.search.verdict import train_run
+    from selftune.trainable.config import TrainConfig
 
+    cfg = stage_config(TrainConfig.from_dict(plan.base), int(s["max_iters"]))
+    out = Path(plan.experiment_dir) / STAGE_DIR
+    print(f"selftune: shared first stage: {cfg.arch}/{cfg.encoder}, supervised, {cfg.max_iters} iterations -> {out}",
+          file=sys.stderr)
+    done = train_run(cfg.to_dict(), plan.data_root, str(out), progress=True)
+    print(f"selftune: shared first stage {done['status']}: best val mIoU {done['best_val_miou']:.4f} at iteration "
+          f"{done['best_iteration']}", file=sys.stderr)
+
+
+def _finish(plan: SweepPlan) -> SweepSummary:
+    """Export the best trial; then the control and the verdict (unless `control: false`)."""
+    from selftune.search.export import export_best, rank_trials, render
+
+    experiment_dir = plan.experiment_dir
     trials = read_trials(experiment_dir)
     try:
         entries, text = export_best(experiment_dir, top_k=1)
     except SelftuneError as exc:
         print(f"selftune: no best config: {exc}", file=sys.stderr)
         return SweepSummary(experiment_dir, len(trials), None, None)
+    verdict = run_control(plan, rank_trials(experiment_dir), trials) if plan.sweep.control else None
+    if verdict is not None:
+        entries[0]["verdict"] = {k: verdict[k] for k in ("headline", "scores", "control", "best_trial")}
+        text = render(entries[0])
     out = experiment_dir + "/" + BEST_CONFIG_FILE
     if experiment_dir.startswith(REMOTE_SCHEMES):
         _write_remote(out, text)
     else:
         write_atomic(Path(out), text)
-    return SweepSummary(experiment_dir, len(trials), entries[0], out)
+    return SweepSummary(experiment_dir, len(trials), entries[0], out, verdict)
+
+
+def run_control(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]) -> dict[str, Any] | None:
+    """Train the compute-matched supervised control (on a Ray worker, like a trial), score it and the best
+    self-training trial on val and test, write verdict.json and return the verdict."""
+    import json
+
+    from selftune.search import adapter
+    from selftune.search.verdict import SELF_TRAINING, compare_models, control_config, summary_lines, verdict
+    from selftune.trainable.config import TrainConfig
+
+    if plan.experiment_dir.startswith(REMOTE_SCHEMES):
+        print("selftune: no control: it needs a local or shared (NFS) sweep folder", file=sys.stderr)
+        return None
+    longest = max((int(r.get("iteration", 0)) for t in trials for r in t.results), default=0)
+    if longest < 1:
+        return None
+    cfg = control_config(TrainConfig.from_dict(plan.base), longest, plan.stage_model)
+    out = Path(plan.experiment_dir) / CONTROL_DIR
+    stage = ", continued from the shared stage" if plan.stage_model else ""
+    print(f"selftune: supervised control: {cfg.arch}/{cfg.encoder}, {longest} iterations (the longest trial){stage}",
+          file=sys.stderr)
+    s = plan.sweep
+    control = adapter.run_task(_control_task, cfg.to_dict(), plan.data_root, str(out), cpus=s.cpus_per_trial,
+                               gpus=s.gpus_per_trial)
+    st_entries = [e for e in ranked if e["config"]["method"] in SELF_TRAINING]
+    best = st_entries[0] if st_entries else None
+    scores = {}
+    if best is not None:
+        scores = adapter.run_task(compare_models, best["best_model"], control["best_model"], plan.data_root,
+                                  cpus=s.cpus_per_trial, gpus=s.gpus_per_trial)
+    record = verdict(best, control, scores, len(ranked), len(st_entries))
+    write_atomic(Path(plan.experiment_dir) / VERDICT_FILE, json.dumps(record, indent=1))
+    print("\n" + "\n".join(summary_lines(record)))
+    return record
+
+
+def _control_task(config: dict[str, Any], data_root: str, out_dir: str) -> dict[str, Any]:
+    from selftune.search.verdict import train_run
+
+    return train_run(config, data_root, out_dir)

@@ -15,6 +15,7 @@ from selftune.trainable.config import TrainConfig, demo_config, read_yaml_mappin
 
 SEARCHERS = ("tpe", "tpe-stock", "random")
 SCHEDULERS = ("asha", "fifo")
+SHARED_STAGE_KEYS = ("max_iters", "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class SweepConfig:
     wandb_project: str | None = None  # log trials to W&B through Ray's callback (needs wandb)
     mlflow_uri: str | None = None  # log trials to MLflow through Ray's callback: sqlite:///mlflow.db or http(s)://
     verbose: int = 1  # Ray's progress table: 0 silent, 1 table, 2 more
+    shared_stage: dict[str, Any] | None = None  # round 1 trained once for every `rounds` trial, before the trials:
+    # {max_iters: N} trains it (supervised, the base config) into <sweep>/shared_stage; {checkpoint: PATH} takes an
+    # earlier run's model instead. Its iterations count once toward budget_iters
+    control: bool = True  # after the trials, train a compute-matched supervised control and print the verdict
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> SweepConfig:
@@ -110,6 +115,18 @@ class SweepConfig:
                 f"mlflow_uri {self.mlflow_uri!r}: MLflow's file store cannot hold selftune's metric names "
                 "(st_count and st_count/<class>); use sqlite:///path/mlflow.db or an http(s):// tracking server"
             )
+        if self.shared_stage is not None:
+            stage = self.shared_stage
+            if not isinstance(stage, dict):
+                raise ConfigError(f"shared_stage must be a mapping ({{max_iters: N}} or {{checkpoint: PATH}}), got {stage!r}")
+            reject_unknown(stage, list(SHARED_STAGE_KEYS), "shared_stage key")
+            if ("max_iters" in stage) == ("checkpoint" in stage):
+                raise ConfigError(f"shared_stage needs exactly one of max_iters or checkpoint, got {stage!r}")
+            n = stage.get("max_iters")
+            if "max_iters" in stage and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise ConfigError(f"shared_stage max_iters must be an integer >= 1, got {n!r}")
+            if "checkpoint" in stage and not (isinstance(stage["checkpoint"], str) and stage["checkpoint"].strip()):
+                raise ConfigError(f"shared_stage checkpoint must be a path, got {stage['checkpoint']!r}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}")
 
@@ -128,12 +145,13 @@ class SweepConfig:
 
 
 def demo_sweep(**overrides: Any) -> SweepConfig:
-    """`selftune sweep --demo`: a complete small sweep on the demo data, sized for 2 CPU cores, 10 minutes."""
+    """`selftune sweep --demo`: a complete small sweep on the demo data, sized for 2 CPU cores, 10 minutes:
+    the `methods` space, a shared supervised first stage, and the verdict against a supervised control."""
     base = dict(encoder="tu-mobilenetv3_small_050", max_iters=300, eval_every=25, warmup_iters=10,
                 st_start_iter=25, st_rampup_iters=50, patience=4)
     sweep = dict(
-        name="demo", data=None, base=base, space="thresholds", num_samples=12, max_concurrent=2,
-        cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=480.0,
+        name="demo", data=None, base=base, space="methods", num_samples=12, max_concurrent=2,
+        cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=420.0, shared_stage={"max_iters": 150},
     )
     sweep.update(overrides)
     return SweepConfig.from_dict(sweep)

@@ -1,12 +1,13 @@
 """Search spaces: small named define-by-run functions that only call `trial.suggest_*`.
 
-Use one by name (`thresholds`, `thresholds_independent`, `thresholds_shared`, `wide`,
+Use one by name (`methods`, `thresholds`, `thresholds_independent`, `thresholds_shared`, `wide`,
 `supervised`) or write your own `def my_space(trial, ctx)` and pass it as `module:function`.
 """
 
 from selftune.spaces.library import (
     SPACES,
     SpaceContext,
+    methods,
     supervised,
     thresholds,
     thresholds_independent,
@@ -23,6 +24,7 @@ __all__ = [
     "call_space",
     "check_space",
     "get_space",
+    "methods",
     "supervised",
     "thresholds",
     "thresholds_independent",

@@ -131,10 +131,45 @@ def supervised(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     return {"method": "supervised"}
 
 
+def _self_training(trial: Trial, ctx: SpaceContext) -> None:
+    """What every self-training method searches: thresholds, ST weight, the acceptance floor, strong aug."""
+    _thresholds_offsets(trial, ctx)
+    trial.suggest_float("st_weight", 0.25, 3.0, log=True)
+    trial.suggest_float("min_accept_ratio", 0.0, 0.5)
+    if trial.suggest_categorical("strong_aug", [False, True]):
+        trial.suggest_float("color_jitter", 0.1, 0.6)
+        trial.suggest_float("cutmix_prob", 0.0, 1.0)
+
+
+def methods(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
+    """The method first (supervised, the mean teacher, or self-training in rounds), then its own knobs.
+
+    Every method shares LR and warmup; patience is not searched (ASHA stops trials that plateau, and a
+    small patience ends trials in the dip after self-training starts). Rounds also search how many
+    rounds (2-3, the first supervised or the sweep's shared stage) and whether each round's student
+    starts from the last round's model.
+    """
+    method = trial.suggest_categorical("method", ["supervised", "ema_self_training", "rounds"])
+    trial.suggest_float("lr", 1e-4, 3e-3, log=True)
+    trial.suggest_int("warmup_iters", 0, max(1, ctx.max_iters // 20))
+    if method == "supervised":
+        trial.suggest_float("dice_weight", 0.0, 1.0)
+        trial.suggest_categorical("class_weighting", ["none", "inverse_freq"])
+        return {}
+    _self_training(trial, ctx)
+    if method == "ema_self_training":
+        trial.suggest_float("ema_decay", 0.99, 0.9995)
+    else:
+        trial.suggest_int("rounds", 2, 3)
+        trial.suggest_categorical("round_init", ["warm", "fresh"])
+    return {}
+
+
 SPACES = {
     "thresholds": thresholds,
     "thresholds_independent": thresholds_independent,
     "thresholds_shared": thresholds_shared,
     "wide": wide,
     "supervised": supervised,
+    "methods": methods,
 }

@@ -7,14 +7,17 @@ on s3:// or gs:// reads the same as one on disk.
 
 from selftune.sweepfolder.layout import (
     BEST_CONFIG_FILE,
+    CONTROL_DIR,
     ERROR_FILES,
     JOURNAL_FILE,
     METRIC,
     OBJECTIVE,
     REMOTE_SCHEMES,
+    STAGE_DIR,
     SWEEP_FILE,
     TIME_ATTR,
     TRIAL_RUN_DIR,
+    VERDICT_FILE,
     experiment_path,
     is_remote,
 )
@@ -30,11 +33,20 @@ from selftune.sweepfolder.outcome import (
     optuna_state,
     trial_outcome,
 )
-from selftune.sweepfolder.trials import TrialRecord, as_uri, filesystem, read_sweep_meta, read_text, read_trials
+from selftune.sweepfolder.trials import (
+    TrialRecord,
+    as_uri,
+    filesystem,
+    read_sweep_meta,
+    read_text,
+    read_trials,
+    read_verdict,
+)
 
 __all__ = [
     "BEST_CONFIG_FILE",
     "COMPLETED",
+    "CONTROL_DIR",
     "DIVERGED",
     "EARLY_STOPPED",
     "ERRORED",
@@ -45,11 +57,13 @@ __all__ = [
     "OUTCOMES",
     "REMOTE_SCHEMES",
     "RUNNING",
+    "STAGE_DIR",
     "STOPPED_BY_BUDGET",
     "STOPPED_BY_SCHEDULER",
     "SWEEP_FILE",
     "TIME_ATTR",
     "TRIAL_RUN_DIR",
+    "VERDICT_FILE",
     "TrialRecord",
     "as_uri",
     "experiment_path",
@@ -59,5 +73,6 @@ __all__ = [
     "read_sweep_meta",
     "read_text",
     "read_trials",
+    "read_verdict",
     "trial_outcome",
 ]

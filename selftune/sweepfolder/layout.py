@@ -4,6 +4,9 @@
         selftune_sweep.yaml     the driver's record: resolved sweep file, base config, data root, fingerprint
         optuna_journal.log      the Optuna study (JournalStorage), unless optuna_storage names another
         best_config.yaml        the best trial's exported config, written when the sweep ends
+        shared_stage/           the shared first stage (a supervised run every `rounds` trial starts from)
+        control/                the compute-matched supervised control (a run folder)
+        verdict.json            the best self-training trial against the control, on val and test
         <trial folders>/        Ray's: params.json, result.json, checkpoint_*/, train/ (the loop's run folder)
 """
 
@@ -12,6 +15,9 @@ from __future__ import annotations
 SWEEP_FILE = "selftune_sweep.yaml"
 JOURNAL_FILE = "optuna_journal.log"
 BEST_CONFIG_FILE = "best_config.yaml"
+STAGE_DIR = "shared_stage"
+CONTROL_DIR = "control"
+VERDICT_FILE = "verdict.json"
 TRIAL_RUN_DIR = "train"  # the loop's output folder inside a trial folder
 ERROR_FILES = ("error.txt", "error.pkl")
 

@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import yaml
 
 from selftune.errors import SelftuneError
-from selftune.sweepfolder.layout import ERROR_FILES, SWEEP_FILE
+from selftune.sweepfolder.layout import ERROR_FILES, SWEEP_FILE, VERDICT_FILE
 from selftune.sweepfolder.outcome import trial_outcome
 
 
@@ -188,3 +188,16 @@ def read_trials(path: str) -> list[TrialRecord]:
             records.append(TrialRecord(trial_id, as_uri(path, tdir), dict(s["params"]), [], s["status"], s["status"] == "ERROR",
                                        [], s["number"], None))
     return sorted(records, key=lambda r: r.trial_id)
+
+
+def read_verdict(path: str) -> dict[str, Any] | None:
+    """The sweep's verdict against its supervised control (verdict.json), or None when it has none."""
+    fs, root = filesystem(str(path))
+    file = _join(root, VERDICT_FILE)
+    if not _is_file(fs, file):
+        return None
+    try:
+        data = json.loads(read_text(fs, file))
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None

@@ -118,4 +118,42 @@ def evaluate(
     return out
 
 
-__all__ = ["EvalBatches", "evaluate", "load_eval_batches", "predict", "score"]
+@dataclass
+class Scores:
+    """A model file scored on one split: per-class IoU (NaN: a class in neither truth nor prediction) and mIoU."""
+
+    split: str
+    class_names: tuple[str, ...]
+    iou: list[float]
+    miou: float
+    images: int
+
+
+def score_model_file(path: Any, data_root: Any, split: str, *, device: str = "auto") -> Scores:
+    """Score an earlier run's EMA model (best_model_ema.pt, state.pt or a run folder) on `split` of `data_root`,
+    the same way every evaluation of the loop scores (no TTA)."""
+    from pathlib import Path
+
+    from selftune.data import read_classes
+    from selftune.errors import DataError
+    from selftune.trainable import checkpoint as ckpt
+    from selftune.trainable.device import make_autocast, memory_format_for, resolve_amp, resolve_device
+    from selftune.trainable.model import build_model
+
+    cfg, saved_names, weights, _info = ckpt.load_model_file(Path(path))
+    classes = read_classes(Path(data_root))
+    if saved_names is not None and tuple(saved_names) != classes.names:
+        raise DataError(f"{path} was trained on classes {list(saved_names)}, {data_root} has {list(classes.names)}")
+    dev = resolve_device(device)
+    memory_format = memory_format_for(cfg, dev)
+    model = build_model(cfg.replace(encoder_weights=None), classes.num_classes)
+    model.load_state_dict(weights)
+    model = model.to(dev, memory_format=memory_format).eval()
+    batches = load_eval_batches(LabeledDataset(Path(data_root), split, classes), 0, cfg.batch_size)
+    to_device = DeviceBatch(dev, memory_format, cfg.ignore_index)
+    cm, _ = score(model, batches, classes.num_classes, to_device, make_autocast(dev, resolve_amp(cfg, dev)))
+    iou = iou_per_class(cm)
+    return Scores(split, classes.names, iou.tolist(), mean_iou(iou), batches.num_images)
+
+
+__all__ = ["EvalBatches", "Scores", "evaluate", "load_eval_batches", "predict", "score", "score_model_file"]

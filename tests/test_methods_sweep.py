@@ -1,0 +1,159 @@
+"""Sweeps over methods: a shared first stage, rounds trials that start from it, the control and the verdict."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selftune.errors import SelftuneError
+from selftune.search.run import plan_sweep
+from selftune.search.sweepfile import SweepConfig, demo_sweep
+from selftune.spaces import SpaceContext, check_space
+from selftune.sweepfolder import read_trials, read_verdict
+from selftune.trainable.config import TrainConfig
+from tests.conftest import tiny_config
+
+BASE = tiny_config(max_iters=20, eval_every=5, warmup_iters=2, st_start_iter=0, st_rampup_iters=5, log_images=False)
+SPACES = '''
+def rounds_only(trial, ctx):
+    trial.suggest_float("threshold_base", 0.0, 0.5)
+    return {"method": "rounds"}
+
+def bogus_method(trial, ctx):
+    trial.suggest_float("lr", 1e-4, 1e-3)
+    return {"method": "bogus"}
+'''
+
+
+@pytest.fixture(scope="module")
+def spaces_module(tmp_path_factory: pytest.TempPathFactory) -> str:
+    mod_dir = tmp_path_factory.mktemp("spaces")
+    (mod_dir / "method_spaces.py").write_text(SPACES)
+    sys.path.insert(0, str(mod_dir))
+    return "method_spaces"
+
+
+@pytest.fixture(scope="module")
+def staged_sweep(tiny_data: Path, spaces_module: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import ray
+
+    from selftune.search import run_sweep
+
+    sweep = SweepConfig(
+        name="staged", data=str(tiny_data), base=BASE, space=f"{spaces_module}:rounds_only", searcher="random",
+        num_samples=2, max_concurrent=1, scheduler="fifo", storage=str(tmp_path_factory.mktemp("results")),
+        num_cpus=2, verbose=0, shared_stage={"max_iters": 10},
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = run_sweep(sweep)
+    finally:
+        ray.shutdown()
+    assert summary.verdict is not None
+    return Path(summary.experiment_dir)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_rounds_trials_start_from_the_shared_stage(staged_sweep: Path) -> None:
+    stage = staged_sweep / "shared_stage"
+    assert [m["iteration"] for m in _metrics(stage)] == [5, 10]
+    assert (stage / "best_model_ema.pt").is_file()
+    trials = read_trials(str(staged_sweep))
+    assert len(trials) == 2
+    for t in trials:
+        cfg = TrainConfig.from_yaml(Path(t.path) / "train" / "config.yaml")
+        assert cfg.method == "rounds" and cfg.teacher_checkpoint == str(stage / "best_model_ema.pt")
+        assert {m["round"] for m in _metrics(Path(t.path) / "train")} == {2}  # round 1 is the stage
+        assert max(m["iteration"] for m in _metrics(Path(t.path) / "train")) == 20
+    best = yaml.safe_load((staged_sweep / "best_config.yaml").read_text())
+    assert best["config"]["teacher_checkpoint"] == str(stage / "best_model_ema.pt")  # export: what the trial ran
+
+
+def test_the_control_is_compute_matched_and_the_verdict_is_written(staged_sweep: Path) -> None:
+    control = staged_sweep / "control"
+    cfg = TrainConfig.from_yaml(control / "config.yaml")
+    assert cfg.method == "supervised" and cfg.max_iters == 20 and cfg.patience == 0
+    assert cfg.init_checkpoint == str(staged_sweep / "shared_stage" / "best_model_ema.pt")
+    assert max(m["iteration"] for m in _metrics(control)) == 20
+    verdict = read_verdict(str(staged_sweep))
+    assert verdict is not None and verdict["headline"].startswith("VERDICT: self-training (rounds")
+    assert ("beats" in verdict["headline"]) == (verdict["scores"]["test"]["delta"] > 0)
+    for split in ("val", "test"):
+        s = verdict["scores"][split]
+        assert len(s["per_class"]) == 7
+        assert s["delta"] == pytest.approx(s["best"] - s["control"])
+    best = yaml.safe_load((staged_sweep / "best_config.yaml").read_text())
+    assert best["provenance"]["verdict"]["headline"] == verdict["headline"]
+
+
+def test_resume_does_not_train_the_stage_or_the_control_again(staged_sweep: Path) -> None:
+    import ray
+
+    from selftune.search import resume_sweep
+
+    before = {p: p.stat().st_mtime_ns for p in (staged_sweep / "shared_stage" / "metrics.jsonl",
+                                                staged_sweep / "control" / "metrics.jsonl")}
+    try:
+        resume_sweep(str(staged_sweep), num_cpus=2)
+    finally:
+        ray.shutdown()
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+
+
+def test_the_methods_space_covers_every_method_with_its_own_knobs() -> None:
+    base = TrainConfig.from_dict(tiny_config())
+    report = check_space("methods", base, SpaceContext(num_classes=7, max_iters=40, eval_every=10))
+    assert set(report.params["method"].choices) == {"supervised", "ema_self_training", "rounds"}
+    assert {"rounds", "round_init", "threshold_base", "min_accept_ratio", "ema_decay"} <= report.params.keys()
+    assert "patience" not in report.params
+
+
+def test_the_demo_searches_methods_with_a_shared_stage() -> None:
+    demo = demo_sweep()
+    assert demo.space == "methods" and demo.shared_stage == {"max_iters": 150} and demo.control
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(shared_stage={"max_iters": 10}, space="thresholds"),
+         r"shared_stage \{'max_iters': 10\}: no trial of space 'thresholds' can start from it"),
+        (dict(space="method_spaces:bogus_method"), r"method must be one of supervised, ema_self_training, rounds; "
+                                                    r"got 'bogus'"),
+        (dict(base={**BASE, "method": "rounds", "rounds": 0}), r"rounds must be >= 1, got 0"),
+        (dict(base={**BASE, "method": "rounds", "round_iters": [5, 5]}),
+         r"round_iters \[5, 5\] adds up to 10, but max_iters is 20"),
+    ],
+)
+def test_bad_method_sweeps_fail_by_name_before_any_trial(
+    changes: dict, message: str, tiny_data: Path, spaces_module: str, tmp_path: Path
+) -> None:
+    sweep = SweepConfig.from_dict({"name": "bad", "data": str(tiny_data), "base": BASE, "storage": str(tmp_path),
+                                   **changes})
+    with pytest.raises(SelftuneError, match=message):
+        plan_sweep(sweep)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_bad_shared_stage_keys_and_foreign_checkpoints(tiny_data: Path, tmp_path: Path) -> None:
+    from selftune.trainable.loop import train
+
+    with pytest.raises(SelftuneError, match="shared_stage needs exactly one of max_iters or checkpoint"):
+        SweepConfig(shared_stage={})
+    with pytest.raises(SelftuneError, match="unknown shared_stage key 'iters'"):
+        SweepConfig(shared_stage={"iters": 5})
+    fpn = tmp_path / "fpn"
+    train(TrainConfig.from_dict(tiny_config(arch="FPN", method="supervised", max_iters=2, eval_every=2,
+                                            log_images=False)), tiny_data, fpn, progress=False)
+    sweep = SweepConfig(name="bad", data=str(tiny_data), base=BASE, space="methods", storage=str(tmp_path / "r"),
+                        shared_stage={"checkpoint": str(fpn)})
+    with pytest.raises(SelftuneError, match=r"shared_stage checkpoint .*fpn: it holds a FPN/tu-mobilenetv3_small_050 "
+                                            r"model, the sweep's base config trains Unet"):
+        plan_sweep(sweep)
