@@ -7,6 +7,7 @@ rebuilds it only when a folder of the pool changed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -47,23 +48,32 @@ def _scan_pool(top: Path) -> tuple[list[str], dict[str, int]]:
     stack = [("", str(top))]
     while stack:
         rel, path = stack.pop()
-        st = os.stat(path)
-        if (st.st_dev, st.st_ino) in seen_dirs:  # a symlink loop
-            continue
-        seen_dirs.add((st.st_dev, st.st_ino))
-        mtimes[rel] = st.st_mtime_ns
-        prefix = rel + "/" if rel else ""
-        with os.scandir(path) as it:
-            for e in it:
-                name = e.name
-                if name.startswith("."):
-                    continue
-                if e.is_dir():
-                    stack.append((prefix + name, e.path))
-                elif name.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(prefix + name)
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen_dirs:  # a folder link back to a folder above it
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+            mtimes[rel] = st.st_mtime_ns
+            prefix = rel + "/" if rel else ""
+            with os.scandir(path) as it:
+                for e in it:
+                    name = e.name
+                    if name.startswith("."):
+                        continue
+                    if e.is_dir():  # follows links: a loop of links raises ELOOP
+                        stack.append((prefix + name, e.path))
+                    elif name.lower().endswith(IMAGE_EXTENSIONS):
+                        files.append(prefix + name)
+        except OSError as exc:
+            raise DataError(f"cannot list the unlabelled pool: {exc.filename or path}: {_why(exc)}") from None
     files.sort()
     return files, mtimes
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symbolic links that lead back to themselves (a loop of links); remove or fix them"
+    return exc.strerror or str(exc)
 
 
 def _load_index(path: Path, top: Path) -> list[str] | None:

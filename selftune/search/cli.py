@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from selftune.errors import ConfigError
+from selftune.trainable.config import parse_sets
 
 _FLAG_KEYS = ("data", "space", "searcher", "scheduler", "num_samples", "max_concurrent", "time_budget_s",
               "storage", "name", "address", "cpus_per_trial", "gpus_per_trial", "seed", "max_t", "num_cpus",
@@ -60,16 +59,6 @@ def register(sub: Any) -> None:
     e.add_argument("--top-k", type=int, default=1, help="export the k best trials (default 1)")
     e.add_argument("--out", type=Path, help="output file (k=1) or folder (k>1); default: print to stdout")
     e.set_defaults(func=export_cmd)
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def run_sweep_cmd(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -330,6 +331,38 @@ def demo_config(**overrides: Any) -> TrainConfig:
 
 # ---------------------------------------------------------------------- shared helpers
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` items -> {key: value}, each value read as YAML: ["lr=1e-3", "thresholds=[0.5, 0.6]"]
+    -> {"lr": 0.001, "thresholds": [0.5, 0.6]}. A malformed item is one ConfigError naming the key and the value."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({_yaml_problem(exc)}); a value with "
+                              "spaces needs quotes in the shell, e.g. --set 'thresholds=[0.5, 0.6]'") from None
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        out[key] = value
+    return out
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The parser's complaint on one line: "expected ..., but found ... at column 6"."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    return f"{problem} at column {mark.column + 1}" if mark is not None else str(problem)
+
+
 
 def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     """A YAML file holding a mapping; fails naming the file (`what` says which kind of file)."""
@@ -407,4 +440,4 @@ def _at_least(key: str, value: int, low: int) -> None:
         raise ConfigError(f"{key} must be >= {low}, got {value!r}")
 
 
-__all__ = ["CHECKPOINT_KEYS", "V31_THRESHOLDS", "TrainConfig", "demo_config"]
+__all__ = ["CHECKPOINT_KEYS", "V31_THRESHOLDS", "TrainConfig", "demo_config", "parse_sets"]

@@ -47,7 +47,7 @@ from selftune.data import (
     unlabeled_index,
     validate_dataset,
 )
-from selftune.errors import ConfigError
+from selftune.errors import ConfigError, StorageError
 from selftune.fileio import write_atomic
 from selftune.trainable import checkpoint as ckpt
 from selftune.trainable.augment import crop_transform
@@ -115,7 +115,11 @@ def train(
     unlabeled = LazyPool(run.data_root, cfg, crop)  # opened at the first self-training step
 
     # ---------------------------------------------------------------- output folder
-    run.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. under /proc, or on a read-only mount
+        raise StorageError(exc.errno, f"cannot create the output folder {run.out_dir}: {exc.strerror}; choose "
+                           "another one") from None
     write_atomic(run.out_dir / ckpt.CONFIG_FILE, cfg.to_yaml())
     if run.resumed:
         ckpt.truncate_metrics(run.out_dir / ckpt.METRICS_FILE, start)
@@ -241,6 +245,7 @@ class Run:
 def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | None) -> Run:
     """Check the data, config and earlier runs' weights, then build the models, optimizer, loss and state
     (restored from `resume_from` when given). Raises DataError / ConfigError; writes nothing."""
+    _check_out_dir(out_dir)
     summary = validate_dataset(data_root, need_unlabeled=METHODS[cfg.method].needs_unlabeled)
     classes = read_classes(data_root)
     k = classes.num_classes
@@ -290,6 +295,15 @@ def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | 
         SegmentationLoss.from_config(cfg, k, weights).to(device), st, labeller,
         EvalSets.load(cfg, data_root, classes), resumed=saved is not None,
     )
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """The output folder must be a folder, or a path a folder can be made at (no file on the way)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output folder {out_dir} is a file, not a folder; choose another output folder")
+    above = next((p for p in out_dir.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ConfigError(f"output folder {out_dir} cannot be made: {above} is a file; choose another output folder")
 
 
 def _saved_state(cfg: TrainConfig, out_dir: Path, resume_from: Path | None) -> dict[str, Any] | None:

@@ -6,16 +6,14 @@ Heavy imports (torch, smp, matplotlib) happen inside the command functions, so `
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 from selftune.errors import ConfigError
-from selftune.trainable.config import TEACHER_TTAS
+from selftune.trainable.config import TEACHER_TTAS, parse_sets
 
 EXIT_DIVERGED = 3
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def register(subparsers: Any) -> None:
@@ -52,26 +50,6 @@ def register(subparsers: Any) -> None:
     e.set_defaults(func=run_evaluate)
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """["lr=1e-3", "thresholds=[0.5, 0.6]"] -> {"lr": 0.001, "thresholds": [0.5, 0.6]} (values are YAML)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({exc})") from None
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
-        out[key] = value
-    return out
-
-
 def run_train(args: argparse.Namespace) -> int:
     from selftune.data.demo import ensure_demo
     from selftune.trainable import checkpoint as ckpt
@@ -79,7 +57,7 @@ def run_train(args: argparse.Namespace) -> int:
     from selftune.trainable.loop import train
 
     cfg = TrainConfig.from_yaml(args.config) if args.config else demo_config()
-    overrides = parse_overrides(args.overrides)
+    overrides = parse_sets(args.overrides)
     if overrides:
         cfg = cfg.replace(**overrides)
     if args.resume and args.out is None:
@@ -185,4 +163,4 @@ def write_confusion_plot(cm: Any, names: tuple[str, ...], path: Path, *, title: 
     write_atomic(Path(path), buf.getvalue())
 
 
-__all__ = ["parse_overrides", "register", "run_evaluate", "run_train", "write_confusion_plot"]
+__all__ = ["register", "run_evaluate", "run_train", "write_confusion_plot"]
