@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from selftune.cli import main
-from tests.test_train_cli import sets
+from tests.test_train_cli import TINY_SETS, sets
 
 
 def files_under(root: Path) -> dict[Path, bytes]:
@@ -68,3 +68,59 @@ def test_an_unusable_out_folder_is_one_message(tiny_data: Path, tmp_path: Path, 
     (line,) = err.strip().splitlines()
     assert line.startswith("selftune: error:") and str(out) in line
     assert files_under(tmp_path) == before
+
+
+# ---------------------------------------------------------------------- datasets without 7 classes (defect 7)
+
+
+def with_classes(tiny_data: Path, root: Path, k: int) -> Path:
+    """A copy of the tiny data with `k` classes: ids folded into 0..k-1 (fewer than 7) or 7..k-1 unused (more)."""
+    import numpy as np
+    from PIL import Image
+
+    shutil.copytree(tiny_data, root)
+    (root / "classes.csv").write_text("id,name\n" + "".join(f"{i},class {i}\n" for i in range(k)))
+    for mask in root.glob("*/masks/*.png"):
+        ids = np.asarray(Image.open(mask))
+        Image.fromarray((ids % k).astype(np.uint8)).save(mask)
+    return root
+
+
+@pytest.fixture(scope="module")
+def three_and_eleven(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    top = tmp_path_factory.mktemp("classes")
+    return with_classes(tiny_data, top / "three", 3), with_classes(tiny_data, top / "eleven", 11)
+
+
+def test_the_default_thresholds_follow_the_class_count(three_and_eleven: tuple[Path, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    three, eleven = three_and_eleven
+    short = ["--no-progress"]
+    for item in [*(s for s in TINY_SETS if not s.startswith("thresholds=")), "max_iters=2", "eval_every=2"]:
+        short += ["--set", item]  # the default thresholds, not the 7 values the CLI tests give
+    rc = main(["train", "--data", str(three), "--out", str(tmp_path / "three"), *short])
+    assert rc == 0, capsys.readouterr().err
+    saved = yaml.safe_load((tmp_path / "three" / "config.yaml").read_text())
+    assert saved["thresholds"] == [0.5] * 3  # the config the run trained, saved with it
+    rc = main(["train", "--data", str(three), "--out", str(tmp_path / "three"), "--resume", *short,
+               "--set", "max_iters=4"])
+    assert rc == 0, capsys.readouterr().err  # the same defaults resume the fitted run
+    rc = main(["train", "--data", str(eleven), "--out", str(tmp_path / "eleven"), *short, "--set", "thresholds=[0.3]"])
+    assert rc == 0, capsys.readouterr().err
+    assert yaml.safe_load((tmp_path / "eleven" / "config.yaml").read_text())["thresholds"] == [0.3] * 11
+    capsys.readouterr()
+    rc = main(["train", "--data", str(eleven), "--out", str(tmp_path / "bad"), *short,
+               "--set", "thresholds=[0.5, 0.6, 0.7]"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "thresholds has 3 values but the dataset has 11 classes" in err
+    assert "one value per class (11) or one value for all" in err and not (tmp_path / "bad").exists()
+
+
+def test_a_sweep_on_eleven_classes_plans_with_the_defaults(three_and_eleven: tuple[Path, Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["sweep", "--check", "--data", str(three_and_eleven[1]), "--storage", str(tmp_path / "sweeps")])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "(11 classes)" in captured.out

@@ -100,7 +100,7 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
     methods = _methods_of(report0, base)
     summary = validate_dataset(Path(data_root), need_unlabeled=methods != {"supervised"})
     k = len(summary.class_names)
-    base.check_num_classes(k)
+    base = base.for_classes(k)
     for key in CHECKPOINT_KEYS:  # the checks each trial's loop makes, once, before any trial starts
         weights_from(key, getattr(base, key), summary.class_names)
     ctx = SpaceContext(num_classes=k, max_iters=max_t, eval_every=base.eval_every)

@@ -41,6 +41,7 @@ AMP_DTYPES = ("auto", "bf16", "fp16", "off")
 
 # V3.1's per-class thresholds (seed 000) for classes 1-6; background gets 0.50.
 V31_THRESHOLDS = (0.50, 0.50, 0.55, 0.60, 0.55, 0.45, 0.50)
+UNIFORM_THRESHOLD = 0.50  # every class's threshold when the V3.1 default meets a dataset without 7 classes
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class TrainConfig:
     focal_gamma: float = 2.0  # focal loss focusing parameter (seed 004)
     focal_alpha: float | None = None  # focal loss class balance; None disables it
     class_weighting: str = "none"  # none | inverse_freq (from train masks) | explicit
-    class_weights: tuple[float, ...] | None = None  # one per class when class_weighting=explicit
+    class_weights: tuple[float, ...] | None = None  # one per class when class_weighting=explicit (one value: all)
     ignore_index: int = 255  # mask value ignored by every loss and metric
 
     # --- self-training ---
@@ -83,7 +84,8 @@ class TrainConfig:
     # max_iters; empty: max_iters split evenly (the last round takes the remainder)
     round_init: str = "warm"  # method rounds: each round's student starts from the last round's best EMA model
     # (warm) or from a fresh init (fresh; Noisy Student)
-    thresholds: tuple[float, ...] = V31_THRESHOLDS  # per-class pseudo-label confidence thresholds
+    thresholds: tuple[float, ...] = V31_THRESHOLDS  # per-class pseudo-label confidence thresholds, one per class;
+    # one value is every class's; the default (V3.1's 7) on a dataset of K != 7 classes is 0.5 for each (for_classes)
     threshold_schedule: str = "constant"  # constant | linear ramp from thresholds+start_offset
     threshold_start_offset: float = 0.0  # linear schedule: thresholds start this far from the end value
     threshold_ramp_iters: int = 10000  # linear schedule: iterations to reach the end value
@@ -295,16 +297,36 @@ class TrainConfig:
                 raise ConfigError(f"round_iters {list(self.round_iters)} adds up to {sum(self.round_iters)}, but max_iters "
                                   f"is {self.max_iters}; make them agree, or leave round_iters empty to split max_iters evenly")
 
+    def for_classes(self, num_classes: int) -> TrainConfig:
+        """This config fitted to a dataset of `num_classes` classes: a one-value `thresholds` (or explicit
+        `class_weights`) is repeated for every class, and the default thresholds (V3.1's 7 values) become
+        UNIFORM_THRESHOLD for each class of a dataset without 7 classes. Any other count that differs from the
+        dataset's is a ConfigError saying how to fix it. The loop and the sweep planner train the fitted config."""
+        changes: dict[str, Any] = {}
+        if len(self.thresholds) != num_classes:
+            if len(self.thresholds) == 1:
+                changes["thresholds"] = self.thresholds * num_classes
+            elif self.thresholds == V31_THRESHOLDS:
+                changes["thresholds"] = (UNIFORM_THRESHOLD,) * num_classes
+        weights = self.class_weights or ()
+        if self.class_weighting == "explicit" and len(weights) == 1 and num_classes != 1:
+            changes["class_weights"] = weights * num_classes
+        fitted = self.replace(**changes) if changes else self
+        fitted.check_num_classes(num_classes)
+        return fitted
+
     def check_num_classes(self, num_classes: int) -> None:
-        """Per-class fields must match the dataset's class count."""
+        """Per-class fields must match the dataset's class count (`for_classes` fits them first)."""
+        fix = f"give one value per class ({num_classes}) or one value for all"
         if len(self.thresholds) != num_classes:
             raise ConfigError(
-                f"thresholds has {len(self.thresholds)} values but the dataset has {num_classes} classes"
+                f"thresholds has {len(self.thresholds)} values but the dataset has {num_classes} classes: {fix}, "
+                "e.g. thresholds=[0.5]"
             )
         if self.class_weighting == "explicit" and len(self.class_weights or ()) != num_classes:
             raise ConfigError(
                 f"class_weights has {len(self.class_weights or ())} values but the dataset has "
-                f"{num_classes} classes"
+                f"{num_classes} classes: {fix}"
             )
         if self.ignore_index < num_classes:
             raise ConfigError(
@@ -440,4 +462,4 @@ def _at_least(key: str, value: int, low: int) -> None:
         raise ConfigError(f"{key} must be >= {low}, got {value!r}")
 
 
-__all__ = ["CHECKPOINT_KEYS", "V31_THRESHOLDS", "TrainConfig", "demo_config", "parse_sets"]
+__all__ = ["CHECKPOINT_KEYS", "UNIFORM_THRESHOLD", "V31_THRESHOLDS", "TrainConfig", "demo_config", "parse_sets"]

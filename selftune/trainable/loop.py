@@ -100,7 +100,7 @@ def train(
     raise DataError / ConfigError before anything is written.
     """
     run = setup(cfg, Path(data_root), Path(out_dir), resume_from)  # checks everything, writes nothing
-    st, p, method, device = run.st, run.st.progress, run.st.method, run.device
+    cfg, st, p, method, device = run.cfg, run.st, run.st.progress, run.st.method, run.device  # cfg: fitted
     if run.resumed and (finished := _finished_status(p.iteration, method, p.bad_evals)):
         return TrainResult(finished, p.best_val_miou, p.best_iteration, p.iteration, run.out_dir,
                            f"nothing to do: the run at iteration {p.iteration} is already {finished}")
@@ -249,7 +249,7 @@ def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | 
     summary = validate_dataset(data_root, need_unlabeled=METHODS[cfg.method].needs_unlabeled)
     classes = read_classes(data_root)
     k = classes.num_classes
-    cfg.check_num_classes(k)
+    cfg = cfg.for_classes(k)  # per-class fields fitted to the dataset's classes: the config this run trains
     method = create_method(cfg, k, class_prior=summary.frequencies)
     saved = _saved_state(cfg, out_dir, resume_from)
     # earlier runs' weights: a frozen pseudo-labeller (its own architecture), the student's start (fresh runs only)
