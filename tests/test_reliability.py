@@ -124,3 +124,18 @@ def test_a_sweep_on_eleven_classes_plans_with_the_defaults(three_and_eleven: tup
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "(11 classes)" in captured.out
+
+
+# ---------------------------------------------------------------------- a runaway loss (defect 6)
+
+
+def test_an_exploding_run_is_diverged_not_completed(tiny_data: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    explode = sets("max_iters=6", "lr=1000", "warmup_iters=0", "grad_clip=0")
+    rc = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--no-progress", *explode])
+    out = capsys.readouterr().out
+    assert rc == 3 and "status: diverged" in out
+    assert "over divergence_factor 100 times its early reference" in out
+    rc = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "off"), "--no-progress", *explode,
+               "--set", "divergence_factor=0"])
+    assert rc == 0 and "status: completed" in capsys.readouterr().out  # 0 disables the check (finite losses)

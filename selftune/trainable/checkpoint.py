@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,7 @@ class Progress:
     best_iteration: int = 0  # 0: no evaluation yet
     bad_evals: int = 0  # evaluations since the last new best (patience)
     status: str = "running"
+    early_losses: list[float] = field(default_factory=list)  # the first step losses: the divergence reference
 
     @property
     def best_or_nan(self) -> float:
@@ -164,7 +165,7 @@ def save_state(path: Path, st: TrainingState, cfg: TrainConfig, class_names: tup
     save_atomic({
         "version": STATE_VERSION, "config": cfg.to_dict(), "class_names": list(class_names),
         "iteration": p.iteration, "status": p.status, "best_val_miou": p.best_val_miou,
-        "best_iteration": p.best_iteration, "bad_evals": p.bad_evals,
+        "best_iteration": p.best_iteration, "bad_evals": p.bad_evals, "early_losses": list(p.early_losses),
         "model": _cpu(st.model), "ema": _cpu(st.teacher), "optimizer": st.optimizer.state_dict(),
         "scheduler": st.scheduler.state_dict(), "scaler": st.scaler.state_dict(), "method": st.method.state_dict(),
         "window": st.window.state_dict(), "rng_cpu": torch.get_rng_state(),
@@ -183,7 +184,8 @@ def restore_state(state: dict[str, Any], st: TrainingState, device: torch.device
     st.method.load_state_dict(state["method"])
     st.window = type(st.window).from_state(state["window"], device)
     st.progress = Progress(int(state["iteration"]), float(state["best_val_miou"]), int(state["best_iteration"]),
-                           int(state["bad_evals"]), str(state.get("status", "running")))
+                           int(state["bad_evals"]), str(state.get("status", "running")),
+                           [float(x) for x in state.get("early_losses", [])])
     torch.set_rng_state(state["rng_cpu"])
     if device.type == "cuda" and state["rng_cuda"]:
         torch.cuda.set_rng_state_all(state["rng_cuda"])

@@ -41,6 +41,7 @@ AMP_DTYPES = ("auto", "bf16", "fp16", "off")
 
 # V3.1's per-class thresholds (seed 000) for classes 1-6; background gets 0.50.
 V31_THRESHOLDS = (0.50, 0.50, 0.55, 0.60, 0.55, 0.45, 0.50)
+DIVERGENCE_REFERENCE_STEPS = 10  # step losses whose median is the divergence guard's reference (divergence_factor)
 UNIFORM_THRESHOLD = 0.50  # every class's threshold when the V3.1 default meets a dataset without 7 classes
 
 
@@ -132,6 +133,9 @@ class TrainConfig:
     warmup_iters: int = 1500  # linear LR warmup
     grad_clip: float = 10.0  # max gradient norm; 0 disables clipping
     max_iters: int = 75000
+    divergence_factor: float = 100.0  # the run ends as diverged when a step's loss exceeds this times its early
+    # reference, the median of the first DIVERGENCE_REFERENCE_STEPS finite step losses (those seen so far, before
+    # then); 0 disables that check. A non-finite loss always ends the run
 
     # --- evaluation and early stopping ---
     eval_every: int = 500  # iterations between evaluations (and checkpoints)
@@ -218,7 +222,7 @@ class TrainConfig:
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(f"{name} must be a positive number, got {getattr(self, name)!r}")
         for name in ("ce_weight", "focal_weight", "dice_weight", "focal_gamma", "st_weight", "weight_decay",
-                     "grad_clip", "color_jitter", "poly_power", "momentum", "fp_weight"):
+                     "grad_clip", "color_jitter", "poly_power", "momentum", "fp_weight", "divergence_factor"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -462,4 +466,7 @@ def _at_least(key: str, value: int, low: int) -> None:
         raise ConfigError(f"{key} must be >= {low}, got {value!r}")
 
 
-__all__ = ["CHECKPOINT_KEYS", "UNIFORM_THRESHOLD", "V31_THRESHOLDS", "TrainConfig", "demo_config", "parse_sets"]
+__all__ = [
+    "CHECKPOINT_KEYS", "DIVERGENCE_REFERENCE_STEPS", "UNIFORM_THRESHOLD", "V31_THRESHOLDS", "TrainConfig", "demo_config",
+    "parse_sets",
+]

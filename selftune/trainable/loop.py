@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ from selftune.fileio import write_atomic
 from selftune.trainable import checkpoint as ckpt
 from selftune.trainable.augment import crop_transform
 from selftune.trainable.checkpoint import Progress, TrainingState
-from selftune.trainable.config import TrainConfig
+from selftune.trainable.config import DIVERGENCE_REFERENCE_STEPS, TrainConfig
 from selftune.trainable.device import (
     DeviceBatch,
     available_cpus,
@@ -96,7 +97,8 @@ def train(
     """Train `cfg` on the dataset at `data_root`, writing the run to `out_dir`.
 
     Reports (metrics, checkpoint folder) to `reporter` once per evaluation; the last report has
-    the final status. A diverging loss ends the run with status "diverged"; bad data or config
+    the final status. A diverging loss ends the run with status "diverged" (`divergence`: a step loss that is
+    not finite, or above cfg.divergence_factor times the median of the first step losses); bad data or config
     raise DataError / ConfigError before anything is written.
     """
     run = setup(cfg, Path(data_root), Path(out_dir), resume_from)  # checks everything, writes nothing
@@ -155,12 +157,14 @@ def train(
                 [loss_sup.detach(), loss_st.detach(), loss.detach(), accepted_now.float()]
             ).tolist()
             lr_used = st.optimizer.param_groups[0]["lr"]
-            if not math.isfinite(v_loss):
+            if (why := divergence(v_loss, p.early_losses, cfg.divergence_factor)) is not None:
                 p.status, p.iteration = "diverged", it + 1
-                message = (f"diverged: the loss is {v_loss} at step {it + 1} (supervised {v_sup}, self-training "
-                           f"{v_st}, lr {lr_used:.3g}); the run stopped with the weights after {it} steps. "
-                           "A lower lr, a longer warmup_iters or grad_clip > 0 may help")
+                message = (f"diverged: the loss is {v_loss:.4g} at step {it + 1}{why} (supervised {v_sup:.4g}, "
+                           f"self-training {v_st:.4g}, lr {lr_used:.3g}); the run stopped with the weights after {it} "
+                           "steps. A lower lr, a longer warmup_iters or grad_clip > 0 may help")
                 break
+            if len(p.early_losses) < DIVERGENCE_REFERENCE_STEPS:
+                p.early_losses.append(v_loss)
             _optimizer_step(st, loss, cfg.grad_clip)
             method.update_teacher(st.teacher, st.model, it)
             st.window.add_step(v_sup, v_st, self_training, time.perf_counter() - step_start)
@@ -337,6 +341,19 @@ class EvalSets:
         if cfg.report_test:
             test = load_eval_batches(LabeledDataset(data_root, "test", classes), 0, cfg.batch_size)
         return cls(val, train, test)
+
+
+def divergence(loss: float, early_losses: list[float], factor: float) -> str | None:
+    """None while the step loss `loss` is sane; else why not, to follow "the loss is X at step n": "" when it is
+    not finite, the rule when it exceeds `factor` (divergence_factor; 0 disables this) times the median of the
+    run's first step losses (`early_losses`)."""
+    if not math.isfinite(loss):
+        return ""
+    reference = statistics.median(early_losses) if early_losses else 0.0
+    if factor > 0 and reference > 0 and loss > factor * reference:
+        return (f", over divergence_factor {factor:g} times its early reference {reference:.4g} (the median of the "
+                f"first {len(early_losses)} step losses)")
+    return None
 
 
 def _optimizer_step(st: TrainingState, loss: torch.Tensor, grad_clip: float) -> None:
