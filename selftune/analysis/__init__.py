@@ -68,7 +68,7 @@ if TYPE_CHECKING:
         load_trials,
         metric_mode,
     )
-    from selftune.analysis.trials import TrialRecord, read_sweep_meta, read_trials
+    from selftune.sweepfolder import TrialRecord, read_sweep_meta, read_trials
 
 
 def __getattr__(name: str) -> Any:

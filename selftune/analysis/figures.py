@@ -21,7 +21,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from selftune.analysis.tables import Sweep
+from selftune.analysis.tables import Sweep, _fmt
 
 
 @dataclass(frozen=True)
@@ -134,12 +134,6 @@ def _hover(row: pd.Series, params: list[str], metric: str) -> str:
         if val is not None and not (isinstance(val, float) and math.isnan(val)):
             bits.append(f"{p} = {_fmt(val)}")
     return "<br>".join(bits)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}" if (abs(v) < 1e-2 or abs(v) >= 1e4) and v != 0 else f"{v:.4g}"
-    return str(v)
 
 
 # ---------------------------------------------------------------------- 1. search progress

@@ -57,6 +57,16 @@ def _finite(v: Any) -> bool:
     return _is_number(v) and math.isfinite(v)
 
 
+def _fmt(v: Any) -> str:
+    """A value as the report, the advice and the figures show it: a float to 4 significant digits, or 3 below
+    0.01 and from 10,000 up (0.0003, 1e+30); NaN as "-"; anything else as str()."""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        return f"{v:.3g}" if (abs(v) < 1e-2 or abs(v) >= 1e4) and v != 0 else f"{v:.4g}"
+    return str(v)
+
+
 def available_metrics(records: list[TrialRecord]) -> list[str]:
     """Numeric metrics the loop reported (Ray's bookkeeping left out), in first-seen order."""
     seen: dict[str, None] = {}

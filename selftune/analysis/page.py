@@ -1,0 +1,129 @@
+"""The report page: `report.html` of an analysed sweep, one self-contained file (figures inlined as PNG,
+links to their interactive versions beside it), and the top-trials table it shares with the terminal summary."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import os
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from selftune.analysis.tables import Sweep, _fmt
+
+if TYPE_CHECKING:
+    from selftune.analysis.report import Analysis
+
+STATUS_ORDER = ("completed", "early_stopped", "stopped_by_asha", "stopped_by_budget", "diverged", "errored", "running")
+STATUS_WORDS = {
+    "completed": "completed", "early_stopped": "stopped by patience", "stopped_by_asha": "stopped by ASHA",
+    "stopped_by_budget": "stopped by the sweep budget", "diverged": "diverged", "errored": "errored",
+    "running": "running or pending",
+}
+
+CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1180px;
+       color: #1a202c; line-height: 1.45; padding: 0 16px; }
+h1 { font-size: 1.6em; margin-bottom: 0.1em; } h2 { border-bottom: 1px solid #e2e8f0; padding-bottom: 4px; margin-top: 1.6em; }
+.sub { color: #4a5568; margin-top: 0; }
+table { border-collapse: collapse; font-size: 0.88em; margin: 8px 0; }
+th, td { border: 1px solid #e2e8f0; padding: 4px 8px; text-align: left; }
+th { background: #f7fafc; }
+.badge { display: inline-block; padding: 2px 8px; margin: 2px 6px 2px 0; border-radius: 10px; background: #edf2f7; }
+.next li { margin-bottom: 6px; } code { background: #f7fafc; padding: 1px 4px; border-radius: 3px; }
+figure { margin: 18px 0 30px; } figure img { max-width: 100%; border: 1px solid #e2e8f0; }
+figcaption { color: #4a5568; font-size: 0.92em; max-width: 1000px; }
+.note { color: #975a16; }
+"""
+
+
+def top_table(a: Analysis, top_k: int) -> pd.DataFrame:
+    t, metric = a.trials, a.sweep.metric
+    rows = []
+    for i, (_, r) in enumerate(t.head(top_k).iterrows(), 1):
+        row = {"rank": i, "trial": r["trial_id"], "status": r["status"], f"best {metric}": _fmt(r[f"best.{metric}"]),
+               "at iter": _fmt(r["best_iteration"]) if pd.notna(r["best_iteration"]) else "-",
+               "iters run": _fmt(r["iteration"]) if pd.notna(r["iteration"]) else "-"}
+        for p in a.key_params:
+            row[p] = _fmt(r.get(f"param.{p}"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def status_line(a: Analysis) -> str:
+    counts = a.status_counts()
+    return ", ".join(f"{n} {STATUS_WORDS[s]}" for s, n in counts.items())
+
+
+def _codeify(text: str) -> str:
+    """Escape, then show `backticked` parts as code."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def report_html(a: Analysis, top_k: int) -> str:
+    s = a.sweep
+    e = html.escape
+    counts = "".join(f'<span class="badge">{n} {e(STATUS_WORDS[k])}</span>' for k, n in a.status_counts().items())
+    now = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>selftune sweep {e(s.name)}</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>Sweep {e(s.name)}</h1>",
+             f"<p class='sub'>{e(s.path)} &middot; {len(a.trials)} trials &middot; metric {e(s.metric)} ({s.mode}) "
+             f"&middot; space {e(str(s.meta.get('sweep', {}).get('space', '?')))} &middot; analysed {now}</p>",
+             f"<p>{counts}</p>",
+             f"<h2>Top {min(top_k, len(a.trials))} trials</h2>",
+             top_table(a, top_k).to_html(index=False, escape=True, border=0),
+             "<h2>What to run next</h2><ul class='next'>",
+             *[f"<li>{_codeify(x)}</li>" for x in a.next_steps],
+             "</ul>"]
+    if len(a.asha):
+        cols = {"rung": "rung (iteration)", "reached": "trials reached", "stopped": "stopped here",
+                "stopped_values": f"{s.metric} of stopped", "went_on_values": f"{s.metric} of those that went on",
+                "went_on_final": "their final best", "best_trial_rank": "eventual best's rank here",
+                "spearman_rung_vs_final": "Spearman (rung vs final)"}
+        view = a.asha[list(cols)].rename(columns=cols)
+        view[cols["spearman_rung_vs_final"]] = view[cols["spearman_rung_vs_final"]].map(
+            lambda v: "-" if v is None or pd.isna(v) else f"{v:.2f}")
+        parts += ["<h2>ASHA's cuts</h2>",
+                  "<p>At each rung ASHA keeps the top 1/reduction_factor of the trials seen there so far. A cut was "
+                  "right when the stopped trials were below those that went on, and the values at the rung predict "
+                  "the final ones (Spearman close to 1).</p>", view.to_html(index=False, escape=True, border=0)]
+    if a.importance.ok:
+        imp = pd.DataFrame({"parameter": list(a.importance.values),
+                            "importance": [f"{v:.3f}" for v in a.importance.values.values()]})
+        parts += [f"<h2>Importance</h2><p>{e(a.importance.evaluator)}"
+                  + (f" &middot; <span class='note'>{e(a.importance.note)}</span>" if a.importance.note else "")
+                  + "</p>", imp.head(10).to_html(index=False, escape=True, border=0)]
+    parts.append("<h2>Figures</h2>")
+    for f in a.figures:
+        parts.append(f"<figure id='{f.name}'><h3>{e(f.title)}</h3>")
+        if f.png:
+            b64 = base64.b64encode(f.png).decode()
+            parts.append(f"<img alt='{e(f.title)}' src='data:image/png;base64,{b64}'>")
+        else:
+            parts.append(f"<p class='note'>{e(f.note)}</p>")
+        link = f" <a href='{f.name}.html'>Interactive version</a>." if f.has_html else ""
+        parts.append(f"<figcaption>{e(f.caption)}{link}</figcaption></figure>")
+    parts.append("<h2>Files and other tools</h2><p><code>trials.parquet</code> / <code>trials.csv</code> (one row "
+                 "per trial), <code>history.parquet</code> (one row per evaluation); load them with "
+                 "<code>selftune.analysis.load_trials</code> / <code>load_history</code> or pandas.</p><ul>"
+                 f"<li><code>tensorboard --logdir {e(s.path)}</code>: every trial's curves, per-class IoU, "
+                 "pseudo-label counts, thresholds and prediction panels</li>"
+                 f"<li><code>optuna-dashboard {e(_dashboard_storage(s))}</code>: the Optuna study</li>"
+                 "<li><code>notebooks/sweep_analysis.ipynb</code> with <code>SELFTUNE_SWEEP</code> set to this folder</li>"
+                 "</ul>")
+    if a.notes:
+        parts += ["<h2>Notes</h2><ul>", *[f"<li class='note'>{e(n)}</li>" for n in a.notes], "</ul>"]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _dashboard_storage(s: Sweep) -> str:
+    """What to give optuna-dashboard: the journal in the sweep folder, else the storage the sweep recorded."""
+    local = s.path.rstrip("/") + "/optuna_journal.log"
+    if "://" in s.path or os.path.isfile(local):
+        return local
+    return str(s.meta.get("optuna_storage") or local).removeprefix("journal:")
