@@ -75,6 +75,9 @@ def test_optuna_is_told_how_each_trial_ended(sweep_dir: Path) -> None:
     for ot in study.trials:
         rec = by_params[json.dumps(ot.params, sort_keys=True)]
         assert ot.state.name == expected[rec.outcome], (rec.trial_id, rec.outcome, ot.state)
+        # the dashboard names the Ray trial and tells an ASHA cut from a budget cut
+        assert ot.user_attrs["ray_trial_id"] == rec.trial_id
+        assert ot.user_attrs["selftune_status"] == rec.outcome
         states.append(ot.state.name)
         if ot.state.name in ("COMPLETE", "PRUNED"):
             # every evaluation is an intermediate value, at the loop's iteration

@@ -28,10 +28,12 @@ from selftune.sweepfolder import (
     STOPPED_BY_BUDGET,
     STOPPED_BY_SCHEDULER,
     TrialRecord,
+    asha_milestones,
     filesystem,
     read_sweep_meta,
     read_text,
     read_trials,
+    who_stopped,
 )
 
 DEFAULT_METRIC = METRIC
@@ -41,6 +43,7 @@ RAY_KEYS = frozenset({
     "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration", "trial_id", "date",
     "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore",
     "iterations_since_restore", "experiment_tag", "iteration",
+    "round",  # the loop's round counter (method rounds): an axis, not a metric to rank by
 })
 
 
@@ -165,10 +168,7 @@ def asha_rungs(meta: dict[str, Any]) -> list[float]:
         rf = float(sweep.get("reduction_factor") or 3.0)
     except (KeyError, TypeError, ValueError):
         return []
-    if grace <= 0 or max_t <= grace or rf <= 1:
-        return []
-    n = int(math.log(max_t / grace) / math.log(rf) + 1)
-    return [grace * rf**k for k in range(n) if grace * rf**k < max_t]
+    return asha_milestones(grace, max_t, rf)
 
 
 def _status(t: TrialRecord, rungs: list[float]) -> str:
@@ -184,7 +184,7 @@ def _status(t: TrialRecord, rungs: list[float]) -> str:
     prev = t.results[-2].get("iteration", 0) if len(t.results) > 1 else 0
     if not _is_number(last) or not _is_number(prev):
         return outcome
-    return outcome if any(prev < m <= last for m in rungs) else STOPPED_BY_BUDGET
+    return who_stopped(prev, last, rungs)
 
 
 def _best_index(results: list[dict[str, Any]], metric: str, mode: str) -> int | None:

@@ -26,11 +26,15 @@ from selftune.sweepfolder import (
     METRIC,
     OBJECTIVE,
     REMOTE_SCHEMES,
+    STOPPED_BY_BUDGET,
+    STOPPED_BY_SCHEDULER,
     TIME_ATTR,
     TRIAL_RUN_DIR,
+    asha_milestones,
     experiment_path,
     optuna_state,
     trial_outcome,
+    who_stopped,
 )
 from selftune.trainable.config import TrainConfig
 
@@ -97,8 +101,21 @@ class HonestOptunaSearch(OptunaSearch):
     Ray's OptunaSearch tells a trial that ASHA stopped as COMPLETE with its early, low metric,
     which biases TPE. Here each evaluation is an intermediate value at the loop's iteration,
     a scheduler-stopped trial is PRUNED, a diverged or errored one is FAIL, and a finished one
-    is COMPLETE with its best val mIoU.
+    is COMPLETE with its best val mIoU. Each Optuna trial carries the Ray trial id (`ray_trial_id`) and
+    selftune's status (`selftune_status`: completed, stopped_by_asha, stopped_by_budget, ...) as user
+    attributes, so optuna-dashboard tells an ASHA cut from a budget cut and names the trial's folder.
     """
+
+    rungs: tuple[float, ...] = ()  # ASHA milestones (set by make_searcher); empty without ASHA
+
+    def _attr(self, trial_id: str, key: str, value: Any) -> None:
+        self._ot_trials[trial_id].set_user_attr(key, value)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # the Ray trial's id on the Optuna trial, from its start
+            self._attr(trial_id, "ray_trial_id", trial_id)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials or self.metric not in result:
@@ -120,16 +137,30 @@ class HonestOptunaSearch(OptunaSearch):
         if result:  # Ray passes the last report here, not to on_trial_result
             self.on_trial_result(trial_id, result)
         ot_trial = self._ot_trials[trial_id]
-        state = getattr(optuna.trial.TrialState, optuna_state(trial_outcome(result, errored=error)))
+        outcome = trial_outcome(result, errored=error)
+        if outcome == STOPPED_BY_SCHEDULER:
+            steps = sorted(self.__dict__.get("_reported_steps", {}).get(trial_id, ()))
+            last = float(result.get(TIME_ATTR, steps[-1] if steps else 0)) if result else 0.0
+            prev = float(max((s for s in steps if s < last), default=0))
+            outcome = who_stopped(prev, last, self.rungs) if self.rungs else STOPPED_BY_BUDGET
+        state = getattr(optuna.trial.TrialState, optuna_state(outcome))
         value = None
         if state == optuna.trial.TrialState.COMPLETE:
             value = result.get(OBJECTIVE, result.get(self.metric)) if result else None
             if value is None or value != value:
                 state, value = optuna.trial.TrialState.FAIL, None
+        if ot_trial.number not in self._told_numbers():
+            self._attr(trial_id, "ray_trial_id", trial_id)
+            self._attr(trial_id, "selftune_status", outcome)
         # skip_if_finished: the study's storage is written at once, this searcher's state only at Ray's
         # experiment checkpoints, so after a driver crash a resumed trial may already be finished in the study.
         self._ot_study.tell(ot_trial, value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
+
+
+    def _told_numbers(self) -> set[int]:
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+        return {t.number for t in self._ot_study.get_trials(deepcopy=False, states=finished)}
 
 
 def _space_for_optuna(space: str, ctx: SpaceContext, trial: Any) -> dict[str, Any]:
@@ -151,6 +182,7 @@ def startup_trials(num_samples: int, budget_iters: int | None = None, max_t: int
 def make_searcher(
     kind: str, space: str, ctx: SpaceContext, *, seed: int, num_samples: int, max_concurrent: int,
     study_name: str, storage_url: str, budget_iters: int | None = None, max_t: int | None = None,
+    rungs: list[float] | None = None,
 ) -> ConcurrencyLimiter:
     """TPE (multivariate, constant liar, seeded) or random, over a persisted Optuna study."""
     if kind == "random":
@@ -165,6 +197,8 @@ def make_searcher(
         space=functools.partial(_space_for_optuna, space, ctx), metric=METRIC, mode="max",
         sampler=sampler, study_name=study_name, storage=open_optuna_storage(storage_url),
     )
+    if isinstance(searcher, HonestOptunaSearch):
+        searcher.rungs = tuple(rungs or ())
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
@@ -249,6 +283,7 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
         spec.searcher, spec.space, spec.ctx, seed=spec.seed, num_samples=spec.num_samples,
         max_concurrent=spec.max_concurrent, study_name=spec.name, storage_url=spec.optuna_storage,
         budget_iters=spec.budget_iters, max_t=spec.max_t,
+        rungs=asha_milestones(spec.grace_period, spec.max_t, spec.reduction_factor) if spec.scheduler == "asha" else [],
     )
     if spec.scheduler == "asha":
         scheduler: Any = ASHAScheduler(

@@ -21,6 +21,8 @@ def close_open_trials(url: str, study_name: str) -> int:
     closed = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         state = optuna.trial.TrialState.PRUNED if t.intermediate_values else optuna.trial.TrialState.FAIL
+        study._storage.set_trial_user_attr(t._trial_id, "selftune_status",
+                                           "stopped_by_budget" if t.intermediate_values else "errored")
         study.tell(t.number, state=state)
         closed += 1
     return closed

@@ -30,8 +30,10 @@ from selftune.sweepfolder.outcome import (
     RUNNING,
     STOPPED_BY_BUDGET,
     STOPPED_BY_SCHEDULER,
+    asha_milestones,
     optuna_state,
     trial_outcome,
+    who_stopped,
 )
 from selftune.sweepfolder.trials import (
     TrialRecord,
@@ -66,6 +68,7 @@ __all__ = [
     "VERDICT_FILE",
     "TrialRecord",
     "as_uri",
+    "asha_milestones",
     "experiment_path",
     "filesystem",
     "is_remote",
@@ -75,4 +78,5 @@ __all__ = [
     "read_trials",
     "read_verdict",
     "trial_outcome",
+    "who_stopped",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 COMPLETED = "completed"  # ran to max_iters
@@ -41,3 +43,18 @@ def optuna_state(outcome: str) -> str:
         DIVERGED: "FAIL",
         ERRORED: "FAIL",
     }[outcome]
+
+
+def asha_milestones(grace_period: float, max_t: float, reduction_factor: float) -> list[float]:
+    """The iterations where ASHA compares trials (Ray's milestones: grace * rf^k below max_t)."""
+    if grace_period <= 0 or max_t <= grace_period or reduction_factor <= 1:
+        return []
+    n = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    return [grace_period * reduction_factor**k for k in range(n) if grace_period * reduction_factor**k < max_t]
+
+
+def who_stopped(prev_iteration: float, last_iteration: float, rungs: Sequence[float]) -> str:
+    """A trial stopped from outside: by ASHA if its last report crossed a rung (ASHA decides only there), else
+    by the sweep's budget (time_budget_s, budget_iters)."""
+    crossed = any(prev_iteration < m <= last_iteration for m in rungs)
+    return STOPPED_BY_SCHEDULER if crossed else STOPPED_BY_BUDGET
