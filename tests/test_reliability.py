@@ -139,3 +139,67 @@ def test_an_exploding_run_is_diverged_not_completed(tiny_data: Path, tmp_path: P
     rc = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "off"), "--no-progress", *explode,
                "--set", "divergence_factor=0"])
     assert rc == 0 and "status: completed" in capsys.readouterr().out  # 0 disables the check (finite losses)
+
+
+# ---------------------------------------------------------------------- two checkpoints, and why one is unreadable (defect 4)
+
+
+def test_a_truncated_state_falls_back_to_the_previous_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    import torch
+
+    from selftune.trainable.loop import train
+    from tests.test_loop import Reports, read_metrics, tiny
+
+    run = tmp_path / "run"
+    cfg = tiny(max_iters=8, log_images=False, fp_weight=0.0, strong_aug=False)
+    train(cfg, tiny_data, run, progress=False)
+    state, previous = run / "checkpoint" / "state.pt", run / "state.prev.pt"
+    assert torch.load(previous, weights_only=True)["iteration"] == 4  # the one before, outside checkpoint/
+    assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["state.pt"]  # what Ray copies: one state
+    whole = torch.load(state, weights_only=True)
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    reports = Reports()
+    with pytest.warns(UserWarning, match=rf"cannot read checkpoint {state}: the file is truncated.*"
+                                         rf"resuming from the previous checkpoint {previous} \(iteration 4\)"):
+        result = train(cfg, tiny_data, run, resume_from=run / "checkpoint", reporter=reports, progress=False)
+    assert result.status == "completed" and [m["iteration"] for m, _ in reports] == [8]
+    assert [m["iteration"] for m in read_metrics(run)] == [4, 8]
+    again = torch.load(state, weights_only=True)  # steps 5-8 replayed exactly
+    assert all(torch.equal(again["ema"][k], whole["ema"][k]) for k in whole["ema"])
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (b"", "the file is empty (0 bytes)"),
+    (None, "the file is truncated"),
+    (b"hello, not a checkpoint", "not a torch file (it starts with b'hell')"),
+])
+def test_an_unreadable_checkpoint_says_why(tmp_path: Path, content: bytes | None, why: str) -> None:
+    import torch
+
+    from selftune.errors import DataError
+    from selftune.trainable import checkpoint as ckpt
+
+    path = tmp_path / "state.pt"
+    if content is None:
+        torch.save({"x": torch.zeros(100)}, path)
+        content = path.read_bytes()[:-40]
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        ckpt.load(path)
+    assert str(err.value).startswith(f"cannot read checkpoint {path}: {why}")
+
+
+def test_resume_without_a_readable_checkpoint_names_both_files(tiny_data: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "checkpoint" / "state.pt").write_bytes(b"")
+    rc = main(["train", "--data", str(tiny_data), "--out", str(run), "--resume", "--no-progress", *sets()])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert f"cannot read checkpoint {run / 'checkpoint' / 'state.pt'}: the file is empty (0 bytes)" in err
+    (run / "state.prev.pt").write_bytes(b"PK\x03\x04cut")
+    rc = main(["train", "--data", str(tiny_data), "--out", str(run), "--resume", "--no-progress", *sets()])
+    err = capsys.readouterr().err
+    assert rc == 2 and "the previous checkpoint cannot be used either" in err
+    assert f"{run / 'state.prev.pt'}: the file is truncated" in err

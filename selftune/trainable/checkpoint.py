@@ -3,6 +3,12 @@
 Every file is written to a temporary name in its folder and moved into place with `os.replace`,
 so a crash leaves either the old file or the new one, never half of one. Everything is read back
 with `torch.load(..., weights_only=True)`: the files hold only tensors and plain Python data.
+
+Two checkpoints are kept: before a new checkpoint/state.pt is written, the complete one it replaces
+becomes state.prev.pt in the run folder (beside checkpoint/, so the folder reported to Ray, which
+copies it at every report, holds one state). A state.pt that cannot be read (a copy cut short, a
+disk fault) is then not the end of the run: `resume_state` warns, naming both files, and resumes from
+state.prev.pt.
 """
 
 from __future__ import annotations
@@ -10,19 +16,23 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from selftune.errors import ConfigError, DataError
+from selftune.errors import ConfigError, DataError, StorageError
 from selftune.fileio import write_atomic
 from selftune.trainable.config import TrainConfig
 
 STATE_VERSION = 1
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
+PREVIOUS_FILE = "state.prev.pt"  # the checkpoint before checkpoint/state.pt, in the run folder
 BEST_FILE = "best_model_ema.pt"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -45,10 +55,25 @@ def load(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise DataError(f"cannot read checkpoint {path}: {exc}") from None
+        raise DataError(f"cannot read checkpoint {path}: {_unreadable(path, exc)}") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path} is not a selftune checkpoint (got {type(obj).__name__})")
     return obj
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why torch could not load `path`: empty, truncated, not a torch file, or torch's own words (on one line)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes): a save or a copy was cut short"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        return f"the file is truncated ({size:,} bytes, its end is missing): a save or a copy was cut short"
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # neither a zip nor a (legacy) pickle
+        return f"not a torch file (it starts with {head!r}); expected a state.pt or best_model_ema.pt from selftune"
+    detail = " ".join(str(exc).split())
+    return f"the torch file is corrupt ({type(exc).__name__}: {detail[:300] or 'no detail'})"
 
 
 def state_path(resume_from: Path) -> Path:
@@ -60,13 +85,50 @@ def state_path(resume_from: Path) -> Path:
     raise DataError(f"no checkpoint to resume from at {p} (expected {p / STATE_FILE})")
 
 
-def load_state(resume_from: Path) -> dict[str, Any]:
-    path = state_path(resume_from)
+def previous_path(resume_from: Path) -> Path | None:
+    """Where the checkpoint before the one at `resume_from` (as `state_path` takes it) is kept: RUN/state.prev.pt
+    for RUN, RUN/checkpoint or RUN/checkpoint/state.pt; None for a state.pt outside a checkpoint/ folder (Ray's
+    copies, which Ray keeps its own earlier ones of)."""
+    p = Path(resume_from)
+    if p.name == STATE_FILE:
+        p = p.parent
+    if p.name != CHECKPOINT_DIR:
+        p = p / CHECKPOINT_DIR
+        if not p.is_dir():
+            return None
+    return p.parent / PREVIOUS_FILE
+
+
+def _load_training_state(path: Path) -> dict[str, Any]:
     state = load(path)
     missing = [k for k in ("config", "iteration", "model", "ema", "optimizer") if k not in state]
     if missing:
         raise DataError(f"{path} is not a selftune training state (missing {', '.join(missing)})")
     return state
+
+
+def resume_state(resume_from: Path) -> tuple[Path, dict[str, Any]]:
+    """(the file, the training state) to resume from: state.pt, or, when that is missing or unreadable and the
+    run folder holds state.prev.pt, that one, with a warning naming both files."""
+    try:
+        path = state_path(resume_from)
+        return path, _load_training_state(path)
+    except DataError as exc:
+        previous = previous_path(resume_from)
+        if previous is None or not previous.is_file():
+            raise
+        try:
+            state = _load_training_state(previous)
+        except DataError as exc2:
+            raise DataError(f"{exc}; the previous checkpoint cannot be used either: {exc2}") from None
+        warnings.warn(f"{exc}; resuming from the previous checkpoint {previous} (iteration {state['iteration']}) "
+                      "instead", stacklevel=2)
+        return previous, state
+
+
+def load_state(resume_from: Path) -> dict[str, Any]:
+    """The training state at `resume_from` (see `resume_state`)."""
+    return resume_state(resume_from)[1]
 
 
 def check_resume_config(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
@@ -160,7 +222,11 @@ def _cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_state(path: Path, st: TrainingState, cfg: TrainConfig, class_names: tuple[str, ...], device: torch.device
                ) -> None:
-    """Write the resumable state (schema version STATE_VERSION) to `path`, atomically."""
+    """Write the resumable state (schema version STATE_VERSION) to `path`, atomically; in a run's checkpoint/
+    folder, the complete state.pt it replaces is kept as the run's state.prev.pt."""
+    previous = previous_path(path)
+    if previous is not None and path.is_file() and zipfile.is_zipfile(path):  # a whole file, not one cut short
+        _keep_as(path, previous)
     p = st.progress
     save_atomic({
         "version": STATE_VERSION, "config": cfg.to_dict(), "class_names": list(class_names),
@@ -171,6 +237,21 @@ def save_state(path: Path, st: TrainingState, cfg: TrainConfig, class_names: tup
         "window": st.window.state_dict(), "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
     }, path)
+
+
+def _keep_as(path: Path, previous: Path) -> None:
+    """Make `previous` the file at `path` now: a hard link (state.pt stays in place), or a move where links fail."""
+    tmp = previous.with_name(f".{previous.name}.{os.getpid()}.tmp")
+    try:
+        try:
+            os.link(path, tmp)
+            os.replace(tmp, previous)
+        except OSError:
+            if tmp.exists():
+                tmp.unlink()
+            os.replace(path, previous)  # until the new state.pt is in place, resume falls back to this one
+    except OSError as exc:
+        raise StorageError(exc.errno, f"cannot keep {path} as {previous}: {exc.strerror}") from None
 
 
 def restore_state(state: dict[str, Any], st: TrainingState, device: torch.device) -> None:
@@ -203,6 +284,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "CONFIG_FILE",
     "METRICS_FILE",
+    "PREVIOUS_FILE",
     "STATE_FILE",
     "Progress",
     "TrainingState",
@@ -210,7 +292,9 @@ __all__ = [
     "load",
     "load_model_file",
     "load_state",
+    "previous_path",
     "restore_state",
+    "resume_state",
     "save_atomic",
     "save_best",
     "save_state",

@@ -313,8 +313,8 @@ def _check_out_dir(out_dir: Path) -> None:
 def _saved_state(cfg: TrainConfig, out_dir: Path, resume_from: Path | None) -> dict[str, Any] | None:
     """The state to resume from (checked against `cfg`), or None for a fresh run in an unused folder."""
     if resume_from is not None:
-        state = ckpt.load_state(resume_from)
-        ckpt.check_resume_config(state["config"], cfg, ckpt.state_path(resume_from))
+        path, state = ckpt.resume_state(resume_from)  # state.pt, or state.prev.pt with a warning
+        ckpt.check_resume_config(state["config"], cfg, path)
         return state
     if any((out_dir / name).exists() for name in (ckpt.CONFIG_FILE, ckpt.METRICS_FILE)):
         raise ConfigError(

@@ -64,7 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError("--resume needs --out, the folder of the run to continue")
     out = args.out or Path("runs") / f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     data = args.data or ensure_demo()
-    resume_from = ckpt.state_path(out / ckpt.CHECKPOINT_DIR) if args.resume else None
+    resume_from = out / ckpt.CHECKPOINT_DIR if args.resume else None  # the loop falls back to state.prev.pt
     result = train(cfg, data, out, resume_from=resume_from, progress=args.progress)
     print(f"status: {result.status} ({result.message})")
     print(f"best val mIoU: {result.best_val_miou:.4f} at iteration {result.best_iteration}")
