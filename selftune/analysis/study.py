@@ -37,6 +37,7 @@ from selftune.sweepfolder import (
     filesystem,
     read_sweep_meta,
 )
+from selftune.sweepfolder.journal import repair_journal
 
 MIN_TRIALS_FOR_IMPORTANCE = 4  # scored trials; PED-ANOVA compares the top ones against all
 SCORED = (COMPLETED, EARLY_STOPPED, STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET)
@@ -66,6 +67,7 @@ def _journal_study(fs: Any, journal: str, name: str) -> Any:
         with fs.open_input_stream(journal) as src, open(local, "wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
+        repair_journal(local, backup=False)  # a torn last line: read what is complete (warns)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # JournalStorage is "experimental" in some versions
             return _study_from_storage(optuna.storages.JournalStorage(JournalFileBackend(local)), name)

@@ -281,7 +281,7 @@ def run_sweep(sweep: SweepConfig) -> SweepSummary:
     else:
         _write_remote(plan.experiment_dir + "/" + SWEEP_FILE, yaml.safe_dump(plan.meta(), sort_keys=False))
     train_shared_stage(plan)
-    adapter.fit(adapter.build_tuner(_tuner_spec(plan)))
+    _out_of_space_is_a_message(plan, lambda: adapter.fit(adapter.build_tuner(_tuner_spec(plan))))
     close_open_trials(plan.optuna_storage, sweep.name)
     return _finish(plan)
 
@@ -304,9 +304,31 @@ def resume_sweep(path: str, *, restart_errored: bool = False, address: str | Non
     if not adapter.can_restore(path):
         raise SelftuneError(f"{path} has no Ray experiment state to resume from")
     train_shared_stage(plan)  # nothing to do when it finished before the crash
-    adapter.fit(adapter.restore_tuner(path, _tuner_spec(plan), restart_errored=restart_errored))
+    _out_of_space_is_a_message(
+        plan, lambda: adapter.fit(adapter.restore_tuner(path, _tuner_spec(plan), restart_errored=restart_errored)))
     close_open_trials(plan.optuna_storage, sweep.name)
     return _finish(plan)
+
+
+def _out_of_space_is_a_message(plan: SweepPlan, fit: Any) -> None:
+    """Run the trials; a full disk anywhere under them (Ray's state, the journal, a checkpoint) is one message."""
+    import errno
+
+    from selftune.errors import StorageError
+
+    try:
+        fit()
+    except Exception as exc:
+        seen, cur = set(), exc
+        while cur is not None and id(cur) not in seen:
+            seen.add(id(cur))
+            if isinstance(cur, OSError) and cur.errno == errno.ENOSPC:
+                raise StorageError(errno.ENOSPC, (
+                    f"no space left on the device while the sweep ran ({plan.experiment_dir}); free some space, then "
+                    f"`selftune sweep --resume {plan.experiment_dir}` continues it (a torn journal line is repaired)"
+                )) from None
+            cur = cur.__cause__ or cur.__context__
+        raise
 
 
 def _write_remote(uri: str, text: str) -> None:

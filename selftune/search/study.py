@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import optuna
 
+from selftune.sweepfolder.journal import repair_journal
+
 
 def open_optuna_storage(url: str) -> optuna.storages.BaseStorage:
     """A JournalStorage file (`journal:PATH`) or an RDB URL (sqlite://, postgresql://, ...)."""
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        path = url.removeprefix("journal:")
+        repair_journal(path)  # a torn last line (a crash, a full disk) would fail every read
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
     return optuna.storages.RDBStorage(url)
 
 
