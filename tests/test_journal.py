@@ -60,3 +60,4 @@ def test_analysis_reads_a_torn_journal_without_touching_it(tmp_path: Path) -> No
 def test_a_full_disk_is_one_message() -> None:
     err = StorageError(errno.ENOSPC, "cannot write x: no space left on the device")
     assert isinstance(err, SelftuneError) and isinstance(err, OSError) and str(err).startswith("cannot write x")
+

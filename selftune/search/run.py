@@ -202,11 +202,17 @@ def _check_address(address: str) -> None:
         raise SelftuneError(f"cannot reach the Ray cluster at --address {address} ({exc})") from None
 
 
-def start_ray(address: str | None, num_cpus: int | None) -> None:
+def start_ray(address: str | None, num_cpus: int | None, *, nice_trials: bool = False) -> None:
+    """Attach to `address`, or start Ray in this process; its trial workers run at normal priority unless
+    `nice_trials` (Ray starts workers at nice 15, and beside any other process on the machine they starve)."""
+    import os
+
     import ray
 
     if ray.is_initialized():
         return
+    if not address and not nice_trials:
+        os.environ["RAY_worker_niceness"] = "0"  # Ray's own setting, read by the raylet it starts
     if address:
         _check_address(address)
         try:
@@ -272,7 +278,7 @@ class SweepSummary:
 def run_sweep(sweep: SweepConfig) -> SweepSummary:
     """Check, then run a new sweep to the end; writes best_config.yaml into the experiment folder."""
     plan = plan_sweep(sweep)
-    start_ray(sweep.address, sweep.num_cpus)
+    start_ray(sweep.address, sweep.num_cpus, nice_trials=sweep.nice_trials)
     check_resources(sweep)
     from selftune.search import adapter
 
@@ -297,7 +303,7 @@ def resume_sweep(path: str, *, restart_errored: bool = False, address: str | Non
     storage, _, name = path.rstrip("/").rpartition("/")
     sweep = sweep.replace(storage=storage, name=name, data=meta["data_root"])
     plan = plan_sweep(sweep, resume=True, base_dict=meta["base"])
-    start_ray(sweep.address, num_cpus if num_cpus is not None else sweep.num_cpus)
+    start_ray(sweep.address, num_cpus if num_cpus is not None else sweep.num_cpus, nice_trials=sweep.nice_trials)
     check_resources(sweep)
     from selftune.search import adapter
 

@@ -47,6 +47,8 @@ class SweepConfig:
     address: str | None = None  # Ray cluster address ("auto" to attach); None starts Ray in-process
     num_cpus: int | None = None  # CPUs of the in-process Ray (None: all); ignored with address
     reuse_actors: bool = True
+    nice_trials: bool = False  # in-process Ray only: keep Ray's nice level (15) for trial workers; by default they
+    # run at normal priority, so a sweep beside other work on a shared workstation is not starved
     wandb_project: str | None = None  # log trials to W&B through Ray's callback (needs wandb)
     mlflow_uri: str | None = None  # log trials to MLflow through Ray's callback: sqlite:///mlflow.db or http(s)://
     verbose: int = 1  # Ray's progress table: 0 silent, 1 table, 2 more
