@@ -203,3 +203,32 @@ def test_resume_without_a_readable_checkpoint_names_both_files(tiny_data: Path, 
     err = capsys.readouterr().err
     assert rc == 2 and "the previous checkpoint cannot be used either" in err
     assert f"{run / 'state.prev.pt'}: the file is truncated" in err
+
+
+# ---------------------------------------------------------------------- a crash between checkpoint and metrics line (defect 3)
+
+
+def test_a_metrics_line_lost_after_its_checkpoint_comes_back_on_resume(tiny_data: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from selftune.trainable.loop import train
+    from tests.test_loop import read_metrics, same, tiny
+
+    def drop_last_line(path: Path) -> None:
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+
+    run = tmp_path / "run"
+    cfg = tiny(max_iters=8, log_images=False, fp_weight=0.0, strong_aug=False)
+    train(cfg, tiny_data, run, progress=False)
+    whole = read_metrics(run)
+    drop_last_line(run / "metrics.jsonl")  # as if the run died between checkpoint 8 and its metrics line
+    result = train(cfg, tiny_data, run, resume_from=run / "checkpoint", progress=False)
+    assert result.message.startswith("nothing to do")
+    assert same(read_metrics(run), whole)  # the finished run's last line is back, from state.pt
+    drop_last_line(run / "metrics.jsonl")
+    train(cfg.replace(max_iters=12), tiny_data, run, resume_from=run / "checkpoint", progress=False)
+    assert [m["iteration"] for m in read_metrics(run)] == [4, 8, 12]
+    assert same(read_metrics(run)[:2], whole)  # the lost line is the one the crashed attempt evaluated
+    ea = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    ea.Reload()
+    assert sorted({e.step for e in ea.Scalars("val_miou")}) == [4, 8, 12]

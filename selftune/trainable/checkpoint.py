@@ -166,12 +166,14 @@ def load_model_file(path: Path) -> tuple[TrainConfig, tuple[str, ...] | None, di
     return TrainConfig.from_dict(obj["config"]), tuple(names) if names else None, weights, info
 
 
-def truncate_metrics(path: Path, last_iteration: int) -> None:
-    """Drop metrics.jsonl lines past `last_iteration` (written after the checkpoint being resumed)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
+def truncate_metrics(path: Path, last_iteration: int, lost: dict[str, Any] | None = None) -> bool:
+    """Drop metrics.jsonl lines past `last_iteration` (written after the checkpoint being resumed). `lost` is the
+    checkpoint's own evaluation (saved in its state.pt): when no line is at `last_iteration` (a crash between
+    the checkpoint and the metrics line), it is appended. Returns whether it was."""
+    if not path.is_file() and lost is None:
+        return False
+    kept, last = [], 0
+    for line in path.read_text().splitlines() if path.is_file() else []:
         if not line.strip():
             continue
         try:
@@ -180,7 +182,12 @@ def truncate_metrics(path: Path, last_iteration: int) -> None:
             continue
         if it <= last_iteration:
             kept.append(line + "\n")
+            last = it
+    restore = lost is not None and last < last_iteration and lost.get("iteration") == last_iteration
+    if restore:
+        kept.append(json.dumps(lost) + "\n")
     write_atomic(path, "".join(kept))
+    return restore
 
 
 # ---------------------------------------------------------------------- the training state
@@ -220,10 +227,11 @@ def _cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def save_state(path: Path, st: TrainingState, cfg: TrainConfig, class_names: tuple[str, ...], device: torch.device
-               ) -> None:
-    """Write the resumable state (schema version STATE_VERSION) to `path`, atomically; in a run's checkpoint/
-    folder, the complete state.pt it replaces is kept as the run's state.prev.pt."""
+def save_state(path: Path, st: TrainingState, cfg: TrainConfig, class_names: tuple[str, ...], device: torch.device,
+               metrics: dict[str, Any] | None = None) -> None:
+    """Write the resumable state (schema version STATE_VERSION) to `path`, atomically, with `metrics`, the
+    evaluation it follows (its metrics.jsonl line, restored from here if a crash lost it); in a run's
+    checkpoint/ folder, the complete state.pt it replaces is kept as the run's state.prev.pt."""
     previous = previous_path(path)
     if previous is not None and path.is_file() and zipfile.is_zipfile(path):  # a whole file, not one cut short
         _keep_as(path, previous)
@@ -235,7 +243,7 @@ def save_state(path: Path, st: TrainingState, cfg: TrainConfig, class_names: tup
         "model": _cpu(st.model), "ema": _cpu(st.teacher), "optimizer": st.optimizer.state_dict(),
         "scheduler": st.scheduler.state_dict(), "scaler": st.scaler.state_dict(), "method": st.method.state_dict(),
         "window": st.window.state_dict(), "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [], "metrics": metrics,
     }, path)
 
 

@@ -22,6 +22,13 @@ st_ratio/ (accepted / pixels the teacher gave that class; 0 when none), threshol
 with cfg.report_test. Timing, wall clock (everything else is reproducible bit for bit on the CPU):
 step_seconds (mean per training step since the last evaluation, data loading included), eval_seconds.
 A class absent from both the truth and the prediction has IoU NaN and is left out of the mean.
+
+Crashes: each evaluation writes checkpoint/state.pt first, holding the evaluation's metrics, then the
+metrics.jsonl line and TensorBoard scalars. On resume from it into the run's own folder, lines past the
+checkpoint's iteration (written by the crashed attempt after it) are dropped, and when the line of the
+checkpoint's own evaluation is missing (a crash between the two writes) it is appended from state.pt,
+its scalars too, so metrics.jsonl has no gap. The state.pt it replaces is kept as state.prev.pt, the
+checkpoint to fall back to when state.pt cannot be read (`checkpoint.resume_state`).
 """
 
 from __future__ import annotations
@@ -66,7 +73,15 @@ from selftune.trainable.evaluation import EvalBatches, evaluate, load_eval_batch
 from selftune.trainable.functional import SegmentationLoss, class_weights_for
 from selftune.trainable.methods import METHODS, Method, create_method
 from selftune.trainable.model import build_model, build_optimizer, load_weights, weights_from
-from selftune.trainable.records import Window, image_panel, metric_names, record, summary_writer, window_metrics
+from selftune.trainable.records import (
+    Window,
+    add_scalars,
+    image_panel,
+    metric_names,
+    record,
+    summary_writer,
+    window_metrics,
+)
 
 Reporter = Callable[[dict[str, Any], Path | None], None]  # (metrics, checkpoint folder or None)
 
@@ -103,7 +118,10 @@ def train(
     """
     run = setup(cfg, Path(data_root), Path(out_dir), resume_from)  # checks everything, writes nothing
     cfg, st, p, method, device = run.cfg, run.st, run.st.progress, run.st.method, run.device  # cfg: fitted
+    lost = run.saved_metrics if run.continues_here else None  # the checkpoint's evaluation, to restore if lost
     if run.resumed and (finished := _finished_status(p.iteration, method, p.bad_evals)):
+        if lost is not None:
+            ckpt.truncate_metrics(run.out_dir / ckpt.METRICS_FILE, p.iteration, lost)
         return TrainResult(finished, p.best_val_miou, p.best_iteration, p.iteration, run.out_dir,
                            f"nothing to do: the run at iteration {p.iteration} is already {finished}")
     start = p.iteration
@@ -123,9 +141,10 @@ def train(
         raise StorageError(exc.errno, f"cannot create the output folder {run.out_dir}: {exc.strerror}; choose "
                            "another one") from None
     write_atomic(run.out_dir / ckpt.CONFIG_FILE, cfg.to_yaml())
-    if run.resumed:
-        ckpt.truncate_metrics(run.out_dir / ckpt.METRICS_FILE, start)
+    restored = run.resumed and ckpt.truncate_metrics(run.out_dir / ckpt.METRICS_FILE, start, lost)
     run.writer = summary_writer(run.out_dir, purge_step=start + 1 if run.resumed else None)
+    if restored and lost is not None:
+        add_scalars(lost, run.writer)
     bar = tqdm(total=cfg.max_iters, initial=start, disable=not progress, dynamic_ncols=True, desc="train")
 
     # ---------------------------------------------------------------- the loop
@@ -193,7 +212,8 @@ def train(
             p.status = _finished_status(p.iteration, method, p.bad_evals) or "running"
             metrics.update(best_val_miou=p.best_or_nan, best_iteration=p.best_iteration, status=p.status)
             st.window = Window.empty(run.classes.num_classes, device)
-            ckpt.save_state(run.out_dir / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE, st, cfg, run.classes.names, device)
+            ckpt.save_state(run.out_dir / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE, st, cfg, run.classes.names, device,
+                            metrics)  # then its metrics line: a crash between the two loses nothing (see above)
             write_evaluation(run, metrics, it)
             if progress:
                 bar.write(f"[{p.iteration}] val mIoU {val_miou:.4f} (raw {metrics['val_miou_raw']:.4f}) | "
@@ -243,6 +263,8 @@ class Run:
     labeller: torch.nn.Module  # who pseudo-labels: the EMA model, or a frozen earlier run's model
     evals: EvalSets
     resumed: bool
+    continues_here: bool = False  # resumed into the folder that holds the run (its config.yaml is there)
+    saved_metrics: dict[str, Any] | None = None  # the resumed checkpoint's own evaluation
     writer: Any = None  # TensorBoard's SummaryWriter, opened when the loop starts
 
 
@@ -298,6 +320,8 @@ def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | 
         make_autocast(device, amp_dtype), DeviceBatch(device, memory_format, cfg.ignore_index),
         SegmentationLoss.from_config(cfg, k, weights).to(device), st, labeller,
         EvalSets.load(cfg, data_root, classes), resumed=saved is not None,
+        continues_here=saved is not None and (out_dir / ckpt.CONFIG_FILE).is_file(),
+        saved_metrics=saved.get("metrics") if saved is not None else None,
     )
 
 

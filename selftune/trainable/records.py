@@ -92,12 +92,16 @@ def metric_names(class_names: tuple[str, ...] | list[str]) -> list[str]:
 
 def record(metrics: dict[str, Any], out_dir: Path, writer: Any) -> None:
     """One line in metrics.jsonl (the metrics as reported); every number as a TensorBoard scalar."""
-    iteration = metrics["iteration"]
     with open(out_dir / ckpt.METRICS_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(metrics) + "\n")
+    add_scalars(metrics, writer)
+
+
+def add_scalars(metrics: dict[str, Any], writer: Any) -> None:
+    """Every number of an evaluation's metrics as a TensorBoard scalar at its iteration."""
     for key, value in metrics.items():
         if key != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            writer.add_scalar(key, value, iteration)
+            writer.add_scalar(key, value, metrics["iteration"])
 
 
 def summary_writer(out_dir: Path, purge_step: int | None) -> Any:
@@ -138,4 +142,4 @@ def image_panel(
     return torch.cat(list(row), dim=1)  # stack the images vertically
 
 
-__all__ = ["PANEL_IMAGES", "Window", "image_panel", "metric_names", "record", "summary_writer", "window_metrics"]
+__all__ = ["PANEL_IMAGES", "Window", "add_scalars", "image_panel", "metric_names", "record", "summary_writer", "window_metrics"]
