@@ -157,3 +157,16 @@ def test_bad_shared_stage_keys_and_foreign_checkpoints(tiny_data: Path, tmp_path
     with pytest.raises(SelftuneError, match=r"shared_stage checkpoint .*fpn: it holds a FPN/tu-mobilenetv3_small_050 "
                                             r"model, the sweep's base config trains Unet"):
         plan_sweep(sweep)
+
+
+def test_the_demo_base_is_the_same_with_other_data_and_on_resume(tiny_data: Path, tmp_path: Path) -> None:
+    """Issue 19: `--demo --data X` and a resumed demo sweep ran TrainConfig's defaults (DeepLabV3Plus at 256)."""
+    demo = demo_sweep()
+    with_data = demo.replace(data=str(tiny_data), storage=str(tmp_path))
+    assert with_data.base_train_config() == demo.base_train_config()
+    assert demo.base_train_config().arch == "Unet" and demo.base_train_config().crop_size == 64
+    sweep = SweepConfig(name="r", data=str(tiny_data), base=BASE, storage=str(tmp_path), space="methods")
+    plan = plan_sweep(sweep)
+    meta = plan.meta()
+    again = SweepConfig.from_dict(meta["sweep"]).replace(data=meta["data_root"], base={}, base_config=None)
+    assert plan_sweep(again, resume=True, base_dict=meta["base"]).base == plan.base  # what resume_sweep does

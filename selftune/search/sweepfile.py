@@ -149,8 +149,9 @@ class SweepConfig:
 def demo_sweep(**overrides: Any) -> SweepConfig:
     """`selftune sweep --demo`: a complete small sweep on the demo data, sized for 2 CPU cores, 10 minutes:
     the `methods` space, a shared supervised first stage, and the verdict against a supervised control."""
-    base = dict(encoder="tu-mobilenetv3_small_050", max_iters=300, eval_every=25, warmup_iters=10,
-                st_start_iter=25, st_rampup_iters=50, patience=4)
+    # the demo base, resolved: the same with --data X and on resume, whatever the data (issue 19)
+    base = demo_config(encoder="tu-mobilenetv3_small_050", max_iters=300, eval_every=25, warmup_iters=10,
+                       st_start_iter=25, st_rampup_iters=50, patience=4).to_dict()
     sweep = dict(
         name="demo", data=None, base=base, space="methods", num_samples=12, max_concurrent=2,
         cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=420.0, shared_stage={"max_iters": 150},
