@@ -232,3 +232,66 @@ def test_a_metrics_line_lost_after_its_checkpoint_comes_back_on_resume(tiny_data
     ea = EventAccumulator(str(run), size_guidance={"scalars": 0})
     ea.Reload()
     assert sorted({e.step for e in ea.Scalars("val_miou")}) == [4, 8, 12]
+
+
+# ---------------------------------------------------------------------- a noisy unlabelled pool, a run that died early (defect 5)
+
+
+def test_unreadable_pool_images_are_skipped_counted_and_resume_stays_exact(tiny_data: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from selftune.data import unlabeled_index
+    from selftune.data.validate import UNLABELED_SAMPLE
+    from selftune.trainable.loop import train
+    from tests.test_loop import read_metrics, same, tiny
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    index = unlabeled_index(root)
+    broken = [root / "unlabeled" / "images" / rel for rel in index[UNLABELED_SAMPLE:UNLABELED_SAMPLE + 3]]
+    for path in broken:  # beyond the files data check decodes
+        path.write_bytes(b"\x89PNG\r\n\x1a\ncut short")
+    assert main(["data", "check", str(root)]) == 0
+    capsys.readouterr()
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_4(metrics: dict, checkpoint_dir: Path | None) -> None:
+        if metrics["iteration"] == 4:
+            raise Crash
+
+    cfg = tiny(max_iters=8, log_images=False, fp_weight=0.0, strong_aug=False)
+    skipped = r"unlabelled image skipped at step \d+: cannot decode .*: corrupt or not an image"
+    with pytest.warns(UserWarning, match=skipped):
+        result = train(cfg, root, tmp_path / "full", progress=False)
+    assert result.status == "completed"
+    full = read_metrics(tmp_path / "full")
+    assert sum(m["unlabeled_skipped"] for m in full) > 0
+    with pytest.warns(UserWarning), pytest.raises(Crash):
+        train(cfg, root, tmp_path / "resumed", reporter=crash_at_4, progress=False)
+    with pytest.warns(UserWarning):
+        train(cfg, root, tmp_path / "resumed", resume_from=tmp_path / "resumed" / "checkpoint", progress=False)
+    assert same(read_metrics(tmp_path / "resumed"), full)  # batch t is still a pure function of t
+
+
+def test_a_run_that_died_before_its_first_checkpoint_can_be_run_again(tiny_data: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from selftune.trainable.config import TrainConfig
+
+    def dead_run(run: Path) -> list[str]:
+        run.mkdir()
+        (run / "config.yaml").write_text(TrainConfig().to_yaml())  # what a run writes before its first step
+        (run / "metrics.jsonl").write_text("")
+        return ["train", "--data", str(tiny_data), "--out", str(run), "--no-progress",
+                *sets("max_iters=2", "eval_every=2")]
+
+    argv = dead_run(tmp_path / "run")
+    with pytest.warns(UserWarning, match=rf"output folder {tmp_path / 'run'} holds a run that stopped before its "
+                                         "first checkpoint"):
+        rc = main(argv)
+    assert rc == 0 and "status: completed" in capsys.readouterr().out
+    rc = main(argv)  # now it holds a run: refused as before
+    assert rc == 2 and "already holds a run" in capsys.readouterr().err
+    rc = main([*dead_run(tmp_path / "other"), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no checkpoint to resume from" in err and "can be started again" in err

@@ -32,6 +32,7 @@ _EXPORTS = {
     "unlabeled_index_path": "selftune.data.index",
     "LabeledDataset": "selftune.data.datasets",
     "UnlabeledDataset": "selftune.data.datasets",
+    "PoolDraw": "selftune.data.datasets",
     "DatasetSummary": "selftune.data.validate",
     "class_frequencies": "selftune.data.validate",
     "dataset_fingerprint": "selftune.data.validate",
@@ -65,6 +66,7 @@ __all__ = [
     "DatasetSummary",
     "DemoSpec",
     "LabeledDataset",
+    "PoolDraw",
     "UnlabeledDataset",
     "batch_indices",
     "class_frequencies",
@@ -91,7 +93,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from selftune.data.batches import batch_indices, collate, derive_seed, make_batches
-    from selftune.data.datasets import LabeledDataset, UnlabeledDataset
+    from selftune.data.datasets import LabeledDataset, PoolDraw, UnlabeledDataset
     from selftune.data.demo import (
         CLASS_COLORS,
         CLASS_NAMES,

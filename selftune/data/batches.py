@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from selftune.data.datasets import PoolDraw
 from selftune.errors import DataError
 
 
@@ -55,6 +56,11 @@ class _Augmented(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, sample_seed = key
         item = self.dataset[index]
+        if isinstance(item, PoolDraw):  # an unlabelled draw that may have passed over unreadable files
+            if self.transform is None:
+                return item
+            image, _ = self.transform(item.image, None, generator=torch.Generator().manual_seed(sample_seed))
+            return item._replace(image=image)
         image, mask = item if isinstance(item, tuple) else (item, None)
         if self.transform is not None:
             image, mask = self.transform(image, mask, generator=torch.Generator().manual_seed(sample_seed))
@@ -62,7 +68,10 @@ class _Augmented(torch.utils.data.Dataset):
 
 
 def collate(samples: list[Any]) -> Any:
-    """Stack images to uint8 [B, 3, h, w] and masks to int64 [B, h, w] (a tuple when labelled)."""
+    """Stack images to uint8 [B, 3, h, w] and masks to int64 [B, h, w] (a tuple when labelled; a `PoolDraw` with
+    all the samples' skipped files for unlabelled draws)."""
+    if isinstance(samples[0], PoolDraw):
+        return PoolDraw(torch.stack([s.image for s in samples]), tuple(why for s in samples for why in s.skipped))
     if isinstance(samples[0], tuple):
         images, masks = zip(*samples, strict=True)
         return torch.stack(images), torch.stack(masks)

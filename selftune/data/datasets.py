@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,19 +60,35 @@ class LabeledDataset(torch.utils.data.Dataset):
         return _to_tensor(image), torch.from_numpy(mask.astype(np.int64))
 
 
+POOL_DRAW_TRIES = 32  # files an unlabelled draw may try before an unreadable pool is an error
+
+
+class PoolDraw(NamedTuple):
+    """Unlabelled image(s) and the unreadable files passed over to draw them: one sample, or (collated) a batch."""
+
+    image: torch.Tensor  # uint8 [3, H, W], or [B, 3, h, w] for a batch
+    skipped: tuple[str, ...] = ()  # why each file passed over could not be read (the message names the file)
+
+
 class UnlabeledDataset(torch.utils.data.Dataset):
     """The unlabelled pool: item i is uint8 [3, H, W], read from disk on each access.
+
+    With skip_unreadable=True (the training loop's pool: large and noisy), item i is a `PoolDraw`: when
+    file i cannot be read, the first readable file of a fixed pseudo-random sequence of other items
+    (a pure function of i, so batch t stays a pure function of t) takes its place, and the draw
+    says which files it passed over. Without it, an unreadable file is a DataError.
 
     The index is held as one numpy byte array (no per-path Python objects), so forked
     DataLoader workers share it without copy-on-access growth.
     """
 
-    def __init__(self, root: Path, index: Sequence[str]) -> None:
+    def __init__(self, root: Path, index: Sequence[str], *, skip_unreadable: bool = False) -> None:
         self.root = Path(root)
         self.top = self.root / "unlabeled" / "images"
         if len(index) == 0:
             raise DataError(f"no images in {self.top}: the unlabelled pool is empty")
         self._paths = np.array([p.encode("utf-8") for p in index])
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -79,8 +96,28 @@ class UnlabeledDataset(torch.utils.data.Dataset):
     def relpath(self, i: int) -> str:
         return self._paths[i].decode("utf-8")
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return _to_tensor(read_image(self.top / self.relpath(i)))
+    def __getitem__(self, i: int) -> torch.Tensor | PoolDraw:
+        if not self.skip_unreadable:
+            return _to_tensor(read_image(self.top / self.relpath(i)))
+        return self.draw(i)
+
+    def draw(self, i: int) -> PoolDraw:
+        """Item i, or the first readable of its replacements (see the class docstring)."""
+        skipped: list[str] = []
+        j = i
+        for attempt in range(POOL_DRAW_TRIES):
+            try:
+                return PoolDraw(_to_tensor(read_image(self.top / self.relpath(j))), tuple(skipped))
+            except DataError as exc:
+                skipped.append(str(exc))
+            j = replacement_index(i, attempt, len(self))
+        raise DataError(f"{POOL_DRAW_TRIES} unlabelled images in a row cannot be read, the first: {skipped[0]}; "
+                        f"is the pool {self.top} readable?")
 
 
-__all__ = ["LabeledDataset", "UnlabeledDataset"]
+def replacement_index(i: int, attempt: int, n: int) -> int:
+    """The item that stands in for item i of n on its `attempt`-th unreadable draw: a pure function of the three."""
+    return int(np.random.SeedSequence([i, attempt]).generate_state(1)[0]) % n
+
+
+__all__ = ["POOL_DRAW_TRIES", "LabeledDataset", "PoolDraw", "UnlabeledDataset", "replacement_index"]

@@ -82,7 +82,8 @@ def state_path(resume_from: Path) -> Path:
     for candidate in (p, p / STATE_FILE, p / CHECKPOINT_DIR / STATE_FILE):
         if candidate.is_file():
             return candidate
-    raise DataError(f"no checkpoint to resume from at {p} (expected {p / STATE_FILE})")
+    raise DataError(f"no checkpoint to resume from at {p} (expected {p / STATE_FILE}); a run that stopped before "
+                    "its first checkpoint can be started again, without resuming, into the same folder")
 
 
 def previous_path(resume_from: Path) -> Path | None:

@@ -15,7 +15,8 @@ iteration; val_miou (EMA model, the sweep's objective), val_miou_raw (the traine
 val_loss (EMA, supervised loss per val image), train_miou (EMA, first train_eval_size train images
 centre-cropped), train_val_gap = train_miou - val_miou, best_val_miou, best_iteration; since the
 last evaluation: loss_sup (mean per step), loss_st (mean per self-training step), st_count
-(accepted pseudo-label pixels), st_ratio (accepted / unlabelled pixels); at the last step: lr,
+(accepted pseudo-label pixels), st_ratio (accepted / unlabelled pixels), unlabeled_skipped (unlabelled
+draws whose file could not be read, replaced by another deterministic draw); at the last step: lr,
 st_weight; per class (names lower-cased to [a-z0-9_]): val_iou/, val_iou_raw/, st_count/,
 st_ratio/ (accepted / pixels the teacher gave that class; 0 when none), threshold/; status
 (running | completed | early_stopped | diverged; a diverged report also has `message`); test_miou
@@ -37,6 +38,7 @@ import copy
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,7 @@ from tqdm import tqdm
 
 from selftune.data import (
     LabeledDataset,
+    PoolDraw,
     UnlabeledDataset,
     class_palette,
     derive_seed,
@@ -88,6 +91,7 @@ Reporter = Callable[[dict[str, Any], Path | None], None]  # (metrics, checkpoint
 # Independent random streams, all derived from cfg.seed: batch t of each is a pure function of t.
 STREAM_LABELED, STREAM_UNLABELED, STREAM_STRONG_AUG, STREAM_ROUND_INIT = 0, 1, 2, 3
 FINAL_STATUSES = ("completed", "early_stopped", "diverged")
+SKIP_WARNINGS = 10  # unreadable unlabelled files named in a warning; the rest are only counted
 
 
 @dataclass
@@ -158,7 +162,9 @@ def train(
             with run.autocast():
                 if self_training:
                     step_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_STRONG_AUG, it))
-                    pseudo = method.pseudo_batch(run.labeller, run.to_device.images(unlabeled.next(it)), it, step_gen)
+                    images_u, skipped = unlabeled.next(it)
+                    st.window.unlabeled_skipped += skipped
+                    pseudo = method.pseudo_batch(run.labeller, run.to_device.images(images_u), it, step_gen)
                     logits = st.model(torch.cat([images, pseudo.images]))  # one forward: one set of BN statistics
                     loss_sup = run.loss_fn(logits[: len(images)], masks)
                     loss_st = method.unlabeled_loss(logits[len(images) :], pseudo, run.loss_fn)
@@ -341,11 +347,23 @@ def _saved_state(cfg: TrainConfig, out_dir: Path, resume_from: Path | None) -> d
         ckpt.check_resume_config(state["config"], cfg, path)
         return state
     if any((out_dir / name).exists() for name in (ckpt.CONFIG_FILE, ckpt.METRICS_FILE)):
-        raise ConfigError(
-            f"output folder {out_dir} already holds a run ({ckpt.CONFIG_FILE} / {ckpt.METRICS_FILE}); "
-            "resume it or choose another folder"
-        )
+        if _started(out_dir):
+            raise ConfigError(
+                f"output folder {out_dir} already holds a run ({ckpt.CONFIG_FILE} / {ckpt.METRICS_FILE}); "
+                "resume it or choose another folder"
+            )
+        warnings.warn(f"output folder {out_dir} holds a run that stopped before its first checkpoint "
+                      f"({ckpt.CONFIG_FILE}, no {ckpt.CHECKPOINT_DIR}/{ckpt.STATE_FILE}, no metrics): starting it over",
+                      stacklevel=3)
     return None
+
+
+def _started(out_dir: Path) -> bool:
+    """Whether the run in `out_dir` got as far as a checkpoint or a metrics line (then it is resumed, not redone)."""
+    if (out_dir / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE).exists() or (out_dir / ckpt.PREVIOUS_FILE).exists():
+        return True
+    metrics = out_dir / ckpt.METRICS_FILE
+    return metrics.is_file() and bool(metrics.read_text(errors="replace").strip())
 
 
 @dataclass
@@ -393,19 +411,35 @@ def _optimizer_step(st: TrainingState, loss: torch.Tensor, grad_clip: float) -> 
 
 
 class LazyPool:
-    """The unlabelled batches, opened at the first self-training step `it` (batch t is a function of t)."""
+    """The unlabelled batches, opened at the first self-training step `it` (batch t is a function of t).
+
+    The pool is large and noisy: a file that cannot be read is replaced by another deterministic draw
+    (`UnlabeledDataset(skip_unreadable=True)`), counted, and warned about (the first SKIP_WARNINGS files)."""
 
     def __init__(self, data_root: Path, cfg: TrainConfig, transform: Any) -> None:
         self.data_root, self.cfg, self.transform = data_root, cfg, transform
-        self.batches: Iterator[torch.Tensor] | None = None
+        self.batches: Iterator[PoolDraw] | None = None
+        self.warned: set[str] = set()
 
-    def next(self, it: int) -> torch.Tensor:
+    def next(self, it: int) -> tuple[torch.Tensor, int]:
+        """Batch `it`, and how many unreadable files were passed over to draw it."""
         if self.batches is None:
-            pool = UnlabeledDataset(self.data_root, unlabeled_index(self.data_root))
+            pool = UnlabeledDataset(self.data_root, unlabeled_index(self.data_root), skip_unreadable=True)
             self.batches = make_batches(pool, batch_size=self.cfg.unlabeled_batch_size, seed=self.cfg.seed,
                                         stream=STREAM_UNLABELED, start_iter=it, num_workers=self.cfg.num_workers,
                                         transform=self.transform)
-        return next(self.batches)
+        batch = next(self.batches)
+        for why in batch.skipped:
+            if why in self.warned or len(self.warned) > SKIP_WARNINGS:
+                continue
+            self.warned.add(why)
+            if len(self.warned) <= SKIP_WARNINGS:
+                warnings.warn(f"unlabelled image skipped at step {it + 1}: {why}; another image of the pool was "
+                              "drawn in its place (counted in the metric unlabeled_skipped)", stacklevel=2)
+            else:
+                warnings.warn("more unlabelled images cannot be read: they are skipped and only counted in the "
+                              "metric unlabeled_skipped", stacklevel=2)
+        return batch.image, len(batch.skipped)
 
 
 def evaluation_metrics(run: Run, it: int, lr: float) -> dict[str, Any]:

@@ -32,6 +32,7 @@ class Window:
     steps: int = 0
     st_steps: int = 0  # steps that used unlabelled data
     seconds: float = 0.0  # wall time in training steps (data loading included, evaluation not)
+    unlabeled_skipped: int = 0  # unlabelled draws whose file could not be read (another file took its place)
 
     @classmethod
     def empty(cls, num_classes: int, device: torch.device) -> Window:
@@ -40,7 +41,8 @@ class Window:
 
     def state_dict(self) -> dict[str, Any]:
         return {"accepted": self.accepted.cpu(), "predicted": self.predicted.cpu(), "loss_sup": self.loss_sup,
-                "loss_st": self.loss_st, "steps": self.steps, "st_steps": self.st_steps, "seconds": self.seconds}
+                "loss_st": self.loss_st, "steps": self.steps, "st_steps": self.st_steps, "seconds": self.seconds,
+                "unlabeled_skipped": self.unlabeled_skipped}
 
     def count_pseudo_labels(self, accepted: torch.Tensor, predicted: torch.Tensor) -> None:
         """Add one batch's accepted and predicted pixels per class."""
@@ -58,7 +60,8 @@ class Window:
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> Window:
         return cls(state["accepted"].to(device), state["predicted"].to(device), float(state["loss_sup"]),
-                   float(state["loss_st"]), int(state["steps"]), int(state["st_steps"]), float(state["seconds"]))
+                   float(state["loss_st"]), int(state["steps"]), int(state["st_steps"]), float(state["seconds"]),
+                   int(state.get("unlabeled_skipped", 0)))
 
 
 def window_metrics(
@@ -71,7 +74,7 @@ def window_metrics(
         "lr": lr, "loss_sup": window.loss_sup / steps, "loss_st": window.loss_st / max(1, window.st_steps),
         "st_weight": st_weight,
         "st_count": int(accepted.sum()), "st_ratio": float(acceptance_ratio(accepted.sum(), predicted.sum())),
-        "step_seconds": window.seconds / steps,
+        "step_seconds": window.seconds / steps, "unlabeled_skipped": window.unlabeled_skipped,
     }
     ratios = acceptance_ratio(accepted, predicted).tolist()
     for name, count, ratio, thr in zip(names, accepted.tolist(), ratios, thresholds, strict=True):
