@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,7 +267,11 @@ def _trainable(spec: TunerSpec) -> Any:
 
 
 def _callbacks(spec: TunerSpec) -> list[Any]:
-    callbacks: list[Any] = []
+    """Ray's JSON and CSV loggers (result.json is what analysis reads); not its TensorBoard logger, which wrote
+    every metric again under ray/tune/ on a second step axis (the loop's own events are the record)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback()]
     if spec.wandb_project:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
@@ -276,6 +281,14 @@ def _callbacks(spec: TunerSpec) -> list[Any]:
 
         callbacks.append(MLflowLoggerCallback(tracking_uri=spec.mlflow_uri, experiment_name=spec.name))
     return callbacks
+
+
+def _quiet_console() -> None:
+    """Only Ray's table and selftune's lines: no default TensorBoard logger (and its hint pointing into
+    /tmp/ray), no "snapshotting has been triggered multiple times" warning every few seconds (selftune keeps
+    one best checkpoint per trial, which makes Ray snapshot often; that is expected, not a bottleneck here)."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def build_tuner(spec: TunerSpec) -> tune.Tuner:
@@ -292,10 +305,14 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
         )
     else:
         scheduler = FIFOScheduler()
+    _quiet_console()
     return tune.Tuner(
         _trainable(spec),
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
+            metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
+            # unlimited: Ray prints sys.maxsize as a number ("Number of trials 9223372036854775807"), one more as
+            # "infinite"
+            num_samples=spec.num_samples if spec.num_samples > 0 else sys.maxsize + 1,
             time_budget_s=spec.time_budget_s, reuse_actors=spec.reuse_actors,
         ),
         run_config=tune.RunConfig(
@@ -330,6 +347,7 @@ def can_restore(path: str) -> bool:
 
 def restore_tuner(path: str, spec: TunerSpec, *, restart_errored: bool) -> tune.Tuner:
     """Continue a sweep whose driver died: unfinished trials resume from their checkpoints."""
+    _quiet_console()
     return tune.Tuner.restore(
         path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=not restart_errored,
         restart_errored=restart_errored,

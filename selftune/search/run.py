@@ -212,7 +212,7 @@ def start_ray(address: str | None, num_cpus: int | None, *, nice_trials: bool = 
     if ray.is_initialized():
         return
     if not address and not nice_trials:
-        os.environ["RAY_worker_niceness"] = "0"  # Ray's own setting, read by the raylet it starts
+        os.environ["RAY_worker_niceness"] = "0"  # noqa: SIM112  (Ray's own name, read by the raylet it starts)
     if address:
         _check_address(address)
         try:
@@ -373,6 +373,7 @@ def _finish(plan: SweepPlan) -> SweepSummary:
     except SelftuneError as exc:
         print(f"selftune: no best config: {exc}", file=sys.stderr)
         return SweepSummary(experiment_dir, len(trials), None, None)
+    _hparams(plan, trials)
     verdict = run_control(plan, rank_trials(experiment_dir), trials) if plan.sweep.control else None
     if verdict is not None:
         entries[0]["verdict"] = {k: verdict[k] for k in ("headline", "scores", "control", "best_trial")}
@@ -383,6 +384,15 @@ def _finish(plan: SweepPlan) -> SweepSummary:
     else:
         write_atomic(Path(out), text)
     return SweepSummary(experiment_dir, len(trials), entries[0], out, verdict)
+
+
+def _hparams(plan: SweepPlan, trials: list[Any]) -> None:
+    from selftune.search.tensorboard import write_hparams
+    from selftune.sweepfolder import asha_milestones
+
+    s = plan.sweep
+    rungs = asha_milestones(plan.grace_period, plan.max_t, s.reduction_factor) if s.scheduler == "asha" else []
+    write_hparams(trials, rungs)
 
 
 def run_control(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]) -> dict[str, Any] | None:
