@@ -151,20 +151,20 @@ def test_a_truncated_state_falls_back_to_the_previous_checkpoint(tiny_data: Path
     from tests.test_loop import Reports, read_metrics, tiny
 
     run = tmp_path / "run"
-    cfg = tiny(max_iters=8, log_images=False, fp_weight=0.0, strong_aug=False)
+    cfg = tiny(max_iters=4, eval_every=2, log_images=False, fp_weight=0.0, strong_aug=False)
     train(cfg, tiny_data, run, progress=False)
     state, previous = run / "checkpoint" / "state.pt", run / "state.prev.pt"
-    assert torch.load(previous, weights_only=True)["iteration"] == 4  # the one before, outside checkpoint/
+    assert torch.load(previous, weights_only=True)["iteration"] == 2  # the one before, outside checkpoint/
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["state.pt"]  # what Ray copies: one state
     whole = torch.load(state, weights_only=True)
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     reports = Reports()
     with pytest.warns(UserWarning, match=rf"cannot read checkpoint {state}: the file is truncated.*"
-                                         rf"resuming from the previous checkpoint {previous} \(iteration 4\)"):
+                                         rf"resuming from the previous checkpoint {previous} \(iteration 2\)"):
         result = train(cfg, tiny_data, run, resume_from=run / "checkpoint", reporter=reports, progress=False)
-    assert result.status == "completed" and [m["iteration"] for m, _ in reports] == [8]
-    assert [m["iteration"] for m in read_metrics(run)] == [4, 8]
-    again = torch.load(state, weights_only=True)  # steps 5-8 replayed exactly
+    assert result.status == "completed" and [m["iteration"] for m, _ in reports] == [4]
+    assert [m["iteration"] for m in read_metrics(run)] == [2, 4]
+    again = torch.load(state, weights_only=True)  # steps 3-4 replayed exactly
     assert all(torch.equal(again["ema"][k], whole["ema"][k]) for k in whole["ema"])
 
 
@@ -218,20 +218,20 @@ def test_a_metrics_line_lost_after_its_checkpoint_comes_back_on_resume(tiny_data
         path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
 
     run = tmp_path / "run"
-    cfg = tiny(max_iters=8, log_images=False, fp_weight=0.0, strong_aug=False)
+    cfg = tiny(max_iters=4, eval_every=2, log_images=False, fp_weight=0.0, strong_aug=False)
     train(cfg, tiny_data, run, progress=False)
     whole = read_metrics(run)
-    drop_last_line(run / "metrics.jsonl")  # as if the run died between checkpoint 8 and its metrics line
+    drop_last_line(run / "metrics.jsonl")  # as if the run died between checkpoint 4 and its metrics line
     result = train(cfg, tiny_data, run, resume_from=run / "checkpoint", progress=False)
     assert result.message.startswith("nothing to do")
     assert same(read_metrics(run), whole)  # the finished run's last line is back, from state.pt
     drop_last_line(run / "metrics.jsonl")
-    train(cfg.replace(max_iters=12), tiny_data, run, resume_from=run / "checkpoint", progress=False)
-    assert [m["iteration"] for m in read_metrics(run)] == [4, 8, 12]
+    train(cfg.replace(max_iters=6), tiny_data, run, resume_from=run / "checkpoint", progress=False)
+    assert [m["iteration"] for m in read_metrics(run)] == [2, 4, 6]
     assert same(read_metrics(run)[:2], whole)  # the lost line is the one the crashed attempt evaluated
     ea = EventAccumulator(str(run), size_guidance={"scalars": 0})
     ea.Reload()
-    assert sorted({e.step for e in ea.Scalars("val_miou")}) == [4, 8, 12]
+    assert sorted({e.step for e in ea.Scalars("val_miou")}) == [2, 4, 6]
 
 
 # ---------------------------------------------------------------------- a noisy unlabelled pool, a run that died early (defect 5)
