@@ -37,7 +37,7 @@ def tiny(trial, ctx):
     return {}
 '''
 FIGURES = ("progress", "learning_curves", "importance", "parallel_coordinates", "slice", "per_class_iou",
-           "pseudo_labels")
+           "pseudo_labels", "verdict_per_class")  # the last one because the sweep trained its control
 KNOWN_STATUSES = {"completed", "early_stopped", "stopped_by_asha", "stopped_by_budget", "diverged", "errored",
                   "running"}
 
@@ -209,7 +209,8 @@ def test_cli_prints_the_summary_and_writes_to_out(sweep_dir: Path, tmp_path: Pat
     assert rc == 0
     assert "sweep tiny: 6 trials:" in printed and "stopped by ASHA" in printed
     assert "what to run next:" in printed and "most important:" in printed
-    table = printed.split("\n\n")[1].splitlines()
+    assert printed.startswith("VERDICT: ")  # the sweep trained its control: the verdict comes first
+    table = next(b for b in printed.split("\n\n") if b.lstrip().startswith("rank")).splitlines()
     assert table[0].split()[:4] == ["rank", "trial", "status", "best"] and len(table) == 4  # header + top 3
     assert (out / "report.html").is_file() and keep.read_text() == "mine"
     assert "coloured by st_weight" in (out / "learning_curves.html").read_text()
@@ -362,3 +363,94 @@ def test_notebook_runs_headless_on_the_sweep(sweep_dir: Path, tmp_path: Path) ->
     text = "".join(o.get("text", "") for o in outputs)
     assert "sweep 'tiny'" in text and "tiny {" in text  # the meta line and the study's state counts
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
+
+
+# ---------------------------------------------------------------------- the verdict and the methods
+
+
+def _copy_sweep(sweep_dir: Path, dest: Path) -> Path:
+    """The fixture's sweep without its checkpoints, models and analysis (the tables and the study are all there)."""
+    shutil.copytree(sweep_dir, dest, ignore=shutil.ignore_patterns("checkpoint_*", "*.pt", "analysis", "control"))
+    return dest
+
+
+HAND_VERDICT = {  # val only (no test split), one class absent from val (NaN), as verdict.json writes it
+    "trials": 6, "self_training_trials": 4,
+    "control": {"status": "completed", "best_val_miou": 0.30, "best_iteration": 40, "iterations": 40},
+    "best_trial": {"trial_id": "abc_00001", "value": 0.35, "iteration": 40, "outcome": "completed",
+                   "method": "rounds"},
+    "scores": {"val": {"images": 4, "best": 0.35, "control": 0.30, "delta": 0.05, "per_class": {
+        "road": {"best": 0.50, "control": 0.30, "delta": 0.20},
+        "building": {"best": 0.20, "control": 0.30, "delta": -0.10},
+        "water body": {"best": float("nan"), "control": 0.0, "delta": float("nan")},
+        "open land": {"best": 0.35, "control": 0.30, "delta": 0.05}}}},
+    "headline": "VERDICT: self-training (rounds, trial abc_00001) beats the compute-matched supervised control on "
+                "val (no test split): 0.3500 vs 0.3000 mIoU (+5.00 points)",
+}
+
+
+def test_the_verdict_and_the_methods_lead_the_report_and_the_summary(sweep_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from selftune.analysis.result import summary_text
+
+    copy = _copy_sweep(sweep_dir, tmp_path / "tiny")
+    (copy / "verdict.json").write_text(json.dumps(HAND_VERDICT))
+    methods = {}
+    for i, params_file in enumerate(sorted(copy.glob("*/params.json"))):  # as the methods space names them
+        params = json.loads(params_file.read_text())
+        params["method"] = ("ema_self_training", "rounds", "supervised")[i % 3]
+        params_file.write_text(json.dumps(params))
+        methods[params_file.parent.name] = params["method"]
+
+    a = analyze(str(copy), str(tmp_path / "out"))
+    report = (tmp_path / "out" / "report.html").read_text()
+    h2 = [part.split("</h2>")[0] for part in report.split("<h2>")[1:]]
+    assert h2[:3] == ["Verdict", "Methods", "Top 5 trials"], h2
+    verdict_part = report.split("<h2>Verdict</h2>")[1].split("<h2>Methods</h2>")[0]
+    assert HAND_VERDICT["headline"] in verdict_part and "selection-biased" in verdict_part
+    assert verdict_part.count("data:image/png;base64,") == 1  # the per-class figure, in this section
+    rows = verdict_part.split("Per class")[1].split("<tr>")[1:]
+    assert [r.split("<td>")[1].split("</td>")[0] for r in rows] == ["road", "open land", "building", "water body"]
+    assert "+20.0" in rows[0] and "-10.0" in rows[2] and "<td>-</td>" in rows[3]  # NaN: not in val
+    with Image.open(tmp_path / "out" / "verdict_per_class.png") as im:
+        assert im.size[0] >= 600 and im.size[1] >= 250
+    assert report.count("id='verdict_per_class'") == 1  # not again among the figures
+
+    t = a.trials
+    m = a.methods.set_index("method")
+    assert set(m.index) == {"ema_self_training", "rounds", "supervised"}
+    for method, row in m.iterrows():
+        mine = t[t["param.method"] == method]
+        assert row["trials"] == len(mine)
+        scored = mine[~mine["status"].isin(["diverged", "errored"])]["best.val_miou"].dropna()
+        assert row["best val_miou"] == pytest.approx(scored.max()) if len(scored) else math.isnan(row["best val_miou"])
+    assert a.methods["best val_miou"].dropna().is_monotonic_decreasing  # best method first
+
+    text = summary_text(a)
+    assert text.startswith(HAND_VERDICT["headline"] + "\n  val: best trial 0.3500 vs control 0.3000 mIoU "
+                           "(+5.00 points; selection-biased: the best of 4 trials against one control run")
+    assert "helped road +20.0, open land +5.0; hurt building -10.0" in text
+    assert "per method (val_miou):" in text and text.index("per method") < text.index("sweep tiny:")
+
+
+def test_a_sweep_without_a_verdict_shows_none(analysis: Analysis) -> None:
+    from dataclasses import replace
+
+    from selftune.analysis.page import report_html
+
+    a = replace(analysis, verdict=None, figures=[f for f in analysis.figures if f.name != "verdict_per_class"])
+    report = report_html(a, 5)
+    assert "<h2>Verdict</h2>" not in report and "VERDICT" not in report and "verdict_per_class" not in report
+    assert "<h2>Methods</h2>" not in report  # the fixture's space has no method parameter
+    assert a.summary().startswith("sweep tiny: ")
+
+
+def test_the_real_verdict_is_the_first_section(sweep_dir: Path, analysis: Analysis) -> None:
+    """The fixture's sweep trained its control, so it has the verdict.json search writes."""
+    record = json.loads((sweep_dir / "verdict.json").read_text())
+    report = (sweep_dir / "analysis" / "report.html").read_text()
+    assert report.split("<h2>")[1].startswith("Verdict</h2>")
+    assert record["headline"] in report
+    assert analysis.summary().splitlines()[0] == record["headline"]
+    assert {"val", "test"} == set(analysis.verdict.splits()["split"])

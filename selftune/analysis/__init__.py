@@ -5,6 +5,7 @@
     history = load_history("selftune_results/salak-v4")   # one row per (trial_id, iteration)
     study = load_study("selftune_results/salak-v4")       # the Optuna study (an in-memory copy)
     result = analyze("selftune_results/salak-v4")         # tables, figures and report.html in PATH/analysis
+    verdict = load_verdict("selftune_results/salak-v4")   # verdict.json (best trial vs supervised control) or None
 
 `selftune analyze PATH` is the command-line version (docs/analysis.md). The names below are loaded on
 first use, so importing this package (and `selftune --help`) stays fast.
@@ -24,6 +25,9 @@ _EXPORTS = {
     "load_sweep": "selftune.analysis.tables",
     "load_trials": "selftune.analysis.tables",
     "metric_mode": "selftune.analysis.tables",
+    "method_table": "selftune.analysis.tables",
+    "Verdict": "selftune.analysis.verdict",
+    "load_verdict": "selftune.analysis.verdict",
     "TrialRecord": "selftune.sweepfolder",
     "read_sweep_meta": "selftune.sweepfolder",
     "read_trials": "selftune.sweepfolder",
@@ -42,6 +46,7 @@ __all__ = [
     "Importance",
     "Sweep",
     "TrialRecord",
+    "Verdict",
     "analysis_study",
     "analyze",
     "available_metrics",
@@ -49,6 +54,8 @@ __all__ = [
     "load_study",
     "load_sweep",
     "load_trials",
+    "load_verdict",
+    "method_table",
     "metric_mode",
     "param_importances",
     "read_sweep_meta",
@@ -66,8 +73,10 @@ if TYPE_CHECKING:
         load_history,
         load_sweep,
         load_trials,
+        method_table,
         metric_mode,
     )
+    from selftune.analysis.verdict import Verdict, load_verdict
     from selftune.sweepfolder import TrialRecord, read_sweep_meta, read_trials
 
 

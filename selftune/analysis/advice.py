@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from selftune.analysis.page import STATUS_WORDS
-from selftune.analysis.tables import Sweep, _fmt
+from selftune.analysis.tables import STATUS_WORDS, Sweep, _fmt
 
 if TYPE_CHECKING:
     from selftune.analysis.study import Importance

@@ -610,3 +610,43 @@ def pseudo_labels(sweep: Sweep, st_start: int | None) -> tuple[Any, Any] | None:
                        yaxis=dict(range=[0, 1.05], title="accepted / predicted pixels"))
     pfig.update_xaxes(title_text="optimizer iteration")
     return fig, pfig
+
+
+# ---------------------------------------------------------------------- 8. the verdict, per class
+
+
+HELPS, HURTS = "#2f855a", "#c53030"
+
+
+def verdict_per_class(deltas: pd.Series, split: str, missing: list[str] | None = None) -> tuple[Any, Any]:
+    """Best trial minus control IoU (points) per class on `split`: one horizontal bar per class, largest on top,
+    green where self-training helps, red where it hurts. `deltas` is sorted largest first (Verdict.deltas)."""
+    import plotly.graph_objects as go
+
+    names = [str(n) for n in deltas.index][::-1]  # barh draws bottom-up: largest last, so on top
+    vals = [float(v) for v in deltas.to_numpy()][::-1]
+    colors = [HELPS if v > 0 else HURTS if v < 0 else "0.6" for v in vals]
+    fig, ax = _subplots(figsize=(8.5, 0.42 * len(names) + 1.9))
+    bars = ax.barh(names, vals, color=colors)
+    span = max((abs(v) for v in vals), default=1.0) or 1.0
+    for b, v in zip(bars, vals, strict=True):
+        ax.text(v + (0.01 * span if v >= 0 else -0.01 * span), b.get_y() + b.get_height() / 2, f"{v:+.1f}",
+                va="center", ha="left" if v >= 0 else "right", fontsize=8)
+    ax.axvline(0, color="0.2", lw=0.9)
+    ax.set_xlim(-span * 1.2, span * 1.2)
+    ax.set_xlabel("IoU points: best self-training trial minus supervised control")
+    ax.grid(axis="x", alpha=0.3)
+    what = "test (scored once, never chosen on)" if split == "test" else "val (selection-biased: best of N vs one run)"
+    title = f"Per-class IoU, best trial minus control, on {what}"
+    if missing:
+        title += f"\nnot in {split}: {', '.join(missing)}"
+    ax.set_title(title, fontsize=10)
+    ax.legend(handles=[Line2D([], [], color=HELPS, lw=6, label="self-training helps"),
+                       Line2D([], [], color=HURTS, lw=6, label="self-training hurts")],
+              loc="lower right", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    pfig = go.Figure(go.Bar(x=vals, y=names, orientation="h", marker_color=[mcolors.to_hex(c) for c in colors],
+                            text=[f"{v:+.1f}" for v in vals], textposition="outside"))
+    pfig.update_layout(template=PLOTLY_TEMPLATE, title=title.replace("\n", "<br>"), height=40 * len(names) + 160,
+                       xaxis=dict(title="IoU points (best minus control)", range=[-span * 1.25, span * 1.25]))
+    return fig, pfig

@@ -7,21 +7,14 @@ import base64
 import datetime as dt
 import html
 import os
-from typing import TYPE_CHECKING
+from typing import Any
 
 import pandas as pd
 
-from selftune.analysis.tables import Sweep, _fmt
+from selftune.analysis.result import Analysis, Figure, top_table
+from selftune.analysis.tables import STATUS_WORDS, Sweep, _fmt
 
-if TYPE_CHECKING:
-    from selftune.analysis.report import Analysis
-
-STATUS_ORDER = ("completed", "early_stopped", "stopped_by_asha", "stopped_by_budget", "diverged", "errored", "running")
-STATUS_WORDS = {
-    "completed": "completed", "early_stopped": "stopped by patience", "stopped_by_asha": "stopped by ASHA",
-    "stopped_by_budget": "stopped by the sweep budget", "diverged": "diverged", "errored": "errored",
-    "running": "running or pending",
-}
+VERDICT_FIGURE = "verdict_per_class"  # drawn in the first section, with the verdict, not among the figures
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1180px;
@@ -36,31 +29,72 @@ th { background: #f7fafc; }
 figure { margin: 18px 0 30px; } figure img { max-width: 100%; border: 1px solid #e2e8f0; }
 figcaption { color: #4a5568; font-size: 0.92em; max-width: 1000px; }
 .note { color: #975a16; }
+.verdict { font-size: 1.08em; font-weight: 600; padding: 8px 12px; border-left: 5px solid #a0aec0; background: #f7fafc; }
+.verdict.win { border-color: #2f855a; } .verdict.lose { border-color: #c53030; }
 """
-
-
-def top_table(a: Analysis, top_k: int) -> pd.DataFrame:
-    t, metric = a.trials, a.sweep.metric
-    rows = []
-    for i, (_, r) in enumerate(t.head(top_k).iterrows(), 1):
-        row = {"rank": i, "trial": r["trial_id"], "status": r["status"], f"best {metric}": _fmt(r[f"best.{metric}"]),
-               "at iter": _fmt(r["best_iteration"]) if pd.notna(r["best_iteration"]) else "-",
-               "iters run": _fmt(r["iteration"]) if pd.notna(r["iteration"]) else "-"}
-        for p in a.key_params:
-            row[p] = _fmt(r.get(f"param.{p}"))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def status_line(a: Analysis) -> str:
-    counts = a.status_counts()
-    return ", ".join(f"{n} {STATUS_WORDS[s]}" for s, n in counts.items())
 
 
 def _codeify(text: str) -> str:
     """Escape, then show `backticked` parts as code."""
     parts = html.escape(text).split("`")
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _figure_html(f: Figure) -> list[str]:
+    e = html.escape
+    parts = [f"<figure id='{f.name}'><h3>{e(f.title)}</h3>"]
+    if f.png:
+        b64 = base64.b64encode(f.png).decode()
+        parts.append(f"<img alt='{e(f.title)}' src='data:image/png;base64,{b64}'>")
+    else:
+        parts.append(f"<p class='note'>{e(f.note)}</p>")
+    link = f" <a href='{f.name}.html'>Interactive version</a>." if f.has_html else ""
+    parts.append(f"<figcaption>{e(f.caption)}{link}</figcaption></figure>")
+    return parts
+
+
+def _num(fmt: str) -> Any:
+    return lambda v: "-" if v is None or pd.isna(v) else format(v, fmt)
+
+
+def verdict_section(a: Analysis) -> list[str]:
+    """The report's first section: the verdict (when the sweep wrote one) and the per-method breakdown."""
+    parts: list[str] = []
+    v = a.verdict
+    if v is not None:
+        split = v.decisive_split
+        delta = v.scores.get(split, {}).get("delta") if split else None
+        won = "win" if isinstance(delta, int | float) and delta > 0 else "lose" if split else ""
+        splits = v.splits()
+        fmt = {"best trial mIoU": _num(".4f"), "control mIoU": _num(".4f"), "delta (points)": _num("+.2f")}
+        for col, f in fmt.items():
+            splits[col] = splits[col].map(f)
+        per_class = v.per_class()
+        for col in per_class.columns[1:]:
+            per_class[col] = per_class[col].map(_num("+.1f" if "delta" in col else ".3f"))
+        best, control = v.best_trial, v.control
+        runs = "<p>" + (f"Best self-training trial: <code>{html.escape(str(best.get('trial_id')))}</code> "
+                        f"({html.escape(str(best.get('method')))}, {html.escape(str(best.get('outcome')))} at "
+                        f"iteration {html.escape(str(best.get('iteration')))}). " if best else "")
+        runs += (f"Control: supervised, {html.escape(str(control.get('iterations', '?')))} iterations (the longest "
+                 f"trial), {html.escape(str(control.get('status', '?')))}.</p>" if control else "</p>")
+        parts += ["<h2>Verdict</h2>", f"<p class='verdict {won}'>{html.escape(v.headline)}</p>", runs,
+                  splits.to_html(index=False, escape=True, border=0),
+                  "<p>Val is selection-biased: the best of N trials against one control run, so the best trial's "
+                  "lead there is biased up. Test was scored once and never used for any choice: trust it.</p>"]
+        fig = next((f for f in a.figures if f.name == VERDICT_FIGURE), None)
+        if fig is not None:
+            parts += _figure_html(fig)
+        if len(per_class):
+            parts += [f"<h3>Per class (IoU; delta in points, best minus control; sorted by {html.escape(str(split))})</h3>",
+                      per_class.to_html(index=False, escape=True, border=0)]
+    if a.methods is not None:
+        m = a.methods.copy()
+        key = f"best {a.sweep.metric}"
+        m[key] = m[key].map(_fmt)
+        parts += ["<h2>Methods</h2><p>Trials per method (the <code>method</code> parameter) and the best "
+                  f"{html.escape(a.sweep.metric)} each reached.</p>", m.to_html(index=False, escape=True, border=0)]
+    return parts
 
 
 def report_html(a: Analysis, top_k: int) -> str:
@@ -74,6 +108,7 @@ def report_html(a: Analysis, top_k: int) -> str:
              f"<p class='sub'>{e(s.path)} &middot; {len(a.trials)} trials &middot; metric {e(s.metric)} ({s.mode}) "
              f"&middot; space {e(str(s.meta.get('sweep', {}).get('space', '?')))} &middot; analysed {now}</p>",
              f"<p>{counts}</p>",
+             *verdict_section(a),
              f"<h2>Top {min(top_k, len(a.trials))} trials</h2>",
              top_table(a, top_k).to_html(index=False, escape=True, border=0),
              "<h2>What to run next</h2><ul class='next'>",
@@ -99,14 +134,8 @@ def report_html(a: Analysis, top_k: int) -> str:
                   + "</p>", imp.head(10).to_html(index=False, escape=True, border=0)]
     parts.append("<h2>Figures</h2>")
     for f in a.figures:
-        parts.append(f"<figure id='{f.name}'><h3>{e(f.title)}</h3>")
-        if f.png:
-            b64 = base64.b64encode(f.png).decode()
-            parts.append(f"<img alt='{e(f.title)}' src='data:image/png;base64,{b64}'>")
-        else:
-            parts.append(f"<p class='note'>{e(f.note)}</p>")
-        link = f" <a href='{f.name}.html'>Interactive version</a>." if f.has_html else ""
-        parts.append(f"<figcaption>{e(f.caption)}{link}</figcaption></figure>")
+        if f.name != VERDICT_FIGURE:
+            parts += _figure_html(f)
     parts.append("<h2>Files and other tools</h2><p><code>trials.parquet</code> / <code>trials.csv</code> (one row "
                  "per trial), <code>history.parquet</code> (one row per evaluation); load them with "
                  "<code>selftune.analysis.load_trials</code> / <code>load_history</code> or pandas.</p><ul>"

@@ -2,7 +2,8 @@
 
 Everything is read offline from the sweep folder; outputs go to one folder (default PATH/analysis),
 each file written atomically (`selftune.fileio.write_atomic`). Nothing outside it is touched.
-What is where: `asha` reviews ASHA's cuts, `advice` says what to run next, `page` renders report.html,
+What is where: `asha` reviews ASHA's cuts, `advice` says what to run next, `verdict` reads verdict.json,
+`result` holds what analyze found (`Analysis`) and the terminal summary, `page` renders report.html,
 `figures` draws the figures; this module runs them in order and writes what they make.
 """
 
@@ -13,7 +14,6 @@ import os
 import posixpath
 import sys
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,17 @@ import pandas as pd
 
 from selftune.analysis.advice import next_steps
 from selftune.analysis.asha import asha_review
-from selftune.analysis.page import STATUS_ORDER, report_html, status_line, top_table
+from selftune.analysis.page import VERDICT_FIGURE, report_html
+from selftune.analysis.result import Analysis, Figure
 from selftune.analysis.study import (
-    Importance,
     load_study,
     optuna_states,
     param_distributions,
     param_importances,
     trial_values,
 )
-from selftune.analysis.tables import DEFAULT_METRIC, Sweep, asha_rungs, load_sweep
+from selftune.analysis.tables import DEFAULT_METRIC, Sweep, asha_rungs, load_sweep, method_table
+from selftune.analysis.verdict import Verdict, load_verdict
 from selftune.errors import SelftuneError
 from selftune.fileio import write_atomic
 
@@ -76,52 +77,6 @@ class Output:
         target = self.path(name)
         write_atomic(target, blob)
         return target
-
-
-# ---------------------------------------------------------------------- the result
-
-
-@dataclass
-class Figure:
-    name: str  # file stem: NAME.png, NAME.html
-    title: str
-    caption: str  # how to read it
-    png: bytes | None = None
-    has_html: bool = False
-    note: str = ""  # why it is missing
-
-
-@dataclass
-class Analysis:
-    """What `analyze` found and wrote."""
-
-    sweep: Sweep
-    out: str
-    study: Any | None
-    importance: Importance
-    color_by: str | None
-    key_params: list[str]
-    rungs: list[float]
-    asha: pd.DataFrame
-    next_steps: list[str]
-    figures: list[Figure] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
-
-    @property
-    def trials(self) -> pd.DataFrame:
-        return self.sweep.trials
-
-    @property
-    def history(self) -> pd.DataFrame:
-        return self.sweep.history
-
-    def status_counts(self) -> dict[str, int]:
-        counts = self.trials["status"].value_counts()
-        return {s: int(counts[s]) for s in STATUS_ORDER if s in counts}
-
-    def summary(self, top_k: int = 5) -> str:
-        return summary_text(self, top_k)
 
 
 # ---------------------------------------------------------------------- analysis helpers
@@ -176,6 +131,11 @@ CAPTIONS = {
                       "Val IoU per class at each top trial's best checkpoint. Classes where all top trials are low "
                       "are the ones self-training (or more labels) must fix; bars that differ show which trial "
                       "trades one class for another."),
+    "verdict_per_class": ("Per-class verdict",
+                          "Each bar is one class's IoU of the best self-training trial minus that of the compute-"
+                          "matched supervised control, in IoU points, on test when the dataset has it (scored once, "
+                          "never used for any choice), else on val (selection-biased: the best of N trials against "
+                          "one run). Green: self-training helps that class; red: it hurts it."),
     "pseudo_labels": ("Pseudo-label acceptance",
                       "Share of the teacher's predicted pixels whose confidence passed their class threshold, per "
                       "evaluation window. Left: per class for the best trial (a class stuck near 0 gets no pseudo-labels"
@@ -200,6 +160,18 @@ def _png(fig: Any) -> bytes:
 
 def _html(pfig: Any) -> str:
     return pfig.to_html(include_plotlyjs="directory", full_html=True)
+
+
+def _verdict_figure(v: Verdict) -> Any:
+    from selftune.analysis import figures as F
+
+    split = v.decisive_split
+    deltas = v.deltas(split)
+    if split is None or not len(deltas):
+        return "the verdict has no per-class scores"
+    per_class = v.per_class()
+    missing = [str(c) for c in per_class["class"] if c not in deltas.index]
+    return F.verdict_per_class(deltas, split, missing)
 
 
 def make_figures(a: Analysis, sweep: Sweep, astudy: Any | None, dists: dict[str, Any], top_k: int,
@@ -269,6 +241,8 @@ def make_figures(a: Analysis, sweep: Sweep, astudy: Any | None, dists: dict[str,
     add("slice", lambda: F.slice_plot(sweep, params[:12], dists, values) if params else "no parameter was varied")
     add("per_class_iou", lambda: F.per_class_iou(sweep, top_k) or "no per-class IoU was reported")
     add("pseudo_labels", lambda: F.pseudo_labels(sweep, st_start) or "no pseudo-label statistics (st_ratio) reported")
+    if a.verdict is not None:
+        add(VERDICT_FIGURE, lambda: _verdict_figure(a.verdict))
     if out is not None and any(f.has_html for f in figs):
         from plotly.offline import get_plotlyjs
 
@@ -313,7 +287,7 @@ def analyze(path: str, out: str | None = None, *, metric: str = DEFAULT_METRIC, 
     key_params = [p for p in importance.ranked() if p in varied][:3] or varied[:3]
     rungs = asha_rungs(sweep.meta)
     a = Analysis(sweep, "", study, importance, color_by, key_params, rungs, asha_review(sweep, rungs),
-                 [], notes=notes)
+                 [], verdict=load_verdict(path), methods=method_table(sweep), notes=notes)
     a.next_steps = next_steps(sweep, importance, dists, a.asha, key_params)
     output = None
     if write:
@@ -336,24 +310,6 @@ def _parquet(df: pd.DataFrame) -> bytes:
 
 
 # ---------------------------------------------------------------------- terminal summary
-
-
-def summary_text(a: Analysis, top_k: int = 5) -> str:
-    s = a.sweep
-    lines = [f"sweep {s.name}: {len(a.trials)} trials: {status_line(a)}",
-             f"metric: {s.metric} ({s.mode})" + (f"; importance: {a.importance.evaluator}" if a.importance.ok else "")]
-    if a.importance.ok:
-        top = ", ".join(f"{k} {v:.2f}" for k, v in list(a.importance.values.items())[:5])
-        lines.append(f"most important: {top}" + (f" ({a.importance.note})" if a.importance.note else ""))
-    lines.append("")
-    lines.append(top_table(a, top_k).to_string(index=False))
-    lines.append("")
-    if a.next_steps:
-        lines.append("what to run next:")
-        lines.extend(f"  - {x}" for x in a.next_steps)
-    for n in a.notes:
-        lines.append(f"note: {n}")
-    return "\n".join(lines)
 
 
 def print_summary(a: Analysis, top_k: int, file: Any = None) -> None:

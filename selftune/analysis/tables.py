@@ -38,6 +38,13 @@ from selftune.sweepfolder import (
 
 DEFAULT_METRIC = METRIC
 
+STATUS_ORDER = ("completed", "early_stopped", "stopped_by_asha", "stopped_by_budget", "diverged", "errored", "running")
+STATUS_WORDS = {
+    "completed": "completed", "early_stopped": "stopped by patience", "stopped_by_asha": "stopped by ASHA",
+    "stopped_by_budget": "stopped by the sweep budget", "diverged": "diverged", "errored": "errored",
+    "running": "running or pending",
+}
+
 # Ray's bookkeeping in every report: not metrics of the loop.
 RAY_KEYS = frozenset({
     "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration", "trial_id", "date",
@@ -288,3 +295,24 @@ def history_frame(records: list[TrialRecord]) -> pd.DataFrame:
     df = df.sort_values(["trial_id", "iteration"], kind="stable").reset_index(drop=True)
     front = ["trial_id", "iteration"]
     return df[front + [c for c in df.columns if c not in front]]
+
+
+def method_table(sweep: Sweep) -> pd.DataFrame | None:
+    """Per method (`param.method`, the `methods` space): trials, scored trials, the best value and its trial,
+    best method first; None when the sweep did not search methods."""
+    t = sweep.trials
+    if "param.method" not in t or not t["param.method"].notna().any():
+        return None
+    key = f"best.{sweep.metric}"
+    rows = []
+    for method, g in t.groupby("param.method", sort=False):  # trials come best first, so g's first scored row wins
+        scored = g[~g["status"].isin(["diverged", "errored"]) & g[key].notna()]
+        best = scored.iloc[0] if len(scored) else None
+        rows.append({"method": method, "trials": len(g), "scored": len(scored),
+                     f"best {sweep.metric}": float(best[key]) if best is not None else float("nan"),
+                     "best trial": best["trial_id"] if best is not None else "-",
+                     "statuses": ", ".join(f"{n} {s}" for s, n in g["status"].value_counts().items())})
+    df = pd.DataFrame(rows)
+    value = df[f"best {sweep.metric}"]
+    df = df.assign(_v=value if sweep.mode == "min" else -value).sort_values("_v", na_position="last", kind="stable")
+    return df.drop(columns="_v").reset_index(drop=True)
