@@ -22,6 +22,8 @@ self_training_round3,supervised_continued2 --st-set min_accept_ratio=0.2 --oracl
     python bench/demo_fairness.py --arms supervised,self_training_rounds,supervised_continued --oracle-seeds 1 \
         --st-set min_accept_ratio=0.2 --train-surveys 4 --work bench/out/fairness_s4 --runs runs_s4_rounds
                                                 # labelled tiles from 4 of the 16 surveys (its own --work)
+    python bench/demo_fairness.py --arms supervised,self_training,s4gan --oracle-seeds 0 --runs runs_s4gan
+                                                # s4GAN against supervised and the mean teacher, same iterations
 
 Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `selftune train` loop:
 - supervised: method=supervised on the 24 labelled tiles;
@@ -39,6 +41,11 @@ Arms, each with `demo_config()` (V3.1 scaled to the demo data) and the real `sel
 - self_training_round3, supervised_continued2: round 3 of each. Self-training in rounds again, its frozen
   teacher and start now the self_training_rounds arm's best model; its control continues the
   supervised_continued arm once more;
+- s4gan: method=s4gan (the users' V1 and V2, seeds 001-002) with S4GAN_SETTINGS, V2 scaled to the demo like
+  demo_config scales V3.1: lambda_fm 0.1, discriminator LR 1e-4, the image gate 0.05 -> 0.20 over the run,
+  ST weight 1.0 ramped from 0.1; V2's discriminator warmup (500 of 50,000 iterations, with ST from 500) becomes
+  40, the demo's ST start. The network keeps the demo's optimiser and LR (the seeds' 2.5e-4 is DeepLab-v2's
+  SGD), so only the method differs from the other arms. `--s4gan-set` changes it;
 - oracle: method=supervised on the labelled tiles plus the whole unlabelled pool with its true labels
   (the generator's `--unlabeled-masks`), i.e. all tiles' labels.
 The score is the test mIoU of the EMA model at the evaluation with the best val mIoU (the test split
@@ -64,6 +71,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "bench_results"
 ST_SETTINGS = {"thresholds": "[0.95,0.95,0.95,0.95,0.95,0.95,0.95]", "st_weight": "1.0", "strong_aug": "true",
                "st_loss_normalization": "all_pixels"}
+S4GAN_SETTINGS = {"lambda_fm": "0.1", "lr_d": "1e-4", "threshold_st": "0.2", "threshold_st_schedule": "linear",
+                  "threshold_st_start": "0.05", "d_warmup_iters": "40", "st_weight": "1.0", "st_weight_start": "0.1"}
 
 
 def demo_set(demo: Path, spec) -> Path:
@@ -110,7 +119,7 @@ def make_oracle_root(demo: Path, oracle: Path) -> None:
 
 ENDED = ("completed", "early_stopped", "diverged")
 ARMS = ("supervised", "self_training", "self_training_rounds", "supervised_continued", "self_training_round3",
-        "supervised_continued2")
+        "supervised_continued2", "s4gan")
 START = {"self_training_rounds": "supervised", "supervised_continued": "supervised",  # arm: the arm whose best
          "self_training_round3": "self_training_rounds", "supervised_continued2": "supervised_continued"}  # model
 
@@ -131,8 +140,8 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 def run(arm: str, seed: int, data: Path, out: Path, iters: int, st_settings: dict[str, str],
-        settings: dict[str, str]) -> dict:
-    method = "ema_self_training" if arm.startswith("self_training") else "supervised"
+        s4gan_settings: dict[str, str], settings: dict[str, str]) -> dict:
+    method = "s4gan" if arm == "s4gan" else "ema_self_training" if arm.startswith("self_training") else "supervised"
     run_dir = out / f"{arm}-s{seed}"
     rows = _rows(run_dir)
     if _ended(rows):
@@ -151,9 +160,9 @@ def run(arm: str, seed: int, data: Path, out: Path, iters: int, st_settings: dic
         cmd += ["--set", f"init_checkpoint={first}"]
         if arm.startswith("self_training_round"):
             cmd += ["--set", f"teacher_checkpoint={first}", "--set", "st_start_iter=0"]
-    if arm.startswith("self_training"):
-        for key, value in st_settings.items():
-            cmd += ["--set", f"{key}={value}"]
+    arm_settings = s4gan_settings if arm == "s4gan" else st_settings if arm.startswith("self_training") else {}
+    for key, value in arm_settings.items():
+        cmd += ["--set", f"{key}={value}"]
     if (run_dir / "checkpoint").exists():
         cmd.append("--resume")
     t0 = time.time()
@@ -180,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle-seeds", type=int, default=1)
     p.add_argument("--st-set", action="append", default=[], metavar="KEY=VALUE",
                    help="change the self-training arm's settings (repeatable)")
+    p.add_argument("--s4gan-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the s4gan arm's settings (repeatable)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="change every arm's settings (repeatable)")
     p.add_argument("--runs", default="runs", help="folder under --work for the run folders")
@@ -201,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = 1 if args.quick else args.seeds
     iters = 300 if args.quick else args.iters
     st_settings = {**ST_SETTINGS, **_pairs(args.st_set)}
+    s4gan_settings = {**S4GAN_SETTINGS, **_pairs(args.s4gan_set)}
     settings = _pairs(args.settings)
     import pandas as pd
 
@@ -218,14 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     make_oracle_root(demo, oracle)
     jobs = [("oracle", s, oracle) for s in range(args.oracle_seeds)]
     jobs += [(a, s, demo) for s in range(seeds) for a in arms if _round(a) == 1]
-    jobs.sort(key=lambda j: j[0] != "self_training")  # longest first
+    jobs.sort(key=lambda j: j[0] not in ("self_training", "s4gan"))  # longest first
     later = [[(a, s, demo) for s in range(seeds) for a in arms if _round(a) == r]  # after their previous round
              for r in range(2, 1 + max(map(_round, arms)))]
     results = []
     with ThreadPoolExecutor(args.parallel) as pool:
         for phase in (jobs, *later):
-            results += pool.map(lambda j: run(j[0], j[1], j[2], args.work / args.runs, iters, st_settings, settings),
-                                phase)
+            results += pool.map(lambda j: run(j[0], j[1], j[2], args.work / args.runs, iters, st_settings,
+                                              s4gan_settings, settings), phase)
     df = pd.DataFrame(results).sort_values(["arm", "seed"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "demo_fairness_quick.csv" if args.quick else (
@@ -237,9 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     mean = df.groupby("arm")["test_at_best_val"].agg(["mean", "std", "count"]) * [100, 100, 1]
     print("\n" + mean.round(2).to_string())
     sup = mean["mean"].get("supervised")
-    for arm, goal in (("oracle", 15), ("self_training", 4), ("self_training_rounds", 4)):
+    for arm, goal in (("oracle", 15), ("self_training", 4), ("self_training_rounds", 4), ("s4gan", 4)):
         if sup is not None and arm in mean.index:
             print(f"{arm} - supervised: {mean.loc[arm, 'mean'] - sup:+.2f} mIoU points (goal >= {goal})")
+    if {"s4gan", "self_training"} <= set(mean.index):
+        gain = mean.loc["s4gan", "mean"] - mean.loc["self_training", "mean"]
+        print(f"s4gan - self_training (the mean teacher, same iterations): {gain:+.2f} mIoU points")
     for rounds, control in (("self_training_rounds", "supervised_continued"),
                             ("self_training_round3", "supervised_continued2")):
         if {rounds, control} <= set(mean.index):

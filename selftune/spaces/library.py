@@ -141,20 +141,46 @@ def _self_training(trial: Trial, ctx: SpaceContext) -> None:
         trial.suggest_float("cutmix_prob", 0.0, 1.0)
 
 
+def _s4gan(trial: Trial, ctx: SpaceContext) -> None:
+    """s4GAN's own knobs (seeds 001-002): the discriminator's LR and warmup, feature matching, the image gate
+    and its schedule (its start value exists only when it is linear), the ST weight."""
+    trial.suggest_float("lr_d", 2e-5, 5e-4, log=True)
+    trial.suggest_float("lambda_fm", 0.01, 1.0, log=True)
+    trial.suggest_float("threshold_st", 0.05, 0.6)
+    if trial.suggest_categorical("threshold_st_schedule", ["constant", "linear"]) == "linear":
+        trial.suggest_float("threshold_st_start", 0.0, 0.2)
+    trial.suggest_int("d_warmup_iters", 0, max(1, ctx.max_iters // 10))
+    trial.suggest_float("st_weight", 0.25, 3.0, log=True)
+
+
+def s4gan(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
+    """s4GAN: discriminator LR, lambda_fm, the image gate and its schedule, D warmup, ST weight, LR, warmup, patience."""
+    _s4gan(trial, ctx)
+    trial.suggest_float("lr", 1e-4, 3e-3, log=True)
+    trial.suggest_int("warmup_iters", 0, max(1, ctx.max_iters // 20))
+    evals = max(2, ctx.max_iters // ctx.eval_every)
+    trial.suggest_int("patience", max(1, evals // 8), max(2, evals // 2))
+    return {"method": "s4gan"}
+
+
 def methods(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
-    """The method first (supervised, the mean teacher, or self-training in rounds), then its own knobs.
+    """The method first (supervised, the mean teacher, self-training in rounds, or s4GAN), then its own knobs.
 
     Every method shares LR and warmup; patience is not searched (ASHA stops trials that plateau, and a
     small patience ends trials in the dip after self-training starts). Rounds also search how many
     rounds (2-3, the first supervised or the sweep's shared stage) and whether each round's student
-    starts from the last round's model.
+    starts from the last round's model. s4GAN searches its own knobs (`_s4gan`), not the pixel thresholds,
+    acceptance floor or strong augmentation, which it does not use.
     """
-    method = trial.suggest_categorical("method", ["supervised", "ema_self_training", "rounds"])
+    method = trial.suggest_categorical("method", ["supervised", "ema_self_training", "rounds", "s4gan"])
     trial.suggest_float("lr", 1e-4, 3e-3, log=True)
     trial.suggest_int("warmup_iters", 0, max(1, ctx.max_iters // 20))
     if method == "supervised":
         trial.suggest_float("dice_weight", 0.0, 1.0)
         trial.suggest_categorical("class_weighting", ["none", "inverse_freq"])
+        return {}
+    if method == "s4gan":
+        _s4gan(trial, ctx)
         return {}
     _self_training(trial, ctx)
     if method == "ema_self_training":
@@ -172,4 +198,5 @@ SPACES = {
     "wide": wide,
     "supervised": supervised,
     "methods": methods,
+    "s4gan": s4gan,
 }

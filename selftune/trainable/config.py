@@ -27,7 +27,7 @@ ARCHS = (
     "Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "PAN", "DeepLabV3",
     "DeepLabV3Plus", "UPerNet", "Segformer", "DPT",
 )
-METHODS = ("supervised", "ema_self_training", "rounds")
+METHODS = ("supervised", "ema_self_training", "rounds", "s4gan")
 ROUND_INITS = ("warm", "fresh")
 CHECKPOINT_KEYS = ("teacher_checkpoint", "init_checkpoint")  # paths to earlier runs' weights
 OPTIMIZERS = ("adamw", "sgd")
@@ -79,6 +79,7 @@ class TrainConfig:
     # --- self-training ---
     method: str = "ema_self_training"  # supervised (baseline, no unlabelled data) | ema_self_training (mean
     # teacher) | rounds (self-training in rounds: supervised, then each round pseudo-labelled by the last one's best)
+    # | s4gan (a discriminator gates whole unlabelled images and adds feature matching; seeds 001-002)
     rounds: int = 2  # method rounds: rounds in all, the supervised first one included; with teacher_checkpoint
     # the first round is that checkpoint (a shared first stage) and the run trains rounds 2..rounds
     round_iters: tuple[int, ...] = ()  # method rounds: iterations of each round this run trains, adding up to
@@ -122,6 +123,23 @@ class TrainConfig:
     grayscale_prob: float = 0.0  # strong aug: probability of greyscale per image (UniMatch 0.2)
     blur_prob: float = 0.0  # strong aug: probability of a Gaussian blur per image (UniMatch 0.5)
     blur_sigma: tuple[float, ...] = (0.1, 2.0)  # strong aug: blur sigma range in pixels (UniMatch's)
+
+    # --- method s4gan (Mittal et al. 2019; the users' V1 and V2, seeds 001-002; docs/methods.md) ---
+    lambda_fm: float = 0.1  # weight of feature matching: L1 between the discriminator's mean features of real
+    # (image + one-hot truth) and fake (image + the network's softmax) inputs (seeds: 0.1)
+    threshold_st: float = 0.2  # image gate: an unlabelled image's argmax pseudo-label is used only when the
+    # discriminator's confidence on it exceeds this (V1: 0.2, or 0.1 when ST_Count stays 0); the end value when linear
+    threshold_st_schedule: str = "constant"  # constant | linear: the gate goes from threshold_st_start at
+    # st_start_iter to threshold_st at the last step (V2: 0.05 -> 0.20)
+    threshold_st_start: float = 0.05  # the linear gate schedule's first value
+    lr_d: float = 1e-4  # the discriminator's peak LR (its own Adam; seeds: 1e-4 against the network's 2.5e-4),
+    # decaying like lr_schedule from d_warmup_iters to max_iters
+    d_width: int = 64  # channels of the discriminator's first convolution, doubling in each of the next three
+    # (s4GAN's 64: 64-512)
+    d_warmup_iters: int = 0  # no adversarial training (no feature matching, no discriminator step) before this
+    # iteration (V2: 500); must be shorter than the run
+    st_weight_start: float = 0.0  # the ST weight's ramp (st_rampup_iters from st_start_iter) starts at this
+    # fraction of st_weight instead of 0 (V2: 0.1 -> 1.0)
 
     # --- optimisation ---
     optimizer: str = "adamw"  # adamw | sgd
@@ -264,6 +282,7 @@ class TrainConfig:
             if getattr(self, name) is not None and not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name} must be null or a path, got {getattr(self, name)!r}")
         self._check_rounds()
+        self._check_s4gan()
         if self.teacher_checkpoint is not None and self.method == "supervised":
             raise ConfigError("teacher_checkpoint labels unlabelled images, but method is 'supervised'; "
                               "use a self-training method or drop the key")
@@ -318,6 +337,32 @@ class TrainConfig:
         fitted = self.replace(**changes) if changes else self
         fitted.check_num_classes(num_classes)
         return fitted
+
+    def _check_s4gan(self) -> None:
+        """s4GAN's knobs; with method s4gan, the run must let the discriminator train, and the knobs of the other
+        methods' pixel thresholds (which s4gan does not use) must be off."""
+        _choice("threshold_st_schedule", self.threshold_st_schedule, THRESHOLD_SCHEDULES)
+        _at_least("d_warmup_iters", self.d_warmup_iters, 0)
+        _at_least("d_width", self.d_width, 1)
+        if not (self.lambda_fm >= 0 and math.isfinite(self.lambda_fm)):
+            raise ConfigError(f"lambda_fm must be a finite number >= 0, got {self.lambda_fm!r}")
+        if not (self.lr_d > 0 and math.isfinite(self.lr_d)):
+            raise ConfigError(f"lr_d must be a positive number, got {self.lr_d!r}")
+        for name in ("threshold_st", "threshold_st_start", "st_weight_start"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.method != "s4gan":
+            return
+        if self.d_warmup_iters >= self.max_iters:
+            raise ConfigError(f"d_warmup_iters {self.d_warmup_iters} is not shorter than the run (max_iters "
+                              f"{self.max_iters}): the discriminator would never train; lower d_warmup_iters")
+        unused = {"min_accept_ratio": (self.min_accept_ratio, 0.0), "distribution_alignment":
+                  (self.distribution_alignment, False), "fp_weight": (self.fp_weight, 0.0),
+                  "strong_aug": (self.strong_aug, False), "threshold_schedule": (self.threshold_schedule, "constant")}
+        for key, (value, off) in unused.items():
+            if value != off:
+                raise ConfigError(f"{key} is {value!r}, but method s4gan does not use it (the discriminator gates whole "
+                                  f"images with threshold_st); set {key} to {off!r} or choose another method")
 
     def check_num_classes(self, num_classes: int) -> None:
         """Per-class fields must match the dataset's class count (`for_classes` fits them first)."""

@@ -9,6 +9,10 @@ The loop asks a method four things per step:
    (plus `perturbed_loss`, UniMatch's feature-perturbation stream, when `fp_weight` > 0).
 4. `update_teacher(teacher, student, it)`: after the optimizer step.
 
+Three more hooks, no-ops here, serve a method that trains something of its own beside the student
+(s4GAN's discriminator): `extra_loss` joins the step's loss, `after_step` runs after the optimizer
+step, and `window_metrics` adds its statistics to each evaluation's metrics.
+
 The student sees the labelled and the unlabelled images in one forward pass (one set of
 BatchNorm statistics per step). A method with state of its own (an s4GAN discriminator and its
 optimizer) keeps it in `state_dict` / `load_state_dict`, which the checkpoint round-trips; a
@@ -26,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from selftune.errors import ConfigError
-from selftune.trainable import augment, functional
+from selftune.trainable import augment, functional, s4gan
 from selftune.trainable.config import TrainConfig
 
 
@@ -158,6 +162,19 @@ class Method:
         """After the optimizer step of step `it`: the EMA (with the configured warmup)."""
         decay = functional.ema_decay_at(it, self.cfg.ema_decay, warmup=self.cfg.ema_warmup)
         functional.ema_update(teacher, student, decay)
+
+    def extra_loss(self, images_l: torch.Tensor, masks: torch.Tensor, logits_l: torch.Tensor,
+                   images_u: torch.Tensor | None, logits_u: torch.Tensor | None, it: int) -> torch.Tensor:
+        """A loss of the method's own added to step `it`'s total (after the ST weight), from the student's logits on
+        the labelled batch and, on self-training steps, on the unlabelled one (else None). Default: 0."""
+        return torch.zeros((), device=logits_l.device)
+
+    def after_step(self, it: int) -> None:
+        """After the student's optimizer step of step `it` (s4GAN: the discriminator's own step). Default: nothing."""
+
+    def window_metrics(self) -> dict[str, float]:
+        """The method's own metrics since the last evaluation, merged into that evaluation's; starts a new window."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -327,10 +344,65 @@ class Rounds(EmaSelfTraining):
         self.best_weights, self.labeller_weights = state["best_weights"], state["labeller_weights"]
 
 
+class S4GAN(Method):
+    """s4GAN (the users' V1 and V2, seeds 001-002): a discriminator gates whole unlabelled images and adds feature
+    matching. Its parts (the discriminator, its optimizer and schedule, the losses and the gate) are
+    `s4gan.Adversary`; this class routes the loop's hooks to it. Pseudo-labels are the labeller's argmax (with
+    `teacher_tta`), not the per-class pixel thresholds: `thresholds_at` reports the image gate for every class."""
+
+    name = "s4gan"
+    needs_unlabeled = True
+
+    def __init__(self, cfg: TrainConfig, num_classes: int, class_prior: Sequence[float] | None = None):
+        super().__init__(cfg, num_classes, class_prior)
+        self.adversary = s4gan.Adversary(cfg, num_classes)
+
+    def st_weight(self, it: int) -> float:
+        c = self.cfg
+        return s4gan.st_weight_at(it, weight=c.st_weight, start_iter=c.st_start_iter, rampup_iters=c.st_rampup_iters,
+                                  start_fraction=c.st_weight_start)
+
+    def thresholds_at(self, it: int) -> list[float]:
+        return [self.adversary.threshold_at(it)] * self.num_classes
+
+    def patience_counts(self, it: int) -> bool:
+        return super().patience_counts(it) and it + 1 >= self.cfg.d_warmup_iters
+
+    @torch.no_grad()
+    def label(self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, *, update: bool = True
+              ) -> functional.PseudoLabels:
+        return self.adversary.label(teacher, images_u, it, update=update)
+
+    @torch.no_grad()
+    def pseudo_batch(
+        self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, generator: torch.Generator
+    ) -> PseudoBatch:
+        pl = self.label(teacher, images_u, it)
+        accepted, predicted = functional.pseudo_label_counts(pl, self.num_classes)
+        return PseudoBatch(images_u, pl.labels, accepted, predicted, weak_images=images_u, weak_labels=pl.labels)
+
+    def extra_loss(self, images_l: torch.Tensor, masks: torch.Tensor, logits_l: torch.Tensor,
+                   images_u: torch.Tensor | None, logits_u: torch.Tensor | None, it: int) -> torch.Tensor:
+        return self.adversary.feature_matching(images_l, masks, logits_l, images_u, logits_u, it)
+
+    def after_step(self, it: int) -> None:
+        self.adversary.step(it)
+
+    def window_metrics(self) -> dict[str, float]:
+        return self.adversary.window_metrics()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.adversary.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.adversary.load_state_dict(state)
+
+
 METHODS: dict[str, type[Method]] = {
     Supervised.name: Supervised,
     EmaSelfTraining.name: EmaSelfTraining,
     Rounds.name: Rounds,
+    S4GAN.name: S4GAN,
 }
 
 
@@ -343,4 +415,4 @@ def create_method(cfg: TrainConfig, num_classes: int, class_prior: Sequence[floa
     return cls(cfg, num_classes, class_prior)
 
 
-__all__ = ["METHODS", "EmaSelfTraining", "Method", "PseudoBatch", "Rounds", "Supervised", "create_method"]
+__all__ = ["METHODS", "S4GAN", "EmaSelfTraining", "Method", "PseudoBatch", "Rounds", "Supervised", "create_method"]
