@@ -166,17 +166,20 @@ def train(
                     st.window.unlabeled_skipped += skipped
                     pseudo = method.pseudo_batch(run.labeller, run.to_device.images(images_u), it, step_gen)
                     logits = st.model(torch.cat([images, pseudo.images]))  # one forward: one set of BN statistics
-                    loss_sup = run.loss_fn(logits[: len(images)], masks)
-                    loss_st = method.unlabeled_loss(logits[len(images) :], pseudo, run.loss_fn)
+                    logits_l, logits_u, student_u = logits[: len(images)], logits[len(images) :], pseudo.images
+                    loss_sup = run.loss_fn(logits_l, masks)
+                    loss_st = method.unlabeled_loss(logits_u, pseudo, run.loss_fn)
                     if cfg.fp_weight > 0:
                         loss_st = loss_st + cfg.fp_weight * method.perturbed_loss(st.model, pseudo, run.loss_fn,
                                                                                   step_gen)
                     st.window.count_pseudo_labels(pseudo.accepted, pseudo.predicted)
                     accepted_now = pseudo.accepted.sum()
                 else:
-                    loss_sup = run.loss_fn(st.model(images), masks)
+                    logits_l, logits_u, student_u = st.model(images), None, None
+                    loss_sup = run.loss_fn(logits_l, masks)
                     loss_st = accepted_now = torch.zeros((), device=device)
-                loss = loss_sup + st_weight * loss_st
+                # a method's own loss (s4GAN's feature matching; 0 for the others)
+                loss = loss_sup + st_weight * loss_st + method.extra_loss(images, masks, logits_l, student_u, logits_u, it)
             # One host sync per step: the divergence guard and the progress bar need these numbers.
             v_sup, v_st, v_loss, v_cnt = torch.stack(
                 [loss_sup.detach(), loss_st.detach(), loss.detach(), accepted_now.float()]
@@ -192,6 +195,7 @@ def train(
                 p.early_losses.append(v_loss)
             _optimizer_step(st, loss, cfg.grad_clip)
             method.update_teacher(st.teacher, st.model, it)
+            method.after_step(it)  # a method's own optimizer step (s4GAN's discriminator)
             st.window.add_step(v_sup, v_st, self_training, time.perf_counter() - step_start)
             p.iteration = it + 1
             bar.update(1)
@@ -450,6 +454,7 @@ def evaluation_metrics(run: Run, it: int, lr: float) -> dict[str, Any]:
     metrics.update(evaluate(st.teacher, st.model, run.evals.val, run.evals.train, run.loss_fn, run.to_device,
                             run.autocast, run.names, run.evals.test))
     metrics.update(window_metrics(st.window, run.names, st.method.thresholds_at(it), st.method.st_weight(it), lr))
+    metrics.update(st.method.window_metrics())
     metrics["eval_seconds"] = time.perf_counter() - eval_start
     return metrics
 
