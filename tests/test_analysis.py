@@ -190,6 +190,9 @@ def test_analyze_writes_tables_figures_and_a_self_contained_report(
     for name in FIGURES:
         assert f"href='{name}.html'" in report
     assert "What to run next" in report and "stopped by ASHA" in report
+    # 6 trials: fewer than range advice needs, said before the trials are ranked (or that nothing was learned)
+    alert = "Too few trials to advise on ranges" if "Too few trials" in report else "No class was learned"
+    assert report.index("<h2>Read this first</h2>") < report.index(alert) < report.index("<h2>Top")
     assert f"selftune export {sweep_dir}" in report
     if (analysis.trials["status"] == "diverged").any():
         assert "diverged, with lr 1e+30" in report
@@ -209,6 +212,7 @@ def test_cli_prints_the_summary_and_writes_to_out(sweep_dir: Path, tmp_path: Pat
     assert rc == 0
     assert "sweep tiny: 6 trials:" in printed and "stopped by ASHA" in printed
     assert "what to run next:" in printed and "most important:" in printed
+    assert printed.index("read this first:\n  ! ") < printed.index(" rank ") < printed.index("what to run next:")
     assert printed.startswith("VERDICT: ")  # the sweep trained its control: the verdict comes first
     table = next(b for b in printed.split("\n\n") if b.lstrip().startswith("rank")).splitlines()
     assert table[0].split()[:4] == ["rank", "trial", "status", "best"] and len(table) == 4  # header + top 3
@@ -406,7 +410,7 @@ def test_the_verdict_and_the_methods_lead_the_report_and_the_summary(sweep_dir: 
     a = analyze(str(copy), str(tmp_path / "out"))
     report = (tmp_path / "out" / "report.html").read_text()
     h2 = [part.split("</h2>")[0] for part in report.split("<h2>")[1:]]
-    assert h2[:3] == ["Verdict", "Methods", "Top 5 trials"], h2
+    assert h2[:4] == ["Verdict", "Methods", "Read this first", "Top 5 trials"], h2
     verdict_part = report.split("<h2>Verdict</h2>")[1].split("<h2>Methods</h2>")[0]
     assert HAND_VERDICT["headline"] in verdict_part and "selection-biased" in verdict_part
     assert verdict_part.count("data:image/png;base64,") == 1  # the per-class figure, in this section

@@ -2,6 +2,9 @@
 
 Each rule reads one topic off a `Findings` and returns its lines, or an empty list when it has nothing to
 say. `next_steps` runs the rules in `RULES` order, the order the report and the summary list them in.
+The first rules, `ALERTS`, say when a sweep failed or is too small to read (no class learned beyond the
+majority one, classes at IoU 0 in every top trial, most trials stopped by patience, too few trials):
+the report leads with them, and range advice is held back while the sweep failed or is too small.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ from selftune.analysis.tables import STATUS_WORDS, Sweep, _fmt
 
 if TYPE_CHECKING:
     from selftune.analysis.study import Importance
+
+LEARNED_IOU = 0.05  # a class with val IoU above this counts as learned
+DEAD_IOU = 0.01  # a class at or below this is "at IoU 0"
+MIN_TRIALS_FOR_RANGES = 8  # scored trials before any range is widened or narrowed
+MOSTLY = 0.5  # "most trials": more than this share of the trials that ended
+IOU_PREFIX = "best.val_iou/"
 
 
 @dataclass
@@ -54,6 +63,40 @@ class Findings:
         """The best quarter of the ranked trials, at least 3."""
         return self.ranked.head(max(3, math.ceil(len(self.ranked) / 4)))
 
+    @cached_property
+    def class_columns(self) -> list[str]:
+        """`best.val_iou/<class>`: each class's val IoU at the trial's best evaluation."""
+        return [c for c in self.trials.columns if c.startswith(IOU_PREFIX)]
+
+    @cached_property
+    def num_classes(self) -> int:
+        return len(self.class_columns) or len(self.sweep.meta.get("class_names") or [])
+
+    @cached_property
+    def learned(self) -> dict[str, float] | None:
+        """The classes the best trial learned (val IoU above LEARNED_IOU), or None without per-class IoU."""
+        if not len(self.ranked) or not self.class_columns:
+            return None
+        b = self.ranked.iloc[0]
+        ious = {c.removeprefix(IOU_PREFIX): pd.to_numeric(b[c], errors="coerce") for c in self.class_columns}
+        return {c: float(v) for c, v in ious.items() if pd.notna(v) and v > LEARNED_IOU}
+
+    @cached_property
+    def nothing_learned(self) -> bool:
+        """No class learned beyond the majority one: at most one class above LEARNED_IOU in the best trial, or,
+        without per-class IoU, a best val mIoU no higher than predicting one class everywhere can score (1/K)."""
+        if not len(self.ranked):
+            return False
+        if self.learned is not None:
+            return len(self.learned) <= 1
+        miou = pd.to_numeric(self.ranked.iloc[0].get("best.val_miou"), errors="coerce")
+        return bool(self.num_classes > 1 and pd.notna(miou) and miou <= 1 / self.num_classes)
+
+    @property
+    def ranges_ok(self) -> bool:
+        """Range advice needs enough scored trials, and trials that learned something."""
+        return len(self.ranked) >= MIN_TRIALS_FOR_RANGES and not self.nothing_learned
+
 
 def _position(value: float, dist: Any) -> float | None:
     """Where a value lies in its range, 0 (low end) to 1 (high end); log ranges in log space."""
@@ -65,6 +108,72 @@ def _position(value: float, dist: Any) -> float | None:
     return (float(value) - lo) / (hi - lo)
 
 
+# ---------------------------------------------------------------------- the alerts: read these first
+
+
+def _data_check(f: Findings) -> str:
+    return f"`selftune data check {f.sweep.meta.get('data_root') or 'DATA'}`"
+
+
+def nothing_learned(f: Findings) -> list[str]:
+    """No class learned beyond the majority (background) one: the trials rank noise."""
+    if not f.nothing_learned:
+        return []
+    b = f.ranked.iloc[0]
+    if f.learned is None:
+        k = f.num_classes
+        what = (f"its val mIoU {float(b['best.val_miou']):.3f} is no more than predicting one class everywhere can "
+                f"score (at most 1/{k} = {1 / k:.3f})")
+    elif f.learned:
+        (name, iou), = f.learned.items()
+        what = (f"only {name} (IoU {iou:.2f}), presumably the majority class, is above IoU {LEARNED_IOU}; every other "
+                "class is at about 0")
+    else:
+        what = f"no class is above IoU {LEARNED_IOU}"
+    return [f"No class was learned beyond the majority one: in the best trial ({b['trial_id']}) {what}. The trials "
+            "rank noise, so no range advice follows: check the labels and the class count with "
+            f"{_data_check(f)}, then lr, max_iters and the loss before sweeping again."]
+
+
+def dead_classes(f: Findings) -> list[str]:
+    """Classes at IoU 0 in every top trial (when something else was learned): no searched setting learns them."""
+    if f.nothing_learned or not len(f.top) or not f.class_columns:
+        return []
+    top = f.top
+    dead = []
+    for c in f.class_columns:
+        v = pd.to_numeric(top[c], errors="coerce")
+        if v.notna().all() and (v <= DEAD_IOU).all():  # NaN: the class is in neither truth nor prediction
+            dead.append(c.removeprefix(IOU_PREFIX))
+    if not dead:
+        return []
+    return [f"{len(dead)} of {f.num_classes} classes are at IoU 0 in every one of the top {len(top)} trials: "
+            f"{', '.join(dead)}. No setting this sweep searched learns them, and ranking by mean IoU hides it: check "
+            f"that they have labelled pixels ({_data_check(f)}), weight them up (class_weighting: explicit, "
+            "class_weights) or lower their pseudo-label thresholds."]
+
+
+def mostly_patience(f: Findings) -> list[str]:
+    """Most trials stopped by their own patience: their scores say when they stalled, not which ranges are good."""
+    early = int(f.counts.get("early_stopped", 0))
+    ended = int((f.trials["status"] != "running").sum())
+    if early < 2 or early <= MOSTLY * ended:
+        return []
+    return [f"Most trials stopped by their own patience: {early} of {ended} ended before max_t because "
+            f"{f.metric} stopped improving for `patience` evaluations. Their scores say when they stalled more than "
+            "which ranges are good: look at the learning curves, then raise patience (or lower lr) before "
+            "reading the ranges."]
+
+
+def too_few_trials(f: Findings) -> list[str]:
+    """Fewer scored trials than range advice needs."""
+    n = len(f.ranked)
+    if n >= MIN_TRIALS_FOR_RANGES or f.nothing_learned or not n:
+        return []
+    return [f"Too few trials to advise on ranges: {n} scored trial(s), and range advice needs at least "
+            f"{MIN_TRIALS_FOR_RANGES}. Run more trials (num_samples) before widening or narrowing any range."]
+
+
 # ---------------------------------------------------------------------- the rules, in report order
 
 
@@ -74,9 +183,11 @@ def best_trial(f: Findings) -> list[str]:
         return []
     b, metric = f.ranked.iloc[0], f.metric
     ps = ", ".join(f"{p}={_fmt(b.get(f'param.{p}'))}" for p in f.key_params[:4])
-    return [f"Best so far: trial {b['trial_id']} ({STATUS_WORDS.get(b['status'], b['status'])}), "
-            f"{metric} {b[f'best.{metric}']:.4f} at iteration {b['best_iteration']} ({ps}). "
-            f"Export it with `selftune export {f.sweep.path} --out best.yaml` and use it as base_config of the "
+    text = (f"Best so far: trial {b['trial_id']} ({STATUS_WORDS.get(b['status'], b['status'])}), "
+            f"{metric} {b[f'best.{metric}']:.4f} at iteration {b['best_iteration']} ({ps}).")
+    if f.nothing_learned:  # not a base config worth keeping
+        return [text]
+    return [f"{text} Export it with `selftune export {f.sweep.path} --out best.yaml` and use it as base_config of the "
             "next sweep."]
 
 
@@ -97,6 +208,8 @@ def still_improving(f: Findings) -> list[str]:
 
 def param_ranges(f: Findings) -> list[str]:
     """For the 3 key parameters: where the best trials sit in the searched range (widen or narrow it)."""
+    if not f.ranges_ok:
+        return []
     out, top = [], f.top
     for p in f.key_params[:3]:
         d = f.dists.get(p)
@@ -129,6 +242,8 @@ def param_ranges(f: Findings) -> list[str]:
 
 def pinned_offsets(f: Findings) -> list[str]:
     """Two or more per-class threshold offsets of the best trial at their bounds."""
+    if not f.ranges_ok:
+        return []
     pinned = []
     for p, d in f.dists.items():
         if p.startswith("threshold_offset[") and len(f.top):
@@ -145,6 +260,8 @@ def no_importance(f: Findings) -> list[str]:
     """Importance could not be computed: more trials before narrowing."""
     if f.importance.ok or not f.importance.note:
         return []
+    if too_few_trials(f):  # that line already says to run more trials
+        return [f"No importances: {f.importance.note}."]
     return [f"No importances: {f.importance.note}. Run more trials (num_samples) before narrowing ranges."]
 
 
@@ -218,6 +335,8 @@ def errored(f: Findings) -> list[str]:
 def early_stopped(f: Findings) -> list[str]:
     """Trials stopped by their own patience."""
     early = int(f.counts.get("early_stopped", 0))
+    if mostly_patience(f):  # the alert already said it
+        return []
     return [f"{early} trial(s) stopped by their own patience before max_t."] if early else []
 
 
@@ -231,8 +350,9 @@ def still_running(f: Findings) -> list[str]:
 
 
 Rule = Callable[[Findings], list[str]]
+ALERTS: tuple[Rule, ...] = (nothing_learned, dead_classes, mostly_patience, too_few_trials)
 RULES: tuple[Rule, ...] = (
-    best_trial, still_improving, param_ranges, pinned_offsets, no_importance, asha_cuts, budget_cuts, diverged,
+    *ALERTS, best_trial, still_improving, param_ranges, pinned_offsets, no_importance, asha_cuts, budget_cuts, diverged,
     errored, early_stopped, still_running,
 )
 
@@ -244,5 +364,11 @@ def advise(findings: Findings, rules: tuple[Rule, ...] = RULES) -> list[str]:
 
 def next_steps(sweep: Sweep, importance: Importance, dists: dict[str, Any], asha: pd.DataFrame,
                key_params: list[str]) -> list[str]:
-    """A short, data-derived "what to run next" list (plain text)."""
+    """A short, data-derived "what to run next" list (plain text), the alerts first."""
     return advise(Findings(sweep, importance, dists, asha, key_params))
+
+
+def alerts(sweep: Sweep, importance: Importance, dists: dict[str, Any], asha: pd.DataFrame,
+           key_params: list[str]) -> list[str]:
+    """The lines of the `ALERTS` rules only: what the report says before anything else about the trials."""
+    return advise(Findings(sweep, importance, dists, asha, key_params), ALERTS)

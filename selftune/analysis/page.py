@@ -30,6 +30,8 @@ figure { margin: 18px 0 30px; } figure img { max-width: 100%; border: 1px solid 
 figcaption { color: #4a5568; font-size: 0.92em; max-width: 1000px; }
 .note { color: #975a16; }
 .verdict { font-size: 1.08em; font-weight: 600; padding: 8px 12px; border-left: 5px solid #a0aec0; background: #f7fafc; }
+.alert { border: 1px solid #c53030; background: #fff5f5; padding: 0 14px 6px; margin-top: 1.2em; }
+.alert h2 { color: #c53030; border: none; margin-top: 0.6em; }
 .verdict.win { border-color: #2f855a; } .verdict.lose { border-color: #c53030; }
 """
 
@@ -97,6 +99,14 @@ def verdict_section(a: Analysis) -> list[str]:
     return parts
 
 
+def alerts_section(a: Analysis) -> list[str]:
+    """The failure signals (advice.ALERTS), before the trials are ranked."""
+    if not a.alerts:
+        return []
+    return ["<div class='alert'><h2>Read this first</h2><ul>", *[f"<li>{_codeify(x)}</li>" for x in a.alerts],
+            "</ul></div>"]
+
+
 def report_html(a: Analysis, top_k: int) -> str:
     s = a.sweep
     e = html.escape
@@ -109,10 +119,11 @@ def report_html(a: Analysis, top_k: int) -> str:
              f"&middot; space {e(str(s.meta.get('sweep', {}).get('space', '?')))} &middot; analysed {now}</p>",
              f"<p>{counts}</p>",
              *verdict_section(a),
+             *alerts_section(a),
              f"<h2>Top {min(top_k, len(a.trials))} trials</h2>",
              top_table(a, top_k).to_html(index=False, escape=True, border=0),
              "<h2>What to run next</h2><ul class='next'>",
-             *[f"<li>{_codeify(x)}</li>" for x in a.next_steps],
+             *[f"<li>{_codeify(x)}</li>" for x in a.advice],
              "</ul>"]
     if len(a.asha):
         cols = {"rung": "rung (iteration)", "reached": "trials reached", "stopped": "stopped here",

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from selftune.analysis.advice import next_steps
+from selftune.analysis.advice import alerts, next_steps
 from selftune.analysis.asha import asha_review
 from selftune.analysis.page import VERDICT_FIGURE, report_html
 from selftune.analysis.result import Analysis, Figure
@@ -289,6 +289,7 @@ def analyze(path: str, out: str | None = None, *, metric: str = DEFAULT_METRIC, 
     a = Analysis(sweep, "", study, importance, color_by, key_params, rungs, asha_review(sweep, rungs),
                  [], verdict=load_verdict(path), methods=method_table(sweep), notes=notes)
     a.next_steps = next_steps(sweep, importance, dists, a.asha, key_params)
+    a.alerts = alerts(sweep, importance, dists, a.asha, key_params)  # next_steps starts with them
     output = None
     if write:
         output = Output(out or (path.rstrip("/") + "/analysis"))

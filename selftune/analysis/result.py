@@ -35,9 +35,10 @@ class Analysis:
     key_params: list[str]
     rungs: list[float]
     asha: pd.DataFrame
-    next_steps: list[str]
+    next_steps: list[str]  # every advice line, the alerts first
     verdict: Verdict | None = None  # verdict.json: the best self-training trial against the supervised control
     methods: pd.DataFrame | None = None  # per method (param.method): trials and best value; None without methods
+    alerts: list[str] = field(default_factory=list)  # the failure signals next_steps starts with
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
@@ -53,6 +54,11 @@ class Analysis:
     def status_counts(self) -> dict[str, int]:
         counts = self.trials["status"].value_counts()
         return {s: int(counts[s]) for s in STATUS_ORDER if s in counts}
+
+    @property
+    def advice(self) -> list[str]:
+        """next_steps without the alerts (shown on their own, first)."""
+        return [x for x in self.next_steps if x not in self.alerts]
 
     def summary(self, top_k: int = 5) -> str:
         return summary_text(self, top_k)
@@ -92,12 +98,14 @@ def summary_text(a: Analysis, top_k: int = 5) -> str:
     if a.importance.ok:
         top = ", ".join(f"{k} {v:.2f}" for k, v in list(a.importance.values.items())[:5])
         lines.append(f"most important: {top}" + (f" ({a.importance.note})" if a.importance.note else ""))
+    if a.alerts:  # before the table: they say whether its ranking means anything
+        lines += ["", "read this first:", *(f"  ! {x}" for x in a.alerts)]
     lines.append("")
     lines.append(top_table(a, top_k).to_string(index=False))
     lines.append("")
-    if a.next_steps:
+    if a.advice:
         lines.append("what to run next:")
-        lines.extend(f"  - {x}" for x in a.next_steps)
+        lines.extend(f"  - {x}" for x in a.advice)
     for n in a.notes:
         lines.append(f"note: {n}")
     return "\n".join(lines)
