@@ -146,6 +146,29 @@ def test_importance_comes_from_optuna_over_completed_and_pruned_trials(analysis:
     assert analysis.color_by == imp.ranked()[0]  # learning curves coloured by the most important one
 
 
+def test_importances_side_by_side_and_the_complete_only_one_is_optunas(sweep_dir: Path, analysis: Analysis) -> None:
+    """The report's two columns differ only in the trials: the COMPLETE-only one is what optuna.importance (and
+    optuna-dashboard) compute on the persisted study, with the same evaluator."""
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    from selftune.analysis.study import COMPLETE_COLUMN, SELFTUNE_COLUMN
+
+    report = (sweep_dir / "analysis" / "report.html").read_text()
+    section = report.split("<h2>Importance</h2>")[1].split("<h2>")[0]
+    assert f"<th>{SELFTUNE_COLUMN}</th>" in section and f"<th>{COMPLETE_COLUMN}</th>" in section
+    assert "Same evaluator, different trials" in section
+    study = load_study(str(sweep_dir))
+    complete = analysis.complete_importance
+    assert complete.n_trials == sum(t.state.name == "COMPLETE" for t in study.trials)
+    assert complete.n_trials >= 2, "the fixture's sweep should complete at least 2 trials"
+    expected = optuna.importance.get_param_importances(
+        study, evaluator=PedAnovaImportanceEvaluator(target_quantile=analysis.importance.quantile))
+    assert list(complete.values) == list(expected) and complete.values == pytest.approx(expected)
+    assert complete.quantile == analysis.importance.quantile  # the same evaluator as selftune's column
+    for p, v in complete.values.items():
+        assert f"<td>{p}</td>" in section and f"{v:.3f} (#{list(expected).index(p) + 1})" in section
+
+
 def test_load_trials_reads_uris_through_pyarrow(sweep_dir: Path) -> None:
     trials = load_trials(f"file://{sweep_dir}")
     assert len(trials) == 6
@@ -212,6 +235,7 @@ def test_cli_prints_the_summary_and_writes_to_out(sweep_dir: Path, tmp_path: Pat
     assert rc == 0
     assert "sweep tiny: 6 trials:" in printed and "stopped by ASHA" in printed
     assert "what to run next:" in printed and "most important:" in printed
+    assert "  over COMPLETE trials only (what optuna-dashboard shows): " in printed
     assert printed.index("read this first:\n  ! ") < printed.index(" rank ") < printed.index("what to run next:")
     assert printed.startswith("VERDICT: ")  # the sweep trained its control: the verdict comes first
     table = next(b for b in printed.split("\n\n") if b.lstrip().startswith("rank")).splitlines()

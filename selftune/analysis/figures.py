@@ -344,20 +344,44 @@ def learning_curves(sweep: Sweep, color_by: str | None, dist: Any | None, rungs:
 # ---------------------------------------------------------------------- 3. importance
 
 
-def importance_bars(values: dict[str, float], evaluator: str, metric: str, top: int = 15) -> tuple[Any, Any]:
-    items = list(values.items())[:top]
-    names = [k for k, _ in items][::-1]
-    vals = [v for _, v in items][::-1]
-    fig, ax = _subplots(figsize=(8.5, 0.38 * len(items) + 1.6))
-    bars = ax.barh(names, vals, color="#2b6cb0")
-    for b, v in zip(bars, vals, strict=True):
-        ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {v:.2f}", va="center", fontsize=8)
+def importance_bars(values: dict[str, float], evaluator: str, metric: str, complete: dict[str, float] | None = None,
+                    top: int = 15) -> tuple[Any, Any]:
+    """Importances, largest first; with `complete`, beside each bar the same evaluator over COMPLETE trials only."""
+    import plotly.graph_objects as go
+
+    names = list(values)[:top]
+    names += [p for p in (complete or {}) if p not in names][: max(0, top - len(names))]
+    series = [("over completed + pruned trials (selftune)", values, "#2b6cb0")]
+    if complete:
+        series.append(("over COMPLETE trials only (optuna-dashboard)", complete, "#dd6b20"))
+    k = len(series)
+    height = 0.8 / k
+    y = np.arange(len(names))[::-1]  # largest on top
+    fig, ax = _subplots(figsize=(8.5, (0.3 + 0.2 * k) * len(names) + 1.8))
+    pfig = go.Figure()
+    top_v = 0.0
+    for i, (label, vals, color) in enumerate(series):
+        v = [float(vals.get(p, 0.0)) for p in names]
+        top_v = max(top_v, *v) if v else top_v
+        pos = y + (k - 1) * height / 2 - i * height
+        bars = ax.barh(pos, v, height, color=color, label=label)
+        for b, x in zip(bars, v, strict=True):
+            ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {x:.2f}", va="center", fontsize=7.5)
+        pfig.add_bar(x=v, y=names, orientation="h", name=label, marker_color=color,
+                     text=[f"{x:.2f}" for x in v], textposition="outside")
+    ax.set_yticks(y, names)
     ax.set_xlabel("importance (sums to 1 over all parameters)")
-    ax.set_xlim(0, max(vals) * 1.15 if vals else 1)
+    ax.set_xlim(0, top_v * 1.18 if top_v else 1)
     ax.set_title(f"Hyperparameter importance for {metric_label(metric)}\n{evaluator}", fontsize=11)
     ax.grid(axis="x", alpha=0.3)
+    if complete:
+        ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
     fig.tight_layout()
-    return fig
+    pfig.update_layout(template=PLOTLY_TEMPLATE, barmode="group", height=(26 + 16 * k) * len(names) + 180,
+                       title=f"Hyperparameter importance: {evaluator}",
+                       yaxis=dict(autorange="reversed"), xaxis_title="importance (sums to 1)",
+                       legend=dict(orientation="h", yanchor="top", y=-0.15, xanchor="left", x=0))
+    return fig, pfig
 
 
 # ---------------------------------------------------------------------- 4. parallel coordinates

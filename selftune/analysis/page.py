@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from selftune.analysis.result import Analysis, Figure, top_table
+from selftune.analysis.study import Importance, importance_table, why_they_differ
 from selftune.analysis.tables import STATUS_WORDS, Sweep, _fmt
 
 VERDICT_FIGURE = "verdict_per_class"  # drawn in the first section, with the verdict, not among the figures
@@ -138,11 +139,14 @@ def report_html(a: Analysis, top_k: int) -> str:
                   "right when the stopped trials were below those that went on, and the values at the rung predict "
                   "the final ones (Spearman close to 1).</p>", view.to_html(index=False, escape=True, border=0)]
     if a.importance.ok:
-        imp = pd.DataFrame({"parameter": list(a.importance.values),
-                            "importance": [f"{v:.3f}" for v in a.importance.values.values()]})
+        imp = importance_table(a.importance, a.complete_importance or Importance())
+        c = a.complete_importance
+        cnote = c.evaluator if c is not None and c.ok else (c.note if c is not None else "")
         parts += [f"<h2>Importance</h2><p>{e(a.importance.evaluator)}"
                   + (f" &middot; <span class='note'>{e(a.importance.note)}</span>" if a.importance.note else "")
-                  + "</p>", imp.head(10).to_html(index=False, escape=True, border=0)]
+                  + (f" &middot; COMPLETE only: {e(cnote)}" if cnote else "") + "</p>",
+                  imp.head(10).to_html(index=False, escape=True, border=0),
+                  f"<p>{e(why_they_differ(s))}</p>"]
     parts.append("<h2>Figures</h2>")
     for f in a.figures:
         if f.name != VERDICT_FIGURE:

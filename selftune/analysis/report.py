@@ -24,6 +24,7 @@ from selftune.analysis.asha import asha_review
 from selftune.analysis.page import VERDICT_FIGURE, report_html
 from selftune.analysis.result import Analysis, Figure
 from selftune.analysis.study import (
+    complete_importances,
     load_study,
     optuna_states,
     param_distributions,
@@ -118,8 +119,10 @@ CAPTIONS = {
                         "that went on, both at the rung and where those lines ended."),
     "importance": ("Hyperparameter importance",
                    "Optuna's PED-ANOVA: how much each parameter's distribution among the top trials differs from "
-                   "its distribution among all scored trials (completed, and ASHA-stopped at their last value). "
-                   "Tune the top ones; freeze the bottom ones. With few trials these are rough."),
+                   "its distribution among all scored trials (blue: completed, and ASHA-stopped at their last value; "
+                   "orange: the same evaluator over COMPLETE trials only, as optuna-dashboard and "
+                   "optuna.importance count). Tune the top ones; freeze the bottom ones. With few trials these are "
+                   "rough."),
     "parallel_coordinates": ("Parallel coordinates",
                              "One line per scored trial across the most important parameters, coloured by its value "
                              "(best value if finished, last value if stopped by ASHA). Bands of good lines show the "
@@ -213,15 +216,12 @@ def make_figures(a: Analysis, sweep: Sweep, astudy: Any | None, dists: dict[str,
     def importance() -> Any:
         if not a.importance.ok:
             return f"no importances: {a.importance.note}"
-        import optuna
-        from optuna.importance import PedAnovaImportanceEvaluator
-
-        mfig = F.importance_bars(a.importance.values, a.importance.evaluator, sweep.metric)
-        pfig = optuna.visualization.plot_param_importances(
-            astudy, evaluator=PedAnovaImportanceEvaluator(target_quantile=a.importance.quantile),
-            target_name=F.metric_label(sweep.metric))
-        pfig.update_layout(title=f"Hyperparameter importance: {a.importance.evaluator}")
-        return mfig, pfig
+        c = a.complete_importance
+        if c is None or not c.ok:
+            return F.importance_bars(a.importance.values, a.importance.evaluator, sweep.metric)
+        both = (f"PED-ANOVA, top {a.importance.quantile:.0%}, over {a.importance.n_trials} trials (blue) and over "
+                f"{c.n_trials} COMPLETE trials (orange)")
+        return F.importance_bars(a.importance.values, both, sweep.metric, c.values)
 
     add("importance", importance)
 
@@ -277,6 +277,7 @@ def analyze(path: str, out: str | None = None, *, metric: str = DEFAULT_METRIC, 
     importance, astudy = param_importances(sweep, study)
     if importance.note:
         notes.append(f"importance: {importance.note}")
+    complete = complete_importances(astudy, importance.quantile)  # what optuna-dashboard shows
     dists = param_distributions(study, sweep.trials)
     varied = _varied_params(sweep)
     if color_by is not None:
@@ -287,7 +288,7 @@ def analyze(path: str, out: str | None = None, *, metric: str = DEFAULT_METRIC, 
     key_params = [p for p in importance.ranked() if p in varied][:3] or varied[:3]
     rungs = asha_rungs(sweep.meta)
     a = Analysis(sweep, "", study, importance, color_by, key_params, rungs, asha_review(sweep, rungs),
-                 [], verdict=load_verdict(path), methods=method_table(sweep), notes=notes)
+                 [], verdict=load_verdict(path), methods=method_table(sweep), complete_importance=complete, notes=notes)
     a.next_steps = next_steps(sweep, importance, dists, a.asha, key_params)
     a.alerts = alerts(sweep, importance, dists, a.asha, key_params)  # next_steps starts with them
     output = None

@@ -38,6 +38,7 @@ class Analysis:
     next_steps: list[str]  # every advice line, the alerts first
     verdict: Verdict | None = None  # verdict.json: the best self-training trial against the supervised control
     methods: pd.DataFrame | None = None  # per method (param.method): trials and best value; None without methods
+    complete_importance: Importance | None = None  # the same evaluator over COMPLETE trials only (optuna-dashboard)
     alerts: list[str] = field(default_factory=list)  # the failure signals next_steps starts with
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -98,6 +99,10 @@ def summary_text(a: Analysis, top_k: int = 5) -> str:
     if a.importance.ok:
         top = ", ".join(f"{k} {v:.2f}" for k, v in list(a.importance.values.items())[:5])
         lines.append(f"most important: {top}" + (f" ({a.importance.note})" if a.importance.note else ""))
+        c = a.complete_importance
+        if c is not None and c.ok:
+            ctop = ", ".join(f"{k} {v:.2f}" for k, v in list(c.values.items())[:5])
+            lines.append(f"  over COMPLETE trials only (what optuna-dashboard shows): {ctop}")
     if a.alerts:  # before the table: they say whether its ranking means anything
         lines += ["", "read this first:", *(f"  ! {x}" for x in a.alerts)]
     lines.append("")

@@ -11,6 +11,11 @@ Its value is the trial's best `metric` for a trial that finished, and its last r
 last intermediate value Optuna was told) for a trial ASHA (or the sweep's budget) stopped, so pruned trials count with what
 they had shown when they were cut. Diverged, errored and running trials are left out. Values come
 from the trials' result.json, so any reported metric works, not only the study's objective.
+
+`complete_importances(...)` runs the same evaluator over the COMPLETE trials of the analysis study only
+(completed and early-stopped ones): what `optuna.importance.get_param_importances` and optuna-dashboard
+compute on the persisted study, whose pruned trials they leave out. The report shows both side by
+side, so a ranking that differs from the dashboard's is explained by the trial set alone.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from selftune.analysis.tables import Sweep
+from selftune.analysis.tables import DEFAULT_METRIC, Sweep, load_sweep
 from selftune.errors import SelftuneError
 from selftune.sweepfolder import (
     COMPLETED,
@@ -40,8 +45,12 @@ from selftune.sweepfolder import (
 from selftune.sweepfolder.journal import repair_journal
 
 MIN_TRIALS_FOR_IMPORTANCE = 4  # scored trials; PED-ANOVA compares the top ones against all
+MIN_COMPLETE_FOR_IMPORTANCE = 2  # COMPLETE trials: where optuna-dashboard starts showing importances
 SCORED = (COMPLETED, EARLY_STOPPED, STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET)
 CUT = (STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET)  # judged by their last value, as Optuna saw them (PRUNED)
+COMPLETE = (COMPLETED, EARLY_STOPPED)  # told to Optuna as COMPLETE, with their best value
+SELFTUNE_COLUMN = "over completed + pruned trials (selftune)"
+COMPLETE_COLUMN = "over COMPLETE trials only (what optuna-dashboard shows)"
 
 
 def _study_from_storage(storage: Any, name: str) -> Any:
@@ -202,11 +211,53 @@ def analysis_study(sweep: Sweep, study: Any | None) -> Any | None:
     return out
 
 
-def param_importances(sweep: Sweep, study: Any | None) -> tuple[Importance, Any | None]:
-    """PED-ANOVA importances over the analysis study (returned too, for the plots)."""
+def _quantile(n: int) -> float:
+    """PED-ANOVA compares the top `target_quantile` of trials with all of them; Optuna advises at least 5 trials
+    in the top group, so small sweeps use a larger quantile (at most the top half)."""
+    return min(0.5, max(0.1, 5 / n))
+
+
+def _evaluate(study: Any, quantile: float, what: str) -> Importance:
+    """PED-ANOVA importances of `study`'s COMPLETE trials at `quantile`; `what` names those trials in notes."""
     import optuna
     from optuna.importance import PedAnovaImportanceEvaluator
 
+    n = len(study.trials)
+    varied = [k for k, d in study.trials[0].distributions.items() if not d.single()]
+    if not varied:
+        return Importance(n_trials=n, note="no parameter was searched (every distribution is a single value)",
+                          quantile=quantile)
+    evaluator = PedAnovaImportanceEvaluator(target_quantile=quantile)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            values = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            return Importance(n_trials=n, note=f"Optuna could not compute importances: {exc}", quantile=quantile)
+    if not values or not any(v > 0 for v in values.values()):
+        return Importance(n_trials=n, note=(
+            f"PED-ANOVA found no parameter that separates the top {quantile:.0%} of the {n} {what} from the rest"
+        ), quantile=quantile)
+    note = f"rough: only {n} {what}" if n < 20 else ""
+    return Importance({k: float(v) for k, v in values.items()}, n, f"PED-ANOVA (top {quantile:.0%} of {n} {what})",
+                      note, quantile)
+
+
+def param_importances(sweep: Sweep | str | os.PathLike[str], study: Any | None = None, *,
+                      metric: str = DEFAULT_METRIC, mode: str | None = None) -> tuple[Importance, Any | None]:
+    """PED-ANOVA importances over the analysis study (returned too, for the plots).
+
+    `sweep` is a loaded `Sweep`, or a sweep folder's path, as its siblings take (then `metric` and `mode` pick
+    what to rank by, and the persisted study is loaded unless `study` is given; without one, ranges are
+    inferred from the trials)."""
+    if not isinstance(sweep, Sweep):
+        path = os.fspath(sweep)
+        sweep = load_sweep(path, metric, mode)
+        if study is None:
+            try:
+                study = load_study(path, sweep.meta)
+            except SelftuneError:
+                study = None
     astudy = analysis_study(sweep, study)
     n = len(astudy.trials) if astudy is not None else 0
     if n < MIN_TRIALS_FOR_IMPORTANCE:
@@ -214,26 +265,56 @@ def param_importances(sweep: Sweep, study: Any | None) -> tuple[Importance, Any 
             f"importance needs at least {MIN_TRIALS_FOR_IMPORTANCE} completed or ASHA-stopped trials with a "
             f"{sweep.metric} value; this sweep has {n}"
         )), astudy
-    varied = [k for k, d in astudy.trials[0].distributions.items() if not d.single()]
-    if not varied:
-        return Importance(n_trials=n, note="no parameter was searched (every distribution is a single value)"), astudy
-    # PED-ANOVA compares the top `target_quantile` of trials with all of them; Optuna advises at least
-    # 5 trials in the top group, so small sweeps use a larger quantile (at most the top half).
-    quantile = min(0.5, max(0.1, 5 / n))
-    evaluator = PedAnovaImportanceEvaluator(target_quantile=quantile)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            values = optuna.importance.get_param_importances(astudy, evaluator=evaluator)
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-            return Importance(n_trials=n, note=f"Optuna could not compute importances: {exc}"), astudy
-    if not values or not any(v > 0 for v in values.values()):
-        return Importance(n_trials=n, note=(
-            f"PED-ANOVA found no parameter that separates the top {quantile:.0%} of the {n} trials from the rest"
-        )), astudy
-    note = f"rough: only {n} trials" if n < 20 else ""
-    return Importance({k: float(v) for k, v in values.items()}, n, f"PED-ANOVA (top {quantile:.0%} of {n} trials)",
-                      note, quantile), astudy
+    return _evaluate(astudy, _quantile(n), "trials"), astudy
+
+
+def complete_study(astudy: Any | None) -> Any | None:
+    """The analysis study's COMPLETE trials only (completed, stopped by patience), as Optuna itself counts."""
+    import optuna
+
+    if astudy is None:
+        return None
+    out = optuna.create_study(direction=astudy.direction, study_name=f"{astudy.study_name}:complete")
+    out.add_trials([t for t in astudy.trials if t.user_attrs.get("status") in COMPLETE])
+    return out
+
+
+def complete_importances(astudy: Any | None, quantile: float) -> Importance:
+    """The same evaluator (PED-ANOVA at `quantile`) over the COMPLETE trials only: what
+    `optuna.importance.get_param_importances` and optuna-dashboard compute, pruned trials left out."""
+    cstudy = complete_study(astudy)
+    n = len(cstudy.trials) if cstudy is not None else 0
+    if n < MIN_COMPLETE_FOR_IMPORTANCE:
+        return Importance(n_trials=n, quantile=quantile, note=(
+            f"needs at least {MIN_COMPLETE_FOR_IMPORTANCE} COMPLETE trials; this sweep has {n}"))
+    return _evaluate(cstudy, quantile, "COMPLETE trials")
+
+
+def importance_table(selftune: Importance, complete: Importance) -> pd.DataFrame:
+    """Both importances side by side (value and rank), in selftune's order, then any parameter only the other has."""
+    params = list(selftune.values) + [p for p in complete.values if p not in selftune.values]
+
+    def cell(imp: Importance, p: str) -> str:
+        if p not in imp.values:
+            return "-"
+        return f"{imp.values[p]:.3f} (#{list(imp.values).index(p) + 1})"
+
+    return pd.DataFrame({"parameter": params, SELFTUNE_COLUMN: [cell(selftune, p) for p in params],
+                         COMPLETE_COLUMN: [cell(complete, p) for p in params]})
+
+
+def why_they_differ(sweep: Sweep) -> str:
+    """One line: the two importance columns differ only in the trials they count."""
+    t = sweep.trials
+    values = trial_values(sweep)
+    scored = values.notna() & values.map(lambda v: math.isfinite(float(v)) if pd.notna(v) else False)
+    n_cut = int((scored & t["status"].isin(CUT)).sum())
+    n_complete = int((scored & t["status"].isin(COMPLETE)).sum())
+    return (f"Same evaluator, different trials: selftune also counts the {n_cut} trial(s) ASHA or the sweep's budget "
+            f"stopped (PRUNED in Optuna), each at its last reported value, so it ranks {n_cut + n_complete} trials; "
+            f"Optuna's get_param_importances and optuna-dashboard count only the {n_complete} COMPLETE ones "
+            "(completed or stopped by patience), and drop what the pruned trials showed. (optuna-dashboard also "
+            "uses PED-ANOVA's default top 10%, so on a small sweep its numbers differ a little more.)")
 
 
 def optuna_states(sweep: Sweep, study: Any | None) -> pd.Series:
