@@ -107,6 +107,8 @@ def test_load_trials_has_one_row_per_trial_with_params_metrics_and_status(sweep_
     assert (diverged["param.lr"] == 1e30).all()
     assert all(isinstance(m, str) and "diverged" in m for m in diverged["message"])
 
+    assert str(trials["started_at"].dtype) == str(trials["ended_at"].dtype) == "datetime64[ms, UTC]"
+    assert (trials["started_at"] < trials["ended_at"]).all()
     by_loss = load_trials(str(sweep_dir), metric="val_loss")  # a loss ranks lowest first
     losses = by_loss[~by_loss["status"].isin(["diverged", "errored"])]["best.val_loss"].tolist()
     assert losses == sorted(losses)
@@ -119,8 +121,12 @@ def test_load_history_is_long_format_with_every_reported_metric(sweep_dir: Path)
     assert not history.duplicated(["trial_id", "iteration"]).any()
     for name in ("val_miou", "val_miou_raw", "val_loss", "train_miou", "train_val_gap", "best_val_miou", "lr",
                  "loss_sup", "loss_st", "st_weight", "st_count", "st_ratio", "val_iou/road", "st_count/road",
-                 "st_ratio/road", "threshold/road", "status", "node_id", "training_iteration", "time_total_s"):
+                 "st_ratio/road", "threshold/road", "report_status", "node_id", "training_iteration",
+                 "time_total_s"):
         assert name in history.columns, name
+    assert "status" not in history.columns  # the report's own status is report_status: not the trial's status
+    assert history["report_status"].tolist() == [r["status"] for t in sorted(records, key=lambda r: r.trial_id)
+                                                 for r in t.results]
     one = records[0]
     rows = history[history["trial_id"] == one.trial_id]
     assert rows["iteration"].tolist() == [r["iteration"] for r in one.results]
@@ -167,6 +173,45 @@ def test_importances_side_by_side_and_the_complete_only_one_is_optunas(sweep_dir
     assert complete.quantile == analysis.importance.quantile  # the same evaluator as selftune's column
     for p, v in complete.values.items():
         assert f"<td>{p}</td>" in section and f"{v:.3f} (#{list(expected).index(p) + 1})" in section
+
+
+def test_param_importances_takes_a_path_like_its_siblings(sweep_dir: Path, analysis: Analysis) -> None:
+    from selftune.analysis import load_sweep, param_importances
+
+    by_path, astudy = param_importances(str(sweep_dir))
+    assert by_path == analysis.importance and len(astudy.trials) == analysis.importance.n_trials
+    assert param_importances(sweep_dir)[0] == by_path  # a PathLike too
+    old_form, _ = param_importances(load_sweep(str(sweep_dir)), load_study(str(sweep_dir)))
+    assert old_form == by_path
+    assert param_importances(str(sweep_dir), metric="val_loss")[0].n_trials == by_path.n_trials
+
+
+def test_export_takes_the_metric_analyze_takes_and_says_what_it_exported(sweep_dir: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    import yaml
+
+    from selftune.analysis.tables import metric_mode
+    from selftune.search import export
+
+    for m in ("val_miou", "val_loss", "train_val_gap", "val_iou/road", "loss_st", "st_ratio"):
+        assert export.metric_mode(m) == metric_mode(m), m  # one rule, written twice (export may not import analysis)
+    out = tmp_path / "best.yaml"
+    assert main(["export", str(sweep_dir), "--metric", "val_loss", "--out", str(out)]) == 0
+    best = load_trials(str(sweep_dir), metric="val_loss").iloc[0]  # lowest val_loss first, as analyze ranks
+    prov = yaml.safe_load(out.read_text())["provenance"]
+    assert (prov["trial_id"], prov["metric"], prov["mode"]) == (best["trial_id"], "val_loss", "min")
+    assert prov["value"] == pytest.approx(best["best.val_loss"]) and prov["iteration"] == best["best_iteration"]
+    assert capsys.readouterr().out == (f"wrote {out}: rank 1: trial {best['trial_id']}, val_loss "
+                                       f"{best['best.val_loss']:.4f} at iteration {best['best_iteration']} "
+                                       f"({prov['outcome']})\n")
+
+    assert main(["export", str(sweep_dir)]) == 0  # YAML on stdout, what was exported on stderr
+    printed = capsys.readouterr()
+    top = load_trials(str(sweep_dir)).iloc[0]
+    assert yaml.safe_load(printed.out)["provenance"]["trial_id"] == top["trial_id"]
+    assert printed.err.startswith(f"selftune: exported rank 1: trial {top['trial_id']}, val_miou ")
+    assert main(["export", str(sweep_dir), "--metric", "accuracy"]) == 2
+    assert "metric 'accuracy' is not reported by any trial; available: val_miou" in capsys.readouterr().err
 
 
 def test_load_trials_reads_uris_through_pyarrow(sweep_dir: Path) -> None:
@@ -388,8 +433,11 @@ def test_notebook_runs_headless_on_the_sweep(sweep_dir: Path, tmp_path: Path) ->
         del os.environ["SELFTUNE_SWEEP"]
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    assert not [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr"]  # tqdm's warning too
     text = "".join(o.get("text", "") for o in outputs)
     assert "sweep 'tiny'" in text and "tiny {" in text  # the meta line and the study's state counts
+    assert "Same evaluator, different trials" in text  # the importances, both columns
+    assert '"selftune_results/demo"' in nb.cells[1].source  # the default is the folder the demo writes
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
 
 

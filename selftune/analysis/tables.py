@@ -10,6 +10,10 @@ Column conventions of the trial table:
 - `status`: completed | stopped_by_asha | early_stopped | diverged | errored | running
   (`selftune.sweepfolder.outcome`), plus stopped_by_budget: stopped from outside but not at an ASHA rung,
   so by the sweep's budget (time_budget_s, budget_iters); `ray_status` is Ray's own (TERMINATED, ERROR, RUNNING, PENDING, ...).
+- `started_at`, `ended_at`: UTC timestamps, both `datetime64[ms, UTC]` (what trials.parquet keeps too).
+
+The history table has every key of every report; the report's own `status` (`running` at ordinary
+evaluations, how the run ended in its last one) is `report_status` there, so it is not taken for the trial's.
 """
 
 from __future__ import annotations
@@ -217,6 +221,10 @@ def _exists(path: str) -> bool:
     return fs.get_file_info(p).type == pafs.FileType.File
 
 
+TIME_COLUMNS = ("started_at", "ended_at")
+TIME_DTYPE = "datetime64[ms, UTC]"
+
+
 def trials_frame(records: list[TrialRecord], meta: dict[str, Any], metric: str, mode: str) -> pd.DataFrame:
     sweep = meta.get("sweep", {})
     cpus, gpus = float(sweep.get("cpus_per_trial") or 1.0), float(sweep.get("gpus_per_trial") or 0.0)
@@ -241,8 +249,8 @@ def trials_frame(records: list[TrialRecord], meta: dict[str, Any], metric: str, 
         row["gpu_hours"] = wall * gpus / 3600 if _is_number(wall) else None
         first = t.results[0] if t.results else {}
         if _is_number(first.get("timestamp")):
-            row["started_at"] = pd.Timestamp(first["timestamp"] - (first.get("time_this_iter_s") or 0), unit="s", tz="UTC")
-            row["ended_at"] = pd.Timestamp(last["timestamp"], unit="s", tz="UTC")
+            row["started_at"] = float(first["timestamp"] - (first.get("time_this_iter_s") or 0))
+            row["ended_at"] = float(last["timestamp"])
         ck = best.get("checkpoint_dir_name")
         row["checkpoint"] = next((c for c in t.checkpoints if ck and posixpath.basename(c) == ck), None)
         best_model = f"{t.path}/train/best_model_ema.pt"
@@ -255,6 +263,9 @@ def trials_frame(records: list[TrialRecord], meta: dict[str, Any], metric: str, 
     for c in ("number", "iteration", "reports", "best_iteration"):
         if c in df:
             df[c] = df[c].astype("Int64")
+    for c in TIME_COLUMNS:  # one unit for both (and what parquet keeps): UTC, to the millisecond
+        if c in df:
+            df[c] = pd.to_datetime(df[c], unit="s", utc=True).astype(TIME_DTYPE)
     df = _tidy_param_columns(df)
     key = f"best.{metric}"
     if key not in df:
@@ -278,12 +289,17 @@ def _tidy_param_columns(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+# a report's own `status` (running at ordinary evaluations, the run's end in its last) is not the trial's status
+HISTORY_RENAMES = {"status": "report_status"}
+
+
 def history_frame(records: list[TrialRecord]) -> pd.DataFrame:
     rows = []
     for t in records:
         for r in t.results:
             row = {"trial_id": t.trial_id}
-            row.update({k: v for k, v in r.items() if k not in ("trial_id", "config") and not isinstance(v, dict | list)})
+            row.update({HISTORY_RENAMES.get(k, k): v for k, v in r.items()
+                        if k not in ("trial_id", "config") and not isinstance(v, dict | list)})
             rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:

@@ -30,14 +30,19 @@ def register(sub: Any) -> None:
     p.add_argument("--data", help="dataset root (default: the built-in demo data)")
     p.add_argument("--space", help="space name (methods, thresholds, thresholds_independent, thresholds_shared, wide, "
                    "supervised) or module:function")
-    p.add_argument("--searcher", choices=["tpe", "tpe-stock", "random"])
-    p.add_argument("--scheduler", choices=["asha", "fifo"])
+    p.add_argument("--searcher", choices=["tpe", "tpe-stock", "random"],
+                   help="tpe (default: Optuna's TPE, told ASHA-stopped trials as PRUNED), tpe-stock (Ray's "
+                   "OptunaSearch as is, which tells them COMPLETE) or random (uniform, same bookkeeping as tpe)")
+    p.add_argument("--scheduler", choices=["asha", "fifo"],
+                   help="asha (default: stop weak trials early at its rungs) or fifo (every trial runs to max_t)")
     p.add_argument("--num-samples", type=int, help="number of trials")
     p.add_argument("--max-concurrent", type=int, help="trials at once")
     p.add_argument("--time-budget-s", type=float, help="wall-clock budget for the sweep")
     p.add_argument("--max-t", type=int, help="iterations a trial may run at most")
-    p.add_argument("--cpus-per-trial", type=float)
-    p.add_argument("--gpus-per-trial", type=float)
+    p.add_argument("--cpus-per-trial", type=float,
+                   help="CPUs Ray reserves for each trial; the trial sets its torch threads from it (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs Ray reserves for each trial (default 0: CPU only); "
+                   "a fraction shares a GPU, e.g. 0.5 runs two trials on one (their memory is not isolated)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the in-process Ray (local runs)")
     p.add_argument("--storage", help="results folder or s3:// / gs:// URI (default: ./selftune_results)")
     p.add_argument("--name", help="experiment name (a folder under storage)")
@@ -54,10 +59,15 @@ def register(sub: Any) -> None:
 
     e = sub.add_parser("export", help="write the best trial's resolved train config (with provenance) as YAML",
                        description="Export the complete, resolved train config of the best trial (or the top k) "
-                       "of a sweep. `selftune train --config FILE` takes it unchanged.")
-    e.add_argument("path", help="experiment folder (storage/name)")
+                       "of a sweep, by --metric at each trial's best evaluation. `selftune train --config FILE` "
+                       "takes it unchanged.")
+    e.add_argument("path", help="the sweep folder (storage/name)")
     e.add_argument("--top-k", type=int, default=1, help="export the k best trials (default 1)")
     e.add_argument("--out", type=Path, help="output file (k=1) or folder (k>1); default: print to stdout")
+    e.add_argument("--metric", default="val_miou",
+                   help="the metric to rank trials by, as `selftune analyze` takes it (default: val_miou)")
+    e.add_argument("--mode", choices=["max", "min"],
+                   help="whether higher or lower --metric is better (default: min for losses and gaps, else max)")
     e.set_defaults(func=export_cmd)
 
 
@@ -106,13 +116,15 @@ def _print_summary(summary: Any) -> None:
 
 
 def export_cmd(args: argparse.Namespace) -> int:
-    from selftune.search.export import export_best, write_exports
+    from selftune.search.export import export_best, summary_line, write_exports
 
     path = args.path if "://" in args.path else str(Path(args.path).resolve())
-    if args.out is None:
-        _, text = export_best(path, args.top_k)
+    if args.out is None:  # the YAML goes to stdout, what was exported to stderr
+        entries, text = export_best(path, args.top_k, args.metric, args.mode)
         sys.stdout.write(text)
+        for entry in entries:
+            print(f"selftune: exported {summary_line(entry)}", file=sys.stderr)
         return 0
-    for p in write_exports(path, args.out, args.top_k):
-        print(f"wrote {p}")
+    for p, entry in write_exports(path, args.out, args.top_k, args.metric, args.mode):
+        print(f"wrote {p}: {summary_line(entry)}")
     return 0

@@ -15,19 +15,41 @@ from selftune.spaces import apply_params
 from selftune.sweepfolder import DIVERGED, ERRORED, METRIC, TRIAL_RUN_DIR, read_sweep_meta, read_trials
 from selftune.trainable.config import TrainConfig
 
+# Ray's bookkeeping in every report: left out when the available metrics are listed
+_RAY_KEYS = frozenset({"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid",
+                       "time_since_restore", "iterations_since_restore", "iteration", "round", "done"})
 
-def rank_trials(path: str) -> list[dict[str, Any]]:
-    """Trials with at least one evaluation, best val mIoU first; each with provenance and resolved config."""
+
+def metric_mode(metric: str) -> str:
+    """'min' for losses and gaps, 'max' for everything else: the rule `selftune analyze` uses
+    (selftune.analysis.tables.metric_mode; export may not import analysis)."""
+    return "min" if ("loss" in metric or metric.endswith("gap")) else "max"
+
+
+def _score(r: dict[str, Any], metric: str) -> float | None:
+    v = r.get(metric)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def rank_trials(path: str, metric: str = METRIC, mode: str | None = None) -> list[dict[str, Any]]:
+    """Trials with at least one evaluation, best `metric` first (highest, or lowest for a loss: `mode` from the
+    name unless given); each with provenance and resolved config, at its best evaluation by `metric`."""
+    mode = mode or metric_mode(metric)
+    if mode not in ("max", "min"):
+        raise SelftuneError(f"mode must be 'max' or 'min', got {mode!r}")
+    sign = 1.0 if mode == "max" else -1.0
     meta = read_sweep_meta(path)
     base = TrainConfig.from_dict(meta["base"])
+    records = read_trials(path)
+    _check_metric(metric, records)
     entries = []
-    for t in read_trials(path):
+    for t in records:
         if t.outcome in (DIVERGED, ERRORED):
             continue
-        scored = [r for r in t.results if isinstance(r.get(METRIC), int | float) and not math.isnan(r[METRIC])]
+        scored = [r for r in t.results if _score(r, metric) is not None]
         if not scored:
             continue
-        best = max(scored, key=lambda r: r[METRIC])
+        best = max(scored, key=lambda r: sign * _score(r, metric))  # the first of equal best ones
         ck_name = best.get("checkpoint_dir_name")
         checkpoint = f"{t.path}/{ck_name}" if ck_name and f"{t.path}/{ck_name}" in t.checkpoints else None
         config = apply_params(base, t.params)
@@ -35,8 +57,9 @@ def rank_trials(path: str) -> list[dict[str, Any]]:
             config = config.replace(teacher_checkpoint=meta["shared_stage_model"])
         entries.append({
             "trial_id": t.trial_id,
-            "metric": METRIC,
-            "value": float(best[METRIC]),
+            "metric": metric,
+            "mode": mode,
+            "value": float(best[metric]),
             "iteration": int(best.get("iteration", best.get("training_iteration", 0))),
             "outcome": t.outcome,
             "checkpoint": checkpoint,
@@ -48,10 +71,32 @@ def rank_trials(path: str) -> list[dict[str, Any]]:
             "data_fingerprint": meta.get("data_fingerprint"),
             "config": config.to_dict(),
         })
-    entries.sort(key=lambda e: -e["value"])
+    entries.sort(key=lambda e: -sign * e["value"])
     for rank, e in enumerate(entries, 1):
         e["rank"] = rank
     return entries
+
+
+def _check_metric(metric: str, records: list[Any]) -> None:
+    """A metric no trial reported is one message listing those they did (per-class ones as name/<class>)."""
+    seen: dict[str, None] = {}
+    for t in records:
+        for r in t.results:
+            for k, v in r.items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    seen.setdefault(k, None)
+    if not seen or metric in seen:
+        return  # no evaluation at all is export_best's message
+    names = [n for n in seen if "/" not in n and n not in _RAY_KEYS]
+    per_class = sorted({n.split("/", 1)[0] + "/<class>" for n in seen if "/" in n})
+    raise SelftuneError(f"metric {metric!r} is not reported by any trial; available: {', '.join(names + per_class)}")
+
+
+
+def summary_line(entry: dict[str, Any]) -> str:
+    """One exported trial, as the command prints it: rank, trial id, its score and where it was reached."""
+    return (f"rank {entry['rank']}: trial {entry['trial_id']}, {entry['metric']} {entry['value']:.4f} at iteration "
+            f"{entry['iteration']} ({entry['outcome']})")
 
 
 def render(entry: dict[str, Any]) -> str:
@@ -63,26 +108,28 @@ def render(entry: dict[str, Any]) -> str:
     )
 
 
-def export_best(path: str, top_k: int = 1) -> tuple[list[dict[str, Any]], str]:
-    """The top-k entries and their YAML (documents separated by ---)."""
+def export_best(path: str, top_k: int = 1, metric: str = METRIC, mode: str | None = None
+                ) -> tuple[list[dict[str, Any]], str]:
+    """The top-k entries by `metric` and their YAML (documents separated by ---)."""
     if top_k < 1:
         raise SelftuneError(f"--top-k must be >= 1, got {top_k}")
-    entries = rank_trials(path)
+    entries = rank_trials(path, metric, mode)
     if not entries:
         raise SelftuneError(f"{path} has no trial with a finished evaluation to export")
     chosen = entries[:top_k]
     return chosen, "---\n".join(render(e) for e in chosen)
 
 
-def write_exports(path: str, out: Path, top_k: int) -> list[Path]:
-    """top_k == 1: one file at `out`; otherwise `out` is a folder of rank_<r>.yaml files."""
-    entries, _ = export_best(path, top_k)
+def write_exports(path: str, out: Path, top_k: int, metric: str = METRIC, mode: str | None = None
+                  ) -> list[tuple[Path, dict[str, Any]]]:
+    """top_k == 1: one file at `out`; otherwise `out` is a folder of rank_<r>.yaml files. Returns (file, entry)."""
+    entries, _ = export_best(path, top_k, metric, mode)
     if top_k == 1:
         write_atomic(out, render(entries[0]))
-        return [out]
+        return [(out, entries[0])]
     written = []
     for e in entries:
         p = out / f"rank_{e['rank']}.yaml"
         write_atomic(p, render(e))
-        written.append(p)
+        written.append((p, e))
     return written
