@@ -20,7 +20,9 @@ draws whose file could not be read, replaced by another deterministic draw); at 
 st_weight; per class (names lower-cased to [a-z0-9_]): val_iou/, val_iou_raw/, st_count/,
 st_ratio/ (accepted / pixels the teacher gave that class; 0 when none), threshold/; status
 (running | completed | early_stopped | diverged; a diverged report also has `message`); test_miou
-with cfg.report_test. Timing, wall clock (everything else is reproducible bit for bit on the CPU):
+with cfg.report_test; on a 2-class dataset (binary mode or not) val_precision, val_recall, val_f1,
+val_pos_iou (the positive class) and val_auc of the EMA model, and their test_ twins with report_test.
+Timing, wall clock (everything else is reproducible bit for bit on the CPU):
 step_seconds (mean per training step since the last evaluation, data loading included), eval_seconds.
 A class absent from both the truth and the prediction has IoU NaN and is left out of the mean.
 
@@ -58,6 +60,7 @@ from selftune.data import (
     unlabeled_index,
     validate_dataset,
 )
+from selftune.data.points import PointTargets
 from selftune.errors import ConfigError, StorageError
 from selftune.fileio import write_atomic
 from selftune.trainable import checkpoint as ckpt
@@ -73,7 +76,7 @@ from selftune.trainable.device import (
     resolve_device,
 )
 from selftune.trainable.evaluation import EvalBatches, evaluate, load_eval_batches
-from selftune.trainable.functional import SegmentationLoss, class_weights_for
+from selftune.trainable.functional import Loss, class_weights_for, loss_from_config
 from selftune.trainable.methods import METHODS, Method, create_method
 from selftune.trainable.model import build_model, build_optimizer, load_weights, weights_from
 from selftune.trainable.records import (
@@ -133,22 +136,13 @@ def train(
     # ---------------------------------------------------------------- data
     crop = crop_transform(crop=cfg.crop_size, scale_min=cfg.scale_min, scale_max=cfg.scale_max,
                           hflip=cfg.hflip, vflip=cfg.vflip, ignore_index=cfg.ignore_index)
-    labeled = make_batches(LabeledDataset(run.data_root, "train", run.classes), batch_size=cfg.batch_size,
+    labeled = make_batches(LabeledDataset(run.data_root, "train", run.classes, points=point_targets(cfg)),
+                           batch_size=cfg.batch_size,
                            seed=cfg.seed, stream=STREAM_LABELED, start_iter=start, num_workers=cfg.num_workers,
                            transform=crop)
     unlabeled = LazyPool(run.data_root, cfg, crop)  # opened at the first self-training step
 
-    # ---------------------------------------------------------------- output folder
-    try:
-        run.out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # e.g. under /proc, or on a read-only mount
-        raise StorageError(exc.errno, f"cannot create the output folder {run.out_dir}: {exc.strerror}; choose "
-                           "another one") from None
-    write_atomic(run.out_dir / ckpt.CONFIG_FILE, cfg.to_yaml())
-    restored = run.resumed and ckpt.truncate_metrics(run.out_dir / ckpt.METRICS_FILE, start, lost)
-    run.writer = summary_writer(run.out_dir, purge_step=start + 1 if run.resumed else None)
-    if restored and lost is not None:
-        add_scalars(lost, run.writer)
+    open_output(run, start, lost)  # config.yaml, metrics.jsonl up to the checkpoint, TensorBoard's writer
     bar = tqdm(total=cfg.max_iters, initial=start, disable=not progress, dynamic_ncols=True, desc="train")
 
     # ---------------------------------------------------------------- the loop
@@ -187,9 +181,7 @@ def train(
             lr_used = st.optimizer.param_groups[0]["lr"]
             if (why := divergence(v_loss, p.early_losses, cfg.divergence_factor)) is not None:
                 p.status, p.iteration = "diverged", it + 1
-                message = (f"diverged: the loss is {v_loss:.4g} at step {it + 1}{why} (supervised {v_sup:.4g}, "
-                           f"self-training {v_st:.4g}, lr {lr_used:.3g}); the run stopped with the weights after {it} "
-                           "steps. A lower lr, a longer warmup_iters or grad_clip > 0 may help")
+                message = _diverged_message(it, why, v_loss, v_sup, v_st, lr_used)
                 break
             if len(p.early_losses) < DIVERGENCE_REFERENCE_STEPS:
                 p.early_losses.append(v_loss)
@@ -208,15 +200,7 @@ def train(
             # -------------------------------------------------------- evaluate, checkpoint, report
             metrics = evaluation_metrics(run, it, lr_used)
             val_miou = metrics["val_miou"]
-            new_best = val_miou > p.best_val_miou
-            if new_best:
-                p.best_val_miou, p.best_iteration = val_miou, p.iteration
-                ckpt.save_best(run.out_dir / ckpt.BEST_FILE, st.teacher, cfg, run.classes.names, p.iteration, val_miou)
-            round_best = method.keep_if_best(val_miou, st.teacher)
-            if new_best if round_best is None else round_best:
-                p.bad_evals = 0
-            elif method.patience_counts(it):
-                p.bad_evals += 1
+            keep_best(run, val_miou, it)  # best_model_ema.pt, the round's best, patience
             if method.round_over(p.iteration, p.bad_evals) and not method.is_last():
                 next_round(run)  # the round's best EMA model labels the next one
             p.status = _finished_status(p.iteration, method, p.bad_evals) or "running"
@@ -268,7 +252,7 @@ class Run:
     device: torch.device
     autocast: Callable[[], Any]
     to_device: DeviceBatch
-    loss_fn: SegmentationLoss
+    loss_fn: Loss  # SegmentationLoss, or BinaryLoss in binary mode
     st: TrainingState
     labeller: torch.nn.Module  # who pseudo-labels: the EMA model, or a frozen earlier run's model
     evals: EvalSets
@@ -282,7 +266,8 @@ def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | 
     """Check the data, config and earlier runs' weights, then build the models, optimizer, loss and state
     (restored from `resume_from` when given). Raises DataError / ConfigError; writes nothing."""
     _check_out_dir(out_dir)
-    summary = validate_dataset(data_root, need_unlabeled=METHODS[cfg.method].needs_unlabeled)
+    summary = validate_dataset(data_root, need_unlabeled=METHODS[cfg.method].needs_unlabeled,
+                               points=point_targets(cfg))
     classes = read_classes(data_root)
     k = classes.num_classes
     cfg = cfg.for_classes(k)  # per-class fields fitted to the dataset's classes: the config this run trains
@@ -328,11 +313,16 @@ def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | 
     return Run(
         cfg, data_root, out_dir, classes, metric_names(classes.names), class_palette(classes.colors, k), device,
         make_autocast(device, amp_dtype), DeviceBatch(device, memory_format, cfg.ignore_index),
-        SegmentationLoss.from_config(cfg, k, weights).to(device), st, labeller,
+        loss_from_config(cfg, k, weights).to(device), st, labeller,
         EvalSets.load(cfg, data_root, classes), resumed=saved is not None,
         continues_here=saved is not None and (out_dir / ckpt.CONFIG_FILE).is_file(),
         saved_metrics=saved.get("metrics") if saved is not None else None,
     )
+
+
+def point_targets(cfg: TrainConfig) -> PointTargets:
+    """How splits labelled by points.json become masks in this run: cfg.point_radius and cfg.point_ring."""
+    return PointTargets(cfg.point_radius, cfg.point_ring)
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -380,12 +370,15 @@ class EvalSets:
 
     @classmethod
     def load(cls, cfg: TrainConfig, data_root: Path, classes: Any) -> EvalSets:
-        val = load_eval_batches(LabeledDataset(data_root, "val", classes), cfg.val_max_images, cfg.batch_size)
-        train = load_eval_batches(LabeledDataset(data_root, "train", classes), cfg.train_eval_size, cfg.batch_size,
+        points = point_targets(cfg)
+        val = load_eval_batches(LabeledDataset(data_root, "val", classes, points=points), cfg.val_max_images,
+                                cfg.batch_size)
+        train = load_eval_batches(LabeledDataset(data_root, "train", classes, points=points), cfg.train_eval_size,
+                                  cfg.batch_size,
                                   center_crop=cfg.crop_size)
         test = None
         if cfg.report_test:
-            test = load_eval_batches(LabeledDataset(data_root, "test", classes), 0, cfg.batch_size)
+            test = load_eval_batches(LabeledDataset(data_root, "test", classes, points=points), 0, cfg.batch_size)
         return cls(val, train, test)
 
 
@@ -412,6 +405,37 @@ def _optimizer_step(st: TrainingState, loss: torch.Tensor, grad_clip: float) -> 
     st.scaler.step(st.optimizer)
     st.scaler.update()
     st.scheduler.step()
+
+
+def keep_best(run: Run, val_miou: float, it: int) -> None:
+    """After the evaluation of step `it`: keep the EMA model if it is the run's best (best_model_ema.pt) and, with
+    rounds, the round's best; count the evaluation towards patience unless it improved (the round's best, with
+    rounds) or it is too early to count (`method.patience_counts`)."""
+    st, p, method = run.st, run.st.progress, run.st.method
+    new_best = val_miou > p.best_val_miou
+    if new_best:
+        p.best_val_miou, p.best_iteration = val_miou, p.iteration
+        ckpt.save_best(run.out_dir / ckpt.BEST_FILE, st.teacher, run.cfg, run.classes.names, p.iteration, val_miou)
+    round_best = method.keep_if_best(val_miou, st.teacher)
+    if new_best if round_best is None else round_best:
+        p.bad_evals = 0
+    elif method.patience_counts(it):
+        p.bad_evals += 1
+
+
+def open_output(run: Run, start: int, lost: dict[str, Any] | None) -> None:
+    """Prepare the run folder: the config, metrics.jsonl cut back to (or restored up to) the checkpoint being
+    resumed at iteration `start`, and TensorBoard's writer (events past `start` dropped)."""
+    try:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. under /proc, or on a read-only mount
+        raise StorageError(exc.errno, f"cannot create the output folder {run.out_dir}: {exc.strerror}; choose "
+                           "another one") from None
+    write_atomic(run.out_dir / ckpt.CONFIG_FILE, run.cfg.to_yaml())
+    restored = run.resumed and ckpt.truncate_metrics(run.out_dir / ckpt.METRICS_FILE, start, lost)
+    run.writer = summary_writer(run.out_dir, purge_step=start + 1 if run.resumed else None)
+    if restored and lost is not None:
+        add_scalars(lost, run.writer)
 
 
 class LazyPool:
@@ -452,7 +476,7 @@ def evaluation_metrics(run: Run, it: int, lr: float) -> dict[str, Any]:
     st = run.st
     metrics: dict[str, Any] = {"iteration": it + 1, "round": st.method.round}
     metrics.update(evaluate(st.teacher, st.model, run.evals.val, run.evals.train, run.loss_fn, run.to_device,
-                            run.autocast, run.names, run.evals.test))
+                            run.autocast, run.names, run.evals.test, roc_bins=run.cfg.auc_bins))
     metrics.update(window_metrics(st.window, run.names, st.method.thresholds_at(it), st.method.st_weight(it), lr))
     metrics.update(st.method.window_metrics())
     metrics["eval_seconds"] = time.perf_counter() - eval_start
@@ -467,6 +491,12 @@ def write_evaluation(run: Run, metrics: dict[str, Any], it: int) -> None:
                             run.to_device, run.autocast)
         run.writer.add_image("val/panel", panel, metrics["iteration"], dataformats="CHW")
     run.writer.flush()
+
+
+def _diverged_message(it: int, why: str, loss: float, sup: float, st: float, lr: float) -> str:
+    return (f"diverged: the loss is {loss:.4g} at step {it + 1}{why} (supervised {sup:.4g}, self-training {st:.4g}, "
+            f"lr {lr:.3g}); the run stopped with the weights after {it} steps. A lower lr, a longer warmup_iters or "
+            "grad_clip > 0 may help")
 
 
 def _finished_status(iteration: int, method: Method, bad_evals: int) -> str | None:
