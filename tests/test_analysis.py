@@ -530,3 +530,29 @@ def test_the_real_verdict_is_the_first_section(sweep_dir: Path, analysis: Analys
     assert record["headline"] in report
     assert analysis.summary().splitlines()[0] == record["headline"]
     assert {"val", "test"} == set(analysis.verdict.splits()["split"])
+
+
+def test_compare_the_sweep_with_a_copy_missing_one_trial(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    """`selftune compare` on the real sweep and a copy of it without its second-best trial (and its verdict)."""
+    from selftune.analysis.compare import compare
+
+    trials = load_trials(str(sweep_dir))
+    gone = trials.iloc[1]
+    copy = _copy_sweep(sweep_dir, tmp_path / "minus_one")
+    shutil.rmtree(copy / Path(gone["path"]).name)
+    state_file = next(copy.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    state["trial_data"] = [e for e in state["trial_data"] if json.loads(e[0])["trial_id"] != gone["trial_id"]]
+    state_file.write_text(json.dumps(state))
+    (copy / "verdict.json").unlink()
+
+    assert main(["compare", str(sweep_dir), str(copy), "--out", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "cmp" / "report.html").is_file() and (tmp_path / "cmp" / "progress.png").is_file()
+    c = compare([str(sweep_dir), str(copy)], write=False)
+    assert [e.label for e in c.sweeps] == ["tiny", "minus_one"]  # both are named tiny: the folder tells them apart
+    assert [len(e.sweep.trials) for e in c.sweeps] == [6, 5]
+    assert c.sweeps[0].iterations - c.sweeps[1].iterations == gone["iteration"]
+    assert c.sweeps[0].best["trial_id"] == c.sweeps[1].best["trial_id"] == trials.iloc[0]["trial_id"]
+    assert c.sweeps[0].verdict is not None and c.sweeps[1].verdict is None
+    assert f"tiny: {c.sweeps[0].verdict.headline}" in printed

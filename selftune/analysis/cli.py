@@ -1,4 +1,5 @@
-"""`selftune analyze PATH`: trial tables, figures and an HTML report of a sweep, plus a terminal summary."""
+"""`selftune analyze PATH`: trial tables, figures and an HTML report of a sweep, plus a terminal summary;
+`selftune compare A B [C...]`: several sweeps side by side."""
 
 from __future__ import annotations
 
@@ -24,6 +25,20 @@ def register(sub: Any) -> None:
     p.add_argument("--top-k", type=int, default=5, help="trials in the summary table and the per-class IoU plot (default 5)")
     p.set_defaults(func=analyze_cmd)
 
+    c = sub.add_parser(
+        "compare", help="several sweeps side by side: best so far against compute, incumbents, importances",
+        description="Compare sweep folders offline: each sweep's best value so far against the optimizer "
+        "iterations its trials ran (one figure), the best trial with its method and parameters, trials per status, "
+        "importances and verdicts side by side. Writes report.html, progress.png/.html and overview.csv to --out "
+        "and prints the tables. See docs/analysis.md.",
+    )
+    c.add_argument("paths", nargs="+", metavar="PATH", help="two or more sweep folders (storage/name)")
+    c.add_argument("--out", default="compare", help="output folder (default: ./compare)")
+    c.add_argument("--metric", default="val_miou", help="the metric to compare (default: val_miou)")
+    c.add_argument("--mode", choices=["max", "min"],
+                   help="whether higher or lower --metric is better (default: min for losses and gaps, else max)")
+    c.set_defaults(func=compare_cmd)
+
 
 def analyze_cmd(args: argparse.Namespace) -> int:
     from selftune.analysis.report import analyze, print_summary
@@ -31,4 +46,11 @@ def analyze_cmd(args: argparse.Namespace) -> int:
     result = analyze(args.path, args.out, metric=args.metric, mode=args.mode, color_by=args.color_by,
                      top_k=args.top_k)
     print_summary(result, args.top_k)
+    return 0
+
+
+def compare_cmd(args: argparse.Namespace) -> int:
+    from selftune.analysis.compare import compare, print_comparison
+
+    print_comparison(compare(args.paths, args.out, metric=args.metric, mode=args.mode))
     return 0

@@ -674,3 +674,46 @@ def verdict_per_class(deltas: pd.Series, split: str, missing: list[str] | None =
     pfig.update_layout(template=PLOTLY_TEMPLATE, title=title.replace("\n", "<br>"), height=40 * len(names) + 160,
                        xaxis=dict(title="IoU points (best minus control)", range=[-span * 1.25, span * 1.25]))
     return fig, pfig
+
+
+# ---------------------------------------------------------------------- 9. several sweeps (selftune compare)
+
+
+def compare_progress(sweeps: list[tuple[str, Sweep]], metric: str, mode: str) -> tuple[Any, Any]:
+    """Each sweep's best value so far against the optimizer iterations its trials had run (in completion
+    order), one colour per sweep; faint dots are the trials' own values."""
+    label = metric_label(metric)
+    fig, ax = _subplots(figsize=(11, 5.4))
+    pfig = _new_plotly(title=f"Best {label} so far against compute", height=540,
+                       xaxis_title="cumulative optimizer iterations (all trials of the sweep)",
+                       yaxis_title=f"best {label} so far")
+    palette = _cmap("tab10")
+    values = []
+    for i, (name, sweep) in enumerate(sweeps):
+        p = progress_table(sweep)
+        p = p[p["best_so_far"].notna()]
+        color = mcolors.to_hex(palette(i % 10))
+        if p.empty:
+            continue
+        x, y = p["cum_iterations"].to_numpy(dtype=float), p["best_so_far"].to_numpy(dtype=float)
+        ax.step(x, y, where="post", color=color, lw=2.0, label=f"{name}: {_fmt(float(y[-1]))} after {int(x[-1])} it.")
+        ax.scatter(p["cum_iterations"], p["value"], color=color, s=18, alpha=0.35, zorder=2)
+        ax.scatter([x[-1]], [y[-1]], color=color, s=60, zorder=4, edgecolor="black", linewidth=0.6)
+        pfig.add_scatter(x=x, y=y, mode="lines+markers", line=dict(shape="hv", color=color, width=2.5), name=name,
+                         hovertext=[f"{name}: trial {t}" for t in p["trial_id"]], hoverinfo="text+x+y")
+        pfig.add_scatter(x=p["cum_iterations"], y=p["value"], mode="markers", marker=dict(color=color, size=6,
+                         opacity=0.4), name=f"{name}: each trial", showlegend=False,
+                         hovertext=[f"{name}: trial {t}" for t in p["trial_id"]], hoverinfo="text+y")
+        values += list(y) + [v for v in p["value"] if pd.notna(v)]
+    ax.set_xlabel("cumulative optimizer iterations (all trials of the sweep, in completion order)")
+    ax.set_ylabel(f"best {label} so far")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    if is_fraction(metric) and values:
+        _fraction_ylim(ax, values)
+        pfig.update_yaxes(range=_plotly_fraction_range(values))
+    ax.legend(loc="lower right" if mode == "max" else "upper right", fontsize=9, framealpha=0.9)
+    ax.set_title(f"Best {label} so far against compute: {len(sweeps)} sweeps (dots: each trial)", fontsize=11)
+    fig.tight_layout()
+    pfig.update_xaxes(rangemode="tozero")
+    return fig, pfig
