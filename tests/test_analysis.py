@@ -556,3 +556,48 @@ def test_compare_the_sweep_with_a_copy_missing_one_trial(sweep_dir: Path, tmp_pa
     assert c.sweeps[0].best["trial_id"] == c.sweeps[1].best["trial_id"] == trials.iloc[0]["trial_id"]
     assert c.sweeps[0].verdict is not None and c.sweeps[1].verdict is None
     assert f"tiny: {c.sweeps[0].verdict.headline}" in printed
+
+
+# ---------------------------------------------------------------------- watching a running sweep
+
+
+def test_watch_rewrites_a_self_refreshing_report_and_prints_a_line_a_round(sweep_dir: Path, analysis: Analysis,
+                                                                           tmp_path: Path, capsys) -> None:
+    import re
+
+    out = tmp_path / "live"
+    assert main(["analyze", str(sweep_dir), "--out", str(out), "--watch", "5", "--watch-rounds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    best = load_trials(str(sweep_dir)).iloc[0]
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] round 1: 6 trials: \d+ completed, .*; best val_miou "
+                        rf"{best['best.val_miou']:.4f} \(trial {best['trial_id']}\)", lines[0]), lines[0]
+    assert lines[1:] == [f"report: {out}/report.html"]
+    assert "<meta http-equiv='refresh' content='5'>" in (out / "report.html").read_text()
+    assert "http-equiv" not in (Path(analysis.out) / "report.html").read_text()  # only in watch mode
+
+
+def test_watch_waits_for_a_first_evaluation_and_ctrl_c_ends_it(sweep_dir: Path, tmp_path: Path, capsys,
+                                                              monkeypatch) -> None:
+    import time
+
+    starting = tmp_path / "starting"  # the driver wrote its record, no trial has reported yet
+    starting.mkdir()
+    shutil.copy(sweep_dir / "selftune_sweep.yaml", starting)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while waiting for the next round
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    assert main(["analyze", str(starting), "--watch"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(": waiting: ") == 2 and "(no trials yet)" in printed and "stopped watching" in printed
+    assert slept == [30.0, 30.0]  # the default period
+    assert not (starting / "analysis").exists()
+
+    for args, message in ([["--watch-rounds", "1"], "--watch-rounds needs --watch"],
+                          [["--watch", "0"], "--watch takes seconds > 0"]):
+        assert main(["analyze", str(sweep_dir), *args]) == 2
+        assert message in capsys.readouterr().err

@@ -23,6 +23,12 @@ def register(sub: Any) -> None:
     p.add_argument("--color-by", metavar="PARAM",
                    help="hyperparameter that colours the learning curves (default: the most important one)")
     p.add_argument("--top-k", type=int, default=5, help="trials in the summary table and the per-class IoU plot (default 5)")
+    p.add_argument("--watch", type=float, nargs="?", const=30.0, metavar="SECONDS",
+                   help="while the sweep runs: analyse it again every SECONDS (default 30), rewriting the report "
+                   "(which then reloads itself) and printing one status line each time; Ctrl-C ends it. Put it "
+                   "after PATH")
+    p.add_argument("--watch-rounds", type=int, metavar="N",
+                   help="with --watch: stop after N rounds (for scripts and tests; default: until Ctrl-C)")
     p.set_defaults(func=analyze_cmd)
 
     c = sub.add_parser(
@@ -41,8 +47,14 @@ def register(sub: Any) -> None:
 
 
 def analyze_cmd(args: argparse.Namespace) -> int:
-    from selftune.analysis.report import analyze, print_summary
+    from selftune.analysis.report import analyze, print_summary, watch
+    from selftune.errors import SelftuneError
 
+    if args.watch is not None:
+        return watch(args.path, args.out, every=args.watch, rounds=args.watch_rounds, metric=args.metric,
+                     mode=args.mode, color_by=args.color_by, top_k=args.top_k)
+    if args.watch_rounds is not None:
+        raise SelftuneError("--watch-rounds needs --watch")
     result = analyze(args.path, args.out, metric=args.metric, mode=args.mode, color_by=args.color_by,
                      top_k=args.top_k)
     print_summary(result, args.top_k)

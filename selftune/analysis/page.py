@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import math
 import os
 from typing import Any
 
@@ -108,12 +109,14 @@ def alerts_section(a: Analysis) -> list[str]:
             "</ul></div>"]
 
 
-def report_html(a: Analysis, top_k: int) -> str:
+def report_html(a: Analysis, top_k: int, refresh: float | None = None) -> str:
+    """The page; with `refresh` (seconds, `analyze --watch`) the browser reloads it that often."""
     s = a.sweep
     e = html.escape
     counts = "".join(f'<span class="badge">{n} {e(STATUS_WORDS[k])}</span>' for k, n in a.status_counts().items())
-    now = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>selftune sweep {e(s.name)}</title>"
+    now = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S" if refresh else "%Y-%m-%d %H:%M")
+    reload = f"<meta http-equiv='refresh' content='{max(1, math.ceil(refresh))}'>" if refresh else ""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'>{reload}<title>selftune sweep {e(s.name)}</title>"
              f"<style>{CSS}</style></head><body>",
              f"<h1>Sweep {e(s.name)}</h1>",
              f"<p class='sub'>{e(s.path)} &middot; {len(a.trials)} trials &middot; metric {e(s.metric)} ({s.mode}) "

@@ -31,7 +31,7 @@ from selftune.analysis.study import (
     param_importances,
     trial_values,
 )
-from selftune.analysis.tables import DEFAULT_METRIC, Sweep, asha_rungs, load_sweep, method_table
+from selftune.analysis.tables import DEFAULT_METRIC, NoResultsYet, Sweep, asha_rungs, load_sweep, method_table
 from selftune.analysis.verdict import Verdict, load_verdict
 from selftune.errors import SelftuneError
 from selftune.fileio import write_atomic
@@ -254,10 +254,12 @@ def make_figures(a: Analysis, sweep: Sweep, astudy: Any | None, dists: dict[str,
 
 
 def analyze(path: str, out: str | None = None, *, metric: str = DEFAULT_METRIC, mode: str | None = None,
-            color_by: str | None = None, top_k: int = 5, write: bool = True) -> Analysis:
+            color_by: str | None = None, top_k: int = 5, write: bool = True, refresh: float | None = None
+            ) -> Analysis:
     """Read a sweep folder and write its tables, figures and report.html to `out` (default PATH/analysis).
 
-    With write=False nothing is written (figures are still rendered, as PNG bytes in `.figures`).
+    With write=False nothing is written (figures are still rendered, as PNG bytes in `.figures`). With
+    `refresh` (seconds) the page reloads itself that often (`watch`).
     Raises SelftuneError for a path that is not a sweep, a sweep with no evaluation yet, an unknown metric
     or --color-by parameter.
     """
@@ -301,7 +303,7 @@ def analyze(path: str, out: str | None = None, *, metric: str = DEFAULT_METRIC, 
         a.files.append(output.write("history.parquet", _parquet(sweep.history)))
     a.figures = make_figures(a, sweep, astudy, dists, top_k, output)
     if output is not None:
-        a.files.append(output.write("report.html", report_html(a, top_k)))
+        a.files.append(output.write("report.html", report_html(a, top_k, refresh)))
     return a
 
 
@@ -309,6 +311,53 @@ def _parquet(df: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------- watch
+
+
+def status_of(a: Analysis) -> str:
+    """One line for `watch`: trials by status and the best so far."""
+    from selftune.analysis.result import status_line
+
+    s, t = a.sweep, a.trials
+    ok = t[~t["status"].isin(["diverged", "errored"]) & t[f"best.{s.metric}"].notna()]
+    best = (f"best {s.metric} {ok.iloc[0][f'best.{s.metric}']:.4f} (trial {ok.iloc[0]['trial_id']})" if len(ok)
+            else f"no {s.metric} yet")
+    return f"{len(t)} trials: {status_line(a)}; {best}"
+
+
+def watch(path: str, out: str | None = None, *, every: float = 30.0, rounds: int | None = None, file: Any = None,
+          **kw: Any) -> int:
+    """Analyse the sweep every `every` seconds while it runs, rewriting the report (which reloads itself as
+    often), and print one status line a round; `rounds` ends it after that many, Ctrl-C at any time (exit 0).
+    A sweep with no evaluation yet is waited for; any other error ends it as analyze's would."""
+    import time
+
+    if every <= 0:
+        raise SelftuneError(f"--watch takes seconds > 0, got {every:g}")
+    if rounds is not None and rounds < 1:
+        raise SelftuneError(f"--watch-rounds must be >= 1, got {rounds}")
+    file = file or sys.stdout
+    done, last = 0, None
+    try:
+        while True:
+            done += 1
+            stamp = time.strftime("%H:%M:%S")
+            try:
+                a = analyze(path, out, refresh=every, **kw)
+                last = a.out
+                print(f"[{stamp}] round {done}: {status_of(a)}", file=file, flush=True)
+            except NoResultsYet as exc:
+                print(f"[{stamp}] round {done}: waiting: {exc}", file=file, flush=True)
+            if rounds is not None and done >= rounds:
+                break
+            time.sleep(every)
+    except KeyboardInterrupt:
+        print("\nstopped watching", file=file)
+    if last:
+        print(f"report: {last}/report.html", file=file)
+    return 0
 
 
 # ---------------------------------------------------------------------- terminal summary

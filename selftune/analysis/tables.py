@@ -106,10 +106,14 @@ def check_metric(metric: str, records: list[TrialRecord]) -> None:
         )
 
 
+class NoResultsYet(SelftuneError):
+    """A sweep folder where no trial has reported an evaluation yet (`analyze --watch` waits for one)."""
+
+
 def check_has_results(path: str, records: list[TrialRecord]) -> None:
     if not any(t.results for t in records):
         what = f"{len(records)} trial(s), none has reported an evaluation yet" if records else "no trials yet"
-        raise SelftuneError(f"{path} has no trial with a finished evaluation to analyse ({what})")
+        raise NoResultsYet(f"{path} has no trial with a finished evaluation to analyse ({what})")
 
 
 @dataclass
