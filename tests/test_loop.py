@@ -214,7 +214,10 @@ def test_tensorboard_has_scalars_and_the_image_panel(unbroken: tuple[Path, Repor
     assert [e.value for e in ea.Scalars("val_miou")] == pytest.approx([m["val_miou"] for m, _ in reports])
     assert "val/panel" in tags["images"]
     panel = ea.Images("val/panel")[-1]
-    assert panel.step == 12 and panel.width == 4 * 32 and panel.height == 4 * 32  # 4 columns, 4 images
+    from selftune.trainable.records import HEADER
+
+    # 4 columns of 32 px, a row of column labels, 4 images, a legend of 7 classes + "ignored" (one per row at 128 px)
+    assert panel.step == 12 and panel.width == 4 * 32 and panel.height == HEADER + 4 * 32 + 8 * HEADER
 
 
 def test_ema_decay_zero_makes_the_ema_model_the_raw_model(tiny_data: Path, tmp_path: Path) -> None:

@@ -488,7 +488,7 @@ def write_evaluation(run: Run, metrics: dict[str, Any], it: int) -> None:
     record(metrics, run.out_dir, run.writer)
     if run.cfg.log_images:
         panel = image_panel(run.st.teacher, run.labeller, run.st.method, it, run.evals.val, run.palette,
-                            run.to_device, run.autocast)
+                            run.to_device, run.autocast, run.names)
         run.writer.add_image("val/panel", panel, metrics["iteration"], dataformats="CHW")
     run.writer.flush()
 

@@ -117,9 +117,10 @@ def summary_writer(out_dir: Path, purge_step: int | None) -> Any:
 @torch.no_grad()
 def image_panel(
     teacher: torch.nn.Module, labeller: torch.nn.Module, method: Method, it: int, val: EvalBatches,
-    palette: torch.Tensor, to_device: DeviceBatch, autocast: Any,
+    palette: torch.Tensor, to_device: DeviceBatch, autocast: Any, class_names: list[str] | None = None,
 ) -> torch.Tensor:
-    """uint8 [3, N*H, 4*W]: rows of input | truth | pseudo-label (rejected pixels blanked) | prediction.
+    """uint8 [3, HEADER + N*H + legend, 4*W]: a row of column labels, then rows of input | truth | pseudo-label
+    (rejected pixels in the last palette colour) | prediction, then a legend of the class colours.
 
     The pseudo-labels are the method's own (`method.label`, the same thresholds, acceptance floor,
     alignment and teacher TTA the student trains on at step `it`) from `labeller`; the prediction is
@@ -142,7 +143,50 @@ def image_panel(
         return palette[labels.cpu()].permute(0, 3, 1, 2)
 
     row = torch.cat([images, paint(masks), paint(labels), paint(prediction)], dim=3)  # along width
-    return torch.cat(list(row), dim=1)  # stack the images vertically
+    body = torch.cat(list(row), dim=1)  # stack the images vertically
+    names = [*(class_names or [str(i) for i in range(k)]), "ignored / rejected"]
+    header = text_strip([("input", w), ("truth", w), ("pseudo-label", w), ("prediction", w)])
+    return torch.cat([header, body, legend_strip(palette, names, 4 * w)], dim=1)
+
+
+HEADER = 14  # pixels of the column-label row
+
+
+def text_strip(cells: list[tuple[str, int]], colours: list[tuple[int, int, int]] | None = None) -> torch.Tensor:
+    """uint8 [3, HEADER, sum of widths]: each cell's text on dark grey, left-aligned in its width (cut to fit);
+    with `colours`, a swatch of that colour before each text."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    width = sum(cw for _, cw in cells)
+    img = Image.new("RGB", (width, HEADER), (40, 40, 40))
+    draw = ImageDraw.Draw(img)
+    x = 0
+    for i, (text, cw) in enumerate(cells):
+        tx = x + 2
+        if colours is not None:
+            draw.rectangle([x + 2, 3, x + 10, 11], fill=colours[i], outline=(255, 255, 255))
+            tx = x + 13
+        cell = Image.new("RGB", (max(1, cw - (tx - x)), HEADER), (40, 40, 40))
+        ImageDraw.Draw(cell).text((0, 1), text, fill=(240, 240, 240))
+        img.paste(cell, (tx, 0))
+        x += cw
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+def legend_strip(palette: torch.Tensor, names: list[str], width: int, cell: int = 110) -> torch.Tensor:
+    """uint8 [3, rows * HEADER, width]: one swatch and name per palette colour, as many per row as fit."""
+    per_row = max(1, width // cell)
+    rows = []
+    colours = [tuple(int(v) for v in c) for c in palette.tolist()]
+    for start in range(0, len(names), per_row):
+        chunk = list(range(start, min(start + per_row, len(names))))
+        cells = [(names[i], cell) for i in chunk]
+        strip = text_strip(cells, [colours[i] for i in chunk])  # type: ignore[misc]
+        pad = width - strip.shape[2]
+        strip = torch.nn.functional.pad(strip, (0, pad), value=40) if pad > 0 else strip[:, :, :width]
+        rows.append(strip)
+    return torch.cat(rows, dim=1)
 
 
 __all__ = ["PANEL_IMAGES", "Window", "add_scalars", "image_panel", "metric_names", "record", "summary_writer", "window_metrics"]
