@@ -8,8 +8,10 @@
 Modules, one concern each: `format` (classes.csv, image and mask decoding, the labelled splits),
 `index` (the cached list of the unlabelled pool), `datasets` (`LabeledDataset`, `UnlabeledDataset`),
 `validate` (`validate_dataset`, `DatasetSummary`, `dataset_fingerprint`), `batches` (`make_batches`:
-batch t a pure function of (seed, stream, t)), `palette` (class colours for pictures), `demo` (the
-procedural demo dataset) and `cli` (`selftune data check` and `selftune data demo`). docs/data.md
+batch t a pure function of (seed, stream, t)), `palette` (class colours for pictures), `points` (point
+annotations, points.json, and the targets drawn from them), `demo` (the procedural demo dataset), `particles`
+(the procedural binary particle-picking demo, labelled by points) and `cli` (`selftune data check` and
+`selftune data demo`). docs/data.md
 describes the format. This package imports nothing from `selftune.trainable`; the names below are
 loaded on first use, so importing it (and `selftune --help`) does not import torch.
 """
@@ -28,6 +30,14 @@ _EXPORTS = {
     "read_image": "selftune.data.format",
     "read_mask": "selftune.data.format",
     "split_exists": "selftune.data.format",
+    "label_kind": "selftune.data.format",
+    "list_images": "selftune.data.format",
+    "Point": "selftune.data.points",
+    "PointTargets": "selftune.data.points",
+    "point_targets": "selftune.data.points",
+    "read_points": "selftune.data.points",
+    "ParticleSpec": "selftune.data.particles",
+    "generate_particles": "selftune.data.particles",
     "unlabeled_index": "selftune.data.index",
     "unlabeled_index_path": "selftune.data.index",
     "LabeledDataset": "selftune.data.datasets",
@@ -66,6 +76,9 @@ __all__ = [
     "DatasetSummary",
     "DemoSpec",
     "LabeledDataset",
+    "ParticleSpec",
+    "Point",
+    "PointTargets",
     "PoolDraw",
     "UnlabeledDataset",
     "batch_indices",
@@ -77,11 +90,16 @@ __all__ = [
     "derive_seed",
     "ensure_demo",
     "generate_demo",
+    "generate_particles",
+    "label_kind",
+    "list_images",
     "list_pairs",
     "make_batches",
+    "point_targets",
     "read_classes",
     "read_image",
     "read_mask",
+    "read_points",
     "render_tile",
     "split_exists",
     "suggested_class_weights",
@@ -109,6 +127,8 @@ if TYPE_CHECKING:
         IGNORE_VALUE,
         IMAGE_EXTENSIONS,
         ClassTable,
+        label_kind,
+        list_images,
         list_pairs,
         read_classes,
         read_image,
@@ -117,6 +137,8 @@ if TYPE_CHECKING:
     )
     from selftune.data.index import unlabeled_index, unlabeled_index_path
     from selftune.data.palette import DEFAULT_PALETTE, class_palette
+    from selftune.data.particles import ParticleSpec, generate_particles
+    from selftune.data.points import Point, PointTargets, point_targets, read_points
     from selftune.data.validate import (
         DatasetSummary,
         class_frequencies,

@@ -1,4 +1,5 @@
-"""The torch datasets: a labelled split (image, mask) and the unlabelled pool (image)."""
+"""The torch datasets: a labelled split (image, mask; the mask drawn from points.json for a split labelled by
+points) and the unlabelled pool (image)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from selftune.data.format import ClassTable, list_pairs, read_image, read_mask
+from selftune.data.format import ClassTable, label_kind, list_images, list_pairs, read_image, read_mask
+from selftune.data.points import PointTargets, check_inside, point_targets, points_path, read_points
 from selftune.errors import DataError
 
 
@@ -20,15 +22,26 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 class LabeledDataset(torch.utils.data.Dataset):
     """A labelled split: item i is (uint8 image [3, H, W], int64 mask [H, W]).
 
+    A split labelled by points (its points.json, `selftune.data.points`) gives masks drawn from them with
+    `points` (disk radius and ignored ring; the defaults when None): `self.points[i]` are item i's points.
     With cache=True the decoded arrays are kept in memory after the first read (each DataLoader
     worker keeps its own copy; labelled sets are small).
     """
 
-    def __init__(self, root: Path, split: str, classes: ClassTable, *, cache: bool = True) -> None:
+    def __init__(self, root: Path, split: str, classes: ClassTable, *, cache: bool = True,
+                 points: PointTargets | None = None) -> None:
         self.root = Path(root)
         self.split = split
         self.classes = classes
-        self.pairs = list_pairs(self.root, split)
+        self.kind = label_kind(self.root, split)  # "masks" or "points"
+        self.targets = points or PointTargets()
+        if self.kind == "points":
+            images = list_images(self.root, split)
+            self.pairs = [(image, points_path(self.root, split)) for image in images]
+            self.points = read_points(points_path(self.root, split), [p.name for p in images], classes)
+        else:
+            self.pairs = list_pairs(self.root, split)
+            self.points = []
         self.cache = cache
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -44,7 +57,12 @@ class LabeledDataset(torch.utils.data.Dataset):
             return self._cache[i]
         image_path, mask_path = self.pairs[i]
         image = read_image(image_path)
-        mask = read_mask(mask_path, self.classes)
+        if self.kind == "points":
+            h, w = image.shape[:2]
+            check_inside(self.points[i], w, h, mask_path, image_path.name)
+            mask = point_targets(h, w, self.points[i], self.targets)
+        else:
+            mask = read_mask(mask_path, self.classes)
         if image.shape[:2] != mask.shape:
             raise DataError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "

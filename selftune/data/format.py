@@ -5,6 +5,7 @@ Layout (docs/data.md has the details)::
     ROOT/classes.csv                 id,name[,r,g,b]; ids 0..K-1
     ROOT/{train,val,test}/images/    PNG, JPEG or TIFF; `test` is optional
     ROOT/{train,val,test}/masks/     <image stem>.png: class ids (255 = ignore) or class colours
+    ROOT/{train,val,test}/points.json  or, instead of masks/, point annotations (`selftune.data.points`)
     ROOT/unlabeled/images/           the unlabelled pool, nested folders allowed (listed by `index`)
 
 Every reader raises one `DataError` naming the file (and the line, pixel or value) at fault.
@@ -26,6 +27,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 LABELED_SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "val")
 IGNORE_VALUE = 255  # mask value meaning "not labelled" in class-id masks
+POINTS_FILE = "points.json"  # a split's point annotations, the alternative to its masks/ folder
 
 
 # ---------------------------------------------------------------------- classes
@@ -238,8 +240,45 @@ def split_exists(root: Path, split: str) -> bool:
     return (Path(root) / split / "images").is_dir()
 
 
+def label_kind(root: Path, split: str) -> str:
+    """How a labelled split is labelled: "masks" (its masks/ folder) or "points" (its points.json).
+
+    DataError when it has both (which one holds the truth would be a guess) or neither.
+    """
+    base = Path(root) / split
+    masks, points = (base / "masks").is_dir(), (base / POINTS_FILE).is_file()
+    if masks and points:
+        raise DataError(f"split {split!r} has both {base / 'masks'} and {base / POINTS_FILE}; keep one of them")
+    if points:
+        return "points"
+    if not (base / "images").is_dir():
+        raise DataError(f"missing folder {base / 'images'} (split {split!r} needs images/ and masks/ or {POINTS_FILE})")
+    if not masks:
+        raise DataError(f"missing folder {base / 'masks'} (split {split!r} needs images/ and masks/, or images/ and "
+                        f"{POINTS_FILE})")
+    return "masks"
+
+
+def list_images(root: Path, split: str) -> list[Path]:
+    """The images of a labelled split, sorted by name; DataError on a missing folder, an empty split, or two
+    images with one stem."""
+    img_dir = Path(root) / split / "images"
+    if not img_dir.is_dir():
+        raise DataError(f"missing folder {img_dir} (split {split!r} needs images/ and masks/ or {POINTS_FILE})")
+    images = sorted(e.name for e in os.scandir(img_dir) if e.is_file() and _is_image(e.name))
+    if not images:
+        raise DataError(f"no images in {img_dir} (expected {', '.join(IMAGE_EXTENSIONS)} files)")
+    seen: dict[str, str] = {}
+    for name in images:
+        stem = Path(name).stem
+        if stem in seen:
+            raise DataError(f"{img_dir}: two images share the stem {stem!r} ({seen[stem]} and {name})")
+        seen[stem] = name
+    return [img_dir / name for name in images]
+
+
 def list_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs of a labelled split, sorted by image name.
+    """(image, mask) pairs of a split labelled by masks, sorted by image name.
 
     DataError on a missing folder, an empty split, two images with one stem, or an image
     without its `<stem>.png` mask.
@@ -248,24 +287,18 @@ def list_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     img_dir, mask_dir = base / "images", base / "masks"
     for d in (img_dir, mask_dir):
         if not d.is_dir():
-            raise DataError(f"missing folder {d} (split {split!r} needs images/ and masks/)")
-    images = sorted(e.name for e in os.scandir(img_dir) if e.is_file() and _is_image(e.name))
-    if not images:
-        raise DataError(f"no images in {img_dir} (expected {', '.join(IMAGE_EXTENSIONS)} files)")
+            hint = f"; its labels are points ({base / POINTS_FILE})" if (base / POINTS_FILE).is_file() else ""
+            raise DataError(f"missing folder {d} (split {split!r} needs images/ and masks/){hint}")
+    images = list_images(root, split)
     masks = {e.name for e in os.scandir(mask_dir) if e.is_file()}
-    seen: dict[str, str] = {}
     pairs = []
-    for name in images:
-        stem = Path(name).stem
-        if stem in seen:
-            raise DataError(f"{img_dir}: two images share the stem {stem!r} ({seen[stem]} and {name})")
-        seen[stem] = name
-        mask_name = stem + ".png"
+    for image in images:
+        mask_name = image.stem + ".png"
         if mask_name not in masks:
-            others = sorted(m for m in masks if Path(m).stem == stem)
+            others = sorted(m for m in masks if Path(m).stem == image.stem)
             hint = f"; found {others[0]} but masks must be PNG (lossy formats change class ids)" if others else ""
-            raise DataError(f"image {img_dir / name} has no mask {mask_dir / mask_name}{hint}")
-        pairs.append((img_dir / name, mask_dir / mask_name))
+            raise DataError(f"image {image} has no mask {mask_dir / mask_name}{hint}")
+        pairs.append((image, mask_dir / mask_name))
     return pairs
 
 
@@ -280,8 +313,11 @@ __all__ = [
     "IGNORE_VALUE",
     "IMAGE_EXTENSIONS",
     "LABELED_SPLITS",
+    "POINTS_FILE",
     "REQUIRED_SPLITS",
     "ClassTable",
+    "label_kind",
+    "list_images",
     "list_pairs",
     "read_classes",
     "read_image",

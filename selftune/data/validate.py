@@ -15,11 +15,37 @@ from pathlib import Path
 import numpy as np
 
 from selftune.data.datasets import LabeledDataset
-from selftune.data.format import IGNORE_VALUE, LABELED_SPLITS, REQUIRED_SPLITS, _orphan_masks, read_classes, read_image
+from selftune.data.format import (
+    IGNORE_VALUE,
+    LABELED_SPLITS,
+    POINTS_FILE,
+    REQUIRED_SPLITS,
+    _orphan_masks,
+    read_classes,
+    read_image,
+)
 from selftune.data.index import unlabeled_index
+from selftune.data.points import PointTargets
 from selftune.errors import DataError
 
 UNLABELED_SAMPLE = 8  # unlabelled files decoded by validate_dataset
+
+
+@dataclass(frozen=True)
+class PointStats:
+    """A split labelled by points: its points per image and the share of pixels the targets make positive
+    (any non-background class) and ignored (the rings)."""
+
+    images: int
+    points: int
+    min_per_image: int
+    max_per_image: int
+    positive_share: float  # positive target pixels / all pixels of the split
+    ignored_share: float  # ignored (ring) pixels / all pixels of the split
+
+    @property
+    def mean_per_image(self) -> float:
+        return self.points / max(1, self.images)
 
 
 @dataclass
@@ -35,6 +61,8 @@ class DatasetSummary:
     ignored_pixels: int = 0  # train pixels marked 255
     image_sizes: tuple[tuple[int, int], ...] = ()  # distinct (height, width) of labelled images
     warnings: list[str] = field(default_factory=list)
+    points: dict[str, PointStats] = field(default_factory=dict)  # splits labelled by points.json
+    point_targets: PointTargets | None = None  # the radius and ring their targets were drawn with
 
     @property
     def num_classes(self) -> int:
@@ -63,11 +91,14 @@ def suggested_class_weights(frequencies: Sequence[float] | np.ndarray) -> tuple[
     return tuple(float(x) for x in w)
 
 
-def validate_dataset(root: Path, *, need_unlabeled: bool, num_classes: int | None = None) -> DatasetSummary:
+def validate_dataset(root: Path, *, need_unlabeled: bool, num_classes: int | None = None,
+                     points: PointTargets | None = None) -> DatasetSummary:
     """Check a dataset before training; raise one DataError naming the first bad file or folder.
 
     Reads classes.csv and every labelled image and mask in full (sizes must match, ids/colours
-    must be known, files must decode). For the unlabelled pool (only when `need_unlabeled`) it
+    must be known, files must decode). A split labelled by points.json has its points checked (names,
+    entries, inside their image) and its targets drawn with `points` (radius and ring; the defaults when
+    None), which the pixel statistics count. For the unlabelled pool (only when `need_unlabeled`) it
     checks the folder is there and non-empty and decodes the first few files.
     """
     root = Path(root)
@@ -85,21 +116,33 @@ def validate_dataset(root: Path, *, need_unlabeled: bool, num_classes: int | Non
     ignored = 0
     sizes: set[tuple[int, int]] = set()
     seen_in: dict[str, np.ndarray] = {}
+    point_stats: dict[str, PointStats] = {}
     for split in LABELED_SPLITS:
         if split not in REQUIRED_SPLITS and not (root / split).exists():
             continue
-        ds = LabeledDataset(root, split, classes, cache=False)
+        ds = LabeledDataset(root, split, classes, cache=False, points=points)
         counts[split] = len(ds)
         present = np.zeros(k, dtype=bool)
+        split_hist = np.zeros(256, dtype=np.int64)
         for i in range(len(ds)):
             image, mask = ds.arrays(i)
             sizes.add(image.shape[:2])
             hist = np.bincount(mask.ravel(), minlength=256)
             present |= hist[:k] > 0
+            split_hist += hist
             if split == "train":
                 pixels += hist[:k]
                 ignored += int(hist[IGNORE_VALUE])
         seen_in[split] = present
+        if ds.kind == "points":
+            per_image = [len(p) for p in ds.points]
+            total = max(1, int(split_hist.sum()))
+            point_stats[split] = PointStats(len(ds), sum(per_image), min(per_image), max(per_image),
+                                            float(split_hist[1:k].sum()) / total,
+                                            float(split_hist[IGNORE_VALUE]) / total)
+            if sum(per_image) == 0:
+                notes.append(f"{split}: {root / split / POINTS_FILE} has no point at all: every pixel is background")
+            continue
         orphans = _orphan_masks(root, split)
         if orphans:
             notes.append(f"{split}: {len(orphans)} mask(s) without an image, e.g. {root / split / 'masks' / orphans[0]}")
@@ -123,7 +166,8 @@ def validate_dataset(root: Path, *, need_unlabeled: bool, num_classes: int | Non
     return DatasetSummary(
         root=root, counts=counts, class_names=classes.names, pixel_counts=tuple(int(x) for x in pixels),
         frequencies=freqs, suggested_weights=weights, ignored_pixels=ignored,
-        image_sizes=tuple(sorted(sizes)), warnings=notes,
+        image_sizes=tuple(sorted(sizes)), warnings=notes, points=point_stats,
+        point_targets=(points or PointTargets()) if point_stats else None,
     )
 
 
@@ -151,6 +195,9 @@ def dataset_fingerprint(root: Path) -> str:
             for e in sorted(os.scandir(d), key=lambda e: e.name):
                 if e.is_file() and not e.name.startswith("."):
                     h.update(f"\n{split}/{sub}/{e.name}\t{e.stat().st_size}".encode())
+        points_file = root / split / POINTS_FILE
+        if points_file.is_file():  # its bytes: moving one point changes the labels but maybe not the size
+            h.update(f"\n{split}/{POINTS_FILE}\t".encode() + hashlib.sha256(points_file.read_bytes()).digest())
     n_unlabeled = len(unlabeled_index(root)) if (root / "unlabeled" / "images").is_dir() else 0
     h.update(f"\nunlabeled\t{n_unlabeled}".encode())
     return h.hexdigest()[:16]
@@ -158,6 +205,7 @@ def dataset_fingerprint(root: Path) -> str:
 
 __all__ = [
     "DatasetSummary",
+    "PointStats",
     "class_frequencies",
     "dataset_fingerprint",
     "suggested_class_weights",
