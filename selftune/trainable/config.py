@@ -21,6 +21,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from selftune.data.points import POINT_RADIUS, POINT_RING
 from selftune.errors import ConfigError
 
 ARCHS = (
@@ -140,6 +141,25 @@ class TrainConfig:
     # iteration (V2: 500); must be shorter than the run
     st_weight_start: float = 0.0  # the ST weight's ramp (st_rampup_iters from st_start_iter) starts at this
     # fraction of st_weight instead of 0 (V2: 0.1 -> 1.0)
+
+    # --- binary segmentation and point labels (seed 003; docs/data.md) ---
+    binary: bool = False  # one output channel and a sigmoid, for a dataset of 2 classes (background + positive):
+    # ce_weight is then BCE, focal and dice are binary and pos_weight weights positives; pseudo-labels come from
+    # pos_threshold / neg_threshold (not `thresholds`). Methods supervised, ema_self_training and rounds
+    pos_threshold: float = 0.95  # binary: an unlabelled pixel of positive probability >= this is a positive
+    # pseudo-label (seed 003: 0.95); in [0.5, 1]
+    neg_threshold: float = 0.05  # binary: one of positive probability <= this is a negative pseudo-label, one
+    # in between is ignored (seed 003: 0.05); in [0, 0.5] and below pos_threshold
+    threshold_decay: float = 0.02  # binary: both thresholds move this much towards 0.5 in each round after the
+    # first pseudo-labelled one (method rounds; seed 003: 0.95/0.05, 0.93/0.07, 0.91/0.09); the mean teacher
+    # trains one round
+    pos_weight: float = 1.0  # binary: weight of positive pixels in the BCE and focal terms (seed 003: 10 for
+    # severe imbalance); 1 = unweighted
+    point_radius: float = POINT_RADIUS  # splits labelled by points.json: pixels within this many pixels of a point
+    # (one without a radius of its own) are its class
+    point_ring: float = POINT_RING  # splits labelled by points.json: the ring this wide beyond each disk is ignored
+    # (255: an object's uncertain edge is neither trained on nor scored)
+    auc_bins: int = 256  # 2-class datasets: histogram bins of the positive-class probability behind val_auc
 
     # --- optimisation ---
     optimizer: str = "adamw"  # adamw | sgd
@@ -283,6 +303,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be null or a path, got {getattr(self, name)!r}")
         self._check_rounds()
         self._check_s4gan()
+        self._check_binary()
         if self.teacher_checkpoint is not None and self.method == "supervised":
             raise ConfigError("teacher_checkpoint labels unlabelled images, but method is 'supervised'; "
                               "use a self-training method or drop the key")
@@ -364,8 +385,47 @@ class TrainConfig:
                 raise ConfigError(f"{key} is {value!r}, but method s4gan does not use it (the discriminator gates whole "
                                   f"images with threshold_st); set {key} to {off!r} or choose another method")
 
+    def _check_binary(self) -> None:
+        """Binary mode's knobs (and the point labels' radius and ring): in range; neg_threshold below pos_threshold;
+        with binary off, its own knobs at their defaults; with it on, no knob it does not use."""
+        for name in ("point_radius", "point_ring"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ConfigError(f"{name} must be a finite number of pixels >= 0, got {v!r}")
+        _at_least("auc_bins", self.auc_bins, 2)
+        if not (self.pos_weight > 0 and math.isfinite(self.pos_weight)):
+            raise ConfigError(f"pos_weight must be a positive number, got {self.pos_weight!r}")
+        if not 0.5 <= self.pos_threshold <= 1:
+            raise ConfigError(f"pos_threshold must be in [0.5, 1], got {self.pos_threshold!r}")
+        if not 0 <= self.neg_threshold <= 0.5:
+            raise ConfigError(f"neg_threshold must be in [0, 0.5], got {self.neg_threshold!r}")
+        if self.neg_threshold >= self.pos_threshold:
+            raise ConfigError(f"neg_threshold {self.neg_threshold!r} must be below pos_threshold {self.pos_threshold!r} "
+                              "(pixels in between are ignored)")
+        if not 0 <= self.threshold_decay <= 0.5:
+            raise ConfigError(f"threshold_decay must be in [0, 0.5], got {self.threshold_decay!r}")
+        defaults = TrainConfig.__dataclass_fields__
+        if not self.binary:
+            for key in ("pos_threshold", "neg_threshold", "threshold_decay", "pos_weight"):
+                if getattr(self, key) != defaults[key].default:
+                    raise ConfigError(f"{key} is {getattr(self, key)!r}, but it is a knob of binary mode and binary is "
+                                      f"false; set binary: true (a 2-class dataset) or drop {key}")
+            return
+        if self.method == "s4gan":
+            raise ConfigError("binary mode works with methods supervised, ema_self_training and rounds, not s4gan "
+                              "(its discriminator reads K class probabilities); set binary: false or another method")
+        unused = {"min_accept_ratio": (self.min_accept_ratio, 0.0), "distribution_alignment":
+                  (self.distribution_alignment, False), "threshold_schedule": (self.threshold_schedule, "constant")}
+        for key, (value, off) in unused.items():
+            if value != off:
+                raise ConfigError(f"{key} is {value!r}, but binary mode does not use it (its pseudo-labels come from "
+                                  f"pos_threshold and neg_threshold); set {key} to {off!r} or binary to false")
+
     def check_num_classes(self, num_classes: int) -> None:
         """Per-class fields must match the dataset's class count (`for_classes` fits them first)."""
+        if self.binary and num_classes != 2:
+            raise ConfigError(f"binary mode needs a dataset of 2 classes (background and the positive class), but it "
+                              f"has {num_classes}; set binary: false for a {num_classes}-class dataset")
         fix = f"give one value per class ({num_classes}) or one value for all"
         if len(self.thresholds) != num_classes:
             raise ConfigError(

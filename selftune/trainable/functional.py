@@ -1,14 +1,17 @@
 """Small pure functions of the self-training loop, each written once and testable on 2x2 tensors.
 
-- pseudo-labels: `pseudo_labels`, `align_distribution`, `class_floor_thresholds`, `pseudo_label_counts`, `acceptance_ratio`,
-  `valid_share`
-- schedules: `threshold_at`, `st_weight_at`, `lr_factor`
+- pseudo-labels: `pseudo_labels`, `binary_pseudo_labels`, `align_distribution`, `class_floor_thresholds`,
+  `pseudo_label_counts`, `acceptance_ratio`, `valid_share`; `class_probs` (softmax, or a one-channel sigmoid
+  as two classes), `two_class_logits`
+- schedules: `threshold_at`, `relaxed_thresholds`, `st_weight_at`, `lr_factor`
 - losses: `SegmentationLoss` (ce*CE + focal*Focal + dice*Dice; the same object scores labelled
-  batches and pseudo-labelled ones, whose rejected pixels carry `ignore_index`), `class_weights_for`
-- metrics: `confusion_matrix`, `iou_per_class`, `mean_iou`
+  batches and pseudo-labelled ones, whose rejected pixels carry `ignore_index`), `BinaryLoss` (the same on one
+  sigmoid channel, with pos_weight), `loss_from_config`, `class_weights_for`
+- metrics: `confusion_matrix`, `iou_per_class`, `mean_iou`; two classes: `binary_scores` (precision, recall,
+  F1, IoU of the positive class), `roc_histograms` and `auc_from_histograms`
 - teacher: `ema_update`
 
-Nothing here reads the config object except the two `from_config` helpers; every function takes
+Nothing here reads the config object except the `from_config` helpers; every function takes
 plain numbers and tensors.
 """
 
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
+from segmentation_models_pytorch.losses._functional import focal_loss_with_logits
 
 from selftune.errors import ConfigError
 
@@ -65,8 +69,41 @@ def pseudo_labels(
     return PseudoLabels(labels, accepted, confidence, predicted)
 
 
+def binary_pseudo_labels(probs_pos: torch.Tensor, pos_threshold: float, neg_threshold: float,
+                         ignore_index: int = 255) -> PseudoLabels:
+    """Binary pseudo-labels from the positive-class probability [B, H, W] (seed 003).
+
+    Positive (1) where the probability is >= `pos_threshold`, negative (0) where it is <= `neg_threshold`,
+    `ignore_index` in between (0 <= neg_threshold < pos_threshold <= 1). `predicted` is the teacher's class
+    at 0.5 and `confidence` the probability of that class, as `pseudo_labels` gives them.
+    """
+    positive = probs_pos >= pos_threshold
+    accepted = positive | (probs_pos <= neg_threshold)
+    labels = torch.where(accepted, positive.long(), torch.full_like(positive, ignore_index, dtype=torch.long))
+    predicted = (probs_pos >= 0.5).long()
+    confidence = torch.where(predicted.bool(), probs_pos, 1 - probs_pos)
+    return PseudoLabels(labels, accepted, confidence, predicted)
+
+
+def class_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities [B, K, H, W] from logits: softmax over K channels, or, for a binary model's one
+    channel, the sigmoid as two classes (1 - p, p)."""
+    if logits.shape[1] == 1:
+        p = logits.sigmoid()
+        return torch.cat([1 - p, p], dim=1)
+    return logits.softmax(dim=1)
+
+
+def two_class_logits(logits: torch.Tensor) -> torch.Tensor:
+    """A binary model's one logit channel z [B, 1, H, W] as two-class logits (0, z): their softmax is (1 - s, s)
+    with s = sigmoid(z) and their argmax is z > 0, so scoring and the confusion matrix treat it as 2 classes.
+    Logits of K > 1 channels are returned as they are."""
+    return torch.cat([torch.zeros_like(logits), logits], dim=1) if logits.shape[1] == 1 else logits
+
+
 def tta_probs(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str = "none") -> torch.Tensor:
-    """Softmax probabilities [B, K, H, W] of `model` on `images`, averaged over symmetric views.
+    """Class probabilities [B, K, H, W] of `model` on `images` (`class_probs`: a binary model's sigmoid as two
+    classes), averaged over symmetric views.
 
     `mode`: none (one pass) | flip (the images and their horizontal, vertical and double flips) |
     d4 (those four and their transposes: the 8 symmetries of the square, for top-down imagery).
@@ -74,7 +111,7 @@ def tta_probs(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
     d4 needs square images.
     """
     if mode == "none":
-        return model(images).float().softmax(dim=1)
+        return class_probs(model(images).float())
     views = [(dims, t) for t in ((False, True) if mode == "d4" else (False,))
              for dims in ((), (-1,), (-2,), (-2, -1))]
 
@@ -86,7 +123,7 @@ def tta_probs(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
         x = x.transpose(-1, -2) if t else x
         return x.flip(dims) if dims else x
 
-    probs = model(torch.cat([view(images, d, t) for d, t in views])).float().softmax(dim=1)
+    probs = class_probs(model(torch.cat([view(images, d, t) for d, t in views])).float())
     back = [unview(p, d, t) for p, (d, t) in zip(probs.chunk(len(views)), views, strict=True)]
     return torch.stack(back).mean(dim=0)
 
@@ -184,6 +221,13 @@ def threshold_at(
         raise ConfigError(f"threshold_schedule must be constant or linear, got {schedule!r}")
     offset = start_offset * (1.0 - frac)
     return [min(1.0, max(0.0, t + offset)) for t in thresholds]
+
+
+def relaxed_thresholds(pos_threshold: float, neg_threshold: float, decay: float, steps: int) -> tuple[float, float]:
+    """Binary thresholds after `steps` relaxations (seed 003's adaptive thresholds): each moves `decay` towards
+    0.5 per step, and stops there (0.95/0.05 with decay 0.02: 0.93/0.07 after one, 0.91/0.09 after two)."""
+    shift = decay * max(0, steps)
+    return round(max(0.5, pos_threshold - shift), 10), round(min(0.5, neg_threshold + shift), 10)
 
 
 def st_weight_at(it: int, *, weight: float, start_iter: int, rampup_iters: int) -> float:
@@ -318,6 +362,81 @@ class SegmentationLoss:
         return loss
 
 
+class BinaryLoss:
+    """ce_weight * BCE + focal_weight * Focal + dice_weight * Dice on a binary model's one logit per pixel,
+    over pixels whose label is not `ignore_index` (targets 0 = negative, 1 = positive); terms with weight 0
+    are not computed. Seed 003's CombinedLoss is focal 0.7 + dice 0.3 with a pos_weight.
+
+    BCE and Focal (smp's `focal_loss_with_logits`: (1 - p_t)^gamma * BCE, times alpha for positives and
+    1 - alpha for negatives when `focal_alpha` is set) are sums over the valid pixels, each weighted by
+    `pos_weight` if positive (and its class weight when given), divided by the number of valid pixels: with
+    pos_weight 1 and no class weights they are the plain means (torch's BCE, smp's binary FocalLoss). Dice is
+    smp's binary soft Dice of the positive class (0 for a batch without positive pixels). Two-class logits
+    (l0, l1), as `evaluation.predict` gives them, are taken as the logit l1 - l0. A batch without a single
+    valid pixel has loss 0 and zero gradients; losses are float32 whatever the logits' dtype (AMP).
+    """
+
+    def __init__(
+        self,
+        *,
+        ce_weight: float = 1.0,
+        focal_weight: float = 0.0,
+        dice_weight: float = 0.0,
+        focal_gamma: float = 2.0,
+        focal_alpha: float | None = None,
+        pos_weight: float = 1.0,
+        class_weights: torch.Tensor | None = None,
+        ignore_index: int = 255,
+    ):
+        self.ce_weight, self.focal_weight, self.dice_weight = ce_weight, focal_weight, dice_weight
+        self.focal_gamma, self.focal_alpha, self.pos_weight = focal_gamma, focal_alpha, pos_weight
+        self.class_weights = class_weights
+        self.ignore_index = ignore_index
+        self.dice = DiceLoss("binary", from_logits=True, ignore_index=ignore_index)
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, class_weights: torch.Tensor | None) -> BinaryLoss:
+        return cls(ce_weight=cfg.ce_weight, focal_weight=cfg.focal_weight, dice_weight=cfg.dice_weight,
+                   focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha, pos_weight=cfg.pos_weight,
+                   class_weights=class_weights, ignore_index=cfg.ignore_index)
+
+    def to(self, device: torch.device | str) -> BinaryLoss:
+        if self.class_weights is not None:
+            self.class_weights = self.class_weights.to(device)
+        return self
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """logits [B, 1, H, W] (or two-class [B, 2, H, W]), target int64 [B, H, W] -> scalar float32 loss."""
+        logits = logits.float()
+        z = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+        valid = target != self.ignore_index
+        y = (target == 1).float()
+        weight = valid.float() * torch.where(target == 1, self.pos_weight, 1.0)
+        if self.class_weights is not None:
+            weight = weight * self.class_weights[target.clamp(0, 1)]
+        n = valid.sum().clamp_min(1)
+        loss = logits.new_zeros(())
+        if self.ce_weight:
+            bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+            loss = loss + self.ce_weight * (weight * bce).sum() / n
+        if self.focal_weight:
+            focal = focal_loss_with_logits(z, y, gamma=self.focal_gamma, alpha=self.focal_alpha, reduction="none")
+            loss = loss + self.focal_weight * (weight * focal).sum() / n
+        if self.dice_weight:
+            loss = loss + self.dice_weight * self.dice(z.unsqueeze(1), target.unsqueeze(1))
+        return loss
+
+
+Loss = SegmentationLoss | BinaryLoss
+
+
+def loss_from_config(cfg: TrainConfig, num_classes: int, class_weights: torch.Tensor | None) -> Loss:
+    """The run's loss: `BinaryLoss` in binary mode, else `SegmentationLoss`."""
+    if cfg.binary:
+        return BinaryLoss.from_config(cfg, class_weights)
+    return SegmentationLoss.from_config(cfg, num_classes, class_weights)
+
+
 # ---------------------------------------------------------------------------- metrics
 
 
@@ -349,6 +468,47 @@ def mean_iou(iou: torch.Tensor) -> float:
     """Mean of the defined (non-NaN) per-class IoUs; NaN when no class is defined."""
     defined = iou[~torch.isnan(iou)]
     return float(defined.mean()) if defined.numel() else float("nan")
+
+
+def binary_scores(cm: torch.Tensor) -> dict[str, float]:
+    """Precision, recall, F1 and IoU of the positive class (1) from a 2-class confusion matrix [2, 2].
+
+    precision = TP / (TP + FP) and recall = TP / (TP + FN), 0 when their denominator is 0 (nothing predicted,
+    or nothing to find: sklearn's zero_division=0); F1 = 2 TP / (2 TP + FP + FN) and IoU = TP / (TP + FP + FN),
+    NaN when there is no positive pixel in the truth or the prediction (0/0, like `iou_per_class`).
+    """
+    cm = cm.double()
+    tp, fp, fn = float(cm[1, 1]), float(cm[0, 1]), float(cm[1, 0])
+    nan = float("nan")
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan,
+        "iou": tp / (tp + fp + fn) if tp + fp + fn else nan,
+    }
+
+
+def roc_histograms(probs_pos: torch.Tensor, target: torch.Tensor, bins: int) -> torch.Tensor:
+    """int64 [2, bins]: histograms of the positive-class probability over the negative (row 0) and positive
+    (row 1) pixels of `target` (others, ignore_index among them, left out); bin i holds [i/bins, (i+1)/bins),
+    the last one 1.0 too. Summed over batches, they are all `auc_from_histograms` needs."""
+    target, probs_pos = target.flatten(), probs_pos.flatten().to(target.device)
+    b = (probs_pos.float() * bins).long().clamp(0, bins - 1)
+    valid = (target == 0) | (target == 1)
+    idx = torch.where(valid, target * bins + b, 2 * bins)  # invalid: an extra bin
+    return _count(idx, 2 * bins + 1)[:-1].view(2, bins)
+
+
+def auc_from_histograms(hist: torch.Tensor) -> float:
+    """ROC AUC from `roc_histograms`: the probability that a random positive pixel scores above a random
+    negative one, ties (the same bin) counting one half; the exact rank (Mann-Whitney) AUC when no bin holds
+    both a positive and a negative. NaN without positive or without negative pixels."""
+    neg, pos = hist[0].double(), hist[1].double()
+    n_neg, n_pos = float(neg.sum()), float(pos.sum())
+    if n_neg == 0 or n_pos == 0:
+        return float("nan")
+    below = torch.cumsum(neg, 0) - neg  # negatives in lower bins
+    return float(((pos * below).sum() + 0.5 * (pos * neg).sum()) / (n_neg * n_pos))
 
 
 # ---------------------------------------------------------------------------- teacher
@@ -392,22 +552,32 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float)
 
 
 __all__ = [
+    "BinaryLoss",
+    "Loss",
     "PseudoLabels",
     "SegmentationLoss",
     "acceptance_ratio",
     "align_distribution",
+    "auc_from_histograms",
+    "binary_pseudo_labels",
+    "binary_scores",
     "class_floor_thresholds",
+    "class_probs",
     "class_weights_for",
     "confusion_matrix",
     "ema_decay_at",
     "ema_update",
     "feature_dropout",
     "iou_per_class",
+    "loss_from_config",
     "lr_factor",
     "mean_iou",
     "pseudo_label_counts",
     "pseudo_labels",
+    "relaxed_thresholds",
+    "roc_histograms",
     "st_weight_at",
     "threshold_at",
+    "two_class_logits",
     "valid_share",
 ]

@@ -80,12 +80,31 @@ class Method:
         return it + 1 >= max(c.warmup_iters, ready)
 
     def thresholds_at(self, it: int) -> list[float]:
-        """The per-class pseudo-label thresholds in force at step `it`."""
+        """The per-class pseudo-label thresholds in force at step `it`; in binary mode the confidence each class
+        needs: 1 - neg_threshold for background, pos_threshold for the positive class (`binary_thresholds`)."""
         c = self.cfg
+        if c.binary:
+            pos, neg = self.binary_thresholds()
+            return [1.0 - neg, pos]
         return functional.threshold_at(
             it, c.thresholds, schedule=c.threshold_schedule, start_offset=c.threshold_start_offset,
             ramp_iters=c.threshold_ramp_iters, start_iter=c.st_start_iter,
         )
+
+    def binary_thresholds(self) -> tuple[float, float]:
+        """Binary mode's (pos_threshold, neg_threshold) in force: relaxed by threshold_decay once for each
+        earlier pseudo-labelled round (`relaxations`)."""
+        c = self.cfg
+        return functional.relaxed_thresholds(c.pos_threshold, c.neg_threshold, c.threshold_decay, self.relaxations())
+
+    def relaxations(self) -> int:
+        """Pseudo-labelled rounds before the current one: 0 for methods without rounds."""
+        return 0
+
+    def binary_labels(self, probs: torch.Tensor) -> functional.PseudoLabels:
+        """Binary mode's pseudo-labels from two-class probabilities [B, 2, H, W] (`functional.binary_pseudo_labels`)."""
+        pos, neg = self.binary_thresholds()
+        return functional.binary_pseudo_labels(probs[:, 1], pos, neg, self.cfg.ignore_index)
 
     def thresholds_tensor(self, it: int, device: torch.device) -> torch.Tensor:
         """`thresholds_at(it)` as a tensor on `device`, rebuilt only when the values change."""
@@ -109,6 +128,8 @@ class Method:
         thresholds (and the acceptance floor). `update=False` leaves the method's state alone (for the
         TensorBoard panels, which must show what the student trains on without changing it)."""
         probs = functional.tta_probs(teacher, images_u, self.cfg.teacher_tta)
+        if self.cfg.binary:
+            return self.binary_labels(probs)
         return functional.pseudo_labels(probs, self.thresholds_tensor(it, images_u.device), self.cfg.ignore_index,
                                         self.cfg.min_accept_ratio)
 
@@ -212,6 +233,8 @@ class EmaSelfTraining(Method):
     def label(self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, *, update: bool = True
               ) -> functional.PseudoLabels:
         probs = functional.tta_probs(teacher, images_u, self.cfg.teacher_tta)
+        if self.cfg.binary:  # positive / negative thresholds (no alignment: the config refuses it)
+            return self.binary_labels(probs)
         if self.cfg.distribution_alignment:
             batch_mean = probs.mean(dim=(0, 2, 3))
             m = self.cfg.da_momentum
@@ -298,6 +321,9 @@ class Rounds(EmaSelfTraining):
 
     def thresholds_at(self, it: int) -> list[float]:
         return super().thresholds_at(self.local(it))
+
+    def relaxations(self) -> int:
+        return max(0, self.round - 2)  # round 2 is the first pseudo-labelled one (round 1 is supervised)
 
     def lr_factor(self, step: int) -> float:
         """LR multiplier at the round's `step`-th optimizer step: warmup and decay over this round."""

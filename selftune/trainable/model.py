@@ -14,11 +14,12 @@ from selftune.trainable.config import TrainConfig
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
-    """smp.create_model(arch, encoder, encoder_weights); a bad name fails as ConfigError naming it."""
+    """smp.create_model(arch, encoder, encoder_weights) with one output channel per class, or one in all in binary
+    mode (`cfg.binary`: the positive class's logit, for a sigmoid); a bad name fails as ConfigError naming it."""
     _check_encoder(cfg.encoder)
     try:
         model = smp.create_model(cfg.arch, encoder_name=cfg.encoder, encoder_weights=cfg.encoder_weights,
-                                 in_channels=3, classes=num_classes)
+                                 in_channels=3, classes=1 if cfg.binary else num_classes)
     except Exception as exc:  # smp/timm raise KeyError, ValueError, RuntimeError, download errors...
         raise ConfigError(
             f"cannot build arch={cfg.arch!r} with encoder={cfg.encoder!r}, encoder_weights={cfg.encoder_weights!r}: "
