@@ -16,8 +16,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("path", help="the sweep folder (storage/name)")
     p.add_argument("--out", help="output folder (default: PATH/analysis); only files of this command are written there")
-    p.add_argument("--metric", default="val_miou",
-                   help="the metric to rank, plot and compute importance for (default: val_miou)")
+    p.add_argument("--metric", default=None,
+                   help="the metric to rank, plot and compute importance for (default: the sweep's own, its "
+                   "selftune_sweep.yaml `metric`; val_miou when it records none)")
     p.add_argument("--mode", choices=["max", "min"],
                    help="whether higher or lower --metric is better (default: min for losses and gaps, else max)")
     p.add_argument("--color-by", metavar="PARAM",
@@ -50,15 +51,24 @@ def analyze_cmd(args: argparse.Namespace) -> int:
     from selftune.analysis.report import analyze, print_summary, watch
     from selftune.errors import SelftuneError
 
+    metric = args.metric or sweep_metric(args.path)
     if args.watch is not None:
-        return watch(args.path, args.out, every=args.watch, rounds=args.watch_rounds, metric=args.metric,
+        return watch(args.path, args.out, every=args.watch, rounds=args.watch_rounds, metric=metric,
                      mode=args.mode, color_by=args.color_by, top_k=args.top_k)
     if args.watch_rounds is not None:
         raise SelftuneError("--watch-rounds needs --watch")
-    result = analyze(args.path, args.out, metric=args.metric, mode=args.mode, color_by=args.color_by,
+    result = analyze(args.path, args.out, metric=metric, mode=args.mode, color_by=args.color_by,
                      top_k=args.top_k)
     print_summary(result, args.top_k)
     return 0
+
+
+def sweep_metric(path: str) -> str:
+    """The metric the sweep at `path` optimised (its selftune_sweep.yaml `metric`), or val_miou without one."""
+    from selftune.sweepfolder import METRIC, read_sweep_meta
+
+    metric = read_sweep_meta(path).get("metric")
+    return metric if isinstance(metric, str) and metric else METRIC
 
 
 def compare_cmd(args: argparse.Namespace) -> int:

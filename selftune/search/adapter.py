@@ -102,7 +102,8 @@ class HonestOptunaSearch(OptunaSearch):
     Ray's OptunaSearch tells a trial that ASHA stopped as COMPLETE with its early, low metric,
     which biases TPE. Here each evaluation is an intermediate value at the loop's iteration,
     a scheduler-stopped trial is PRUNED, a diverged or errored one is FAIL, and a finished one
-    is COMPLETE with its best val mIoU. Each Optuna trial carries the Ray trial id (`ray_trial_id`) and
+    is COMPLETE with its best value of the sweep's metric (the loop's best_val_miou for val_miou, the best
+    value reported for any other). Each Optuna trial carries the Ray trial id (`ray_trial_id`) and
     selftune's status (`selftune_status`: completed, stopped_by_asha, stopped_by_budget, ...) as user
     attributes, so optuna-dashboard tells an ASHA cut from a budget cut and names the trial's folder.
     """
@@ -131,6 +132,8 @@ class HonestOptunaSearch(OptunaSearch):
                 self._completed_trials.add(trial_id)
                 return
             reported.add(step)
+            best = self.__dict__.setdefault("_best_values", {})  # the objective of a metric other than val_miou
+            best[trial_id] = max(best.get(trial_id, value), value)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -147,7 +150,10 @@ class HonestOptunaSearch(OptunaSearch):
         state = getattr(optuna.trial.TrialState, optuna_state(outcome))
         value = None
         if state == optuna.trial.TrialState.COMPLETE:
-            value = result.get(OBJECTIVE, result.get(self.metric)) if result else None
+            if self.metric == METRIC:
+                value = result.get(OBJECTIVE, result.get(self.metric)) if result else None
+            else:
+                value = self.__dict__.get("_best_values", {}).get(trial_id)
             if value is None or value != value:
                 state, value = optuna.trial.TrialState.FAIL, None
         if ot_trial.number not in self._told_numbers():
@@ -183,7 +189,7 @@ def startup_trials(num_samples: int, budget_iters: int | None = None, max_t: int
 def make_searcher(
     kind: str, space: str, ctx: SpaceContext, *, seed: int, num_samples: int, max_concurrent: int,
     study_name: str, storage_url: str, budget_iters: int | None = None, max_t: int | None = None,
-    rungs: list[float] | None = None,
+    rungs: list[float] | None = None, metric: str = METRIC,
 ) -> ConcurrencyLimiter:
     """TPE (multivariate, constant liar, seeded) or random, over a persisted Optuna study."""
     if kind == "random":
@@ -195,7 +201,7 @@ def make_searcher(
         )
     cls = OptunaSearch if kind == "tpe-stock" else HonestOptunaSearch
     searcher = cls(
-        space=functools.partial(_space_for_optuna, space, ctx), metric=METRIC, mode="max",
+        space=functools.partial(_space_for_optuna, space, ctx), metric=metric, mode="max",
         sampler=sampler, study_name=study_name, storage=open_optuna_storage(storage_url),
     )
     if isinstance(searcher, HonestOptunaSearch):
@@ -256,6 +262,7 @@ class TunerSpec:
     verbose: int
     stage_model: str | None = None
     stage_iters: int = 0
+    metric: str = METRIC  # the sweep's metric (sweep key metric): ASHA, Optuna and checkpoint ranking follow it
 
 
 def _trainable(spec: TunerSpec) -> Any:
@@ -297,6 +304,7 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
         max_concurrent=spec.max_concurrent, study_name=spec.name, storage_url=spec.optuna_storage,
         budget_iters=spec.budget_iters, max_t=spec.max_t,
         rungs=asha_milestones(spec.grace_period, spec.max_t, spec.reduction_factor) if spec.scheduler == "asha" else [],
+        metric=spec.metric,
     )
     if spec.scheduler == "asha":
         scheduler: Any = ASHAScheduler(
@@ -309,7 +317,7 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
     return tune.Tuner(
         _trainable(spec),
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
+            metric=spec.metric, mode="max", search_alg=searcher, scheduler=scheduler,
             # unlimited: Ray prints sys.maxsize as a number ("Number of trials 9223372036854775807"), one more as
             # "infinite"
             num_samples=spec.num_samples if spec.num_samples > 0 else sys.maxsize + 1,
@@ -319,7 +327,7 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
             name=spec.name, storage_path=spec.storage, verbose=spec.verbose, callbacks=_callbacks(spec),
             stop=IterationBudget(spec.budget_iters, spec.stage_iters) if spec.budget_iters else None,
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
+                num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=spec.metric, checkpoint_score_order="max"
             ),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             sync_config=tune.SyncConfig(sync_artifacts=spec.storage.startswith(REMOTE_SCHEMES)),
@@ -354,14 +362,15 @@ def restore_tuner(path: str, spec: TunerSpec, *, restart_errored: bool) -> tune.
     )
 
 
-def fit(tuner: tune.Tuner) -> list[dict[str, Any]]:
-    """Run the sweep; return one plain dict per trial (id, path, config, last result, error, checkpoint)."""
+def fit(tuner: tune.Tuner, metric: str = METRIC) -> list[dict[str, Any]]:
+    """Run the sweep; return one plain dict per trial (id, path, config, last result, error, best checkpoint by
+    `metric`, the sweep's)."""
     grid = tuner.fit()
     out = []
     for result in grid:
         best_ck = None
         if result.best_checkpoints:
-            best_ck = max(result.best_checkpoints, key=lambda pair: pair[1].get(METRIC, float("-inf")))[0].path
+            best_ck = max(result.best_checkpoints, key=lambda pair: pair[1].get(metric, float("-inf")))[0].path
         out.append(
             {
                 "trial_id": (result.metrics or {}).get("trial_id"),

@@ -29,7 +29,6 @@ from selftune.sweepfolder import (
     BEST_CONFIG_FILE,
     CONTROL_DIR,
     JOURNAL_FILE,
-    METRIC,
     REMOTE_SCHEMES,
     STAGE_DIR,
     SWEEP_FILE,
@@ -70,7 +69,7 @@ class SweepPlan:
             "max_t": self.max_t,
             "grace_period": self.grace_period,
             "optuna_storage": self.optuna_storage,
-            "metric": METRIC,
+            "metric": self.sweep.metric,  # what the sweep maximised (sweep key metric; val_miou by default)
             "mode": "max",
             "shared_stage_model": self.stage_model,
             "shared_stage_iters": self.stage_iters,
@@ -101,6 +100,7 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
     summary = validate_dataset(Path(data_root), need_unlabeled=methods != {"supervised"})
     k = len(summary.class_names)
     base = base.for_classes(k)
+    sweep.check_metric(summary.class_names, base.binary or report0.constants.get("binary") is True)
     for key in CHECKPOINT_KEYS:  # the checks each trial's loop makes, once, before any trial starts
         weights_from(key, getattr(base, key), summary.class_names)
     ctx = SpaceContext(num_classes=k, max_iters=max_t, eval_every=base.eval_every)
@@ -262,7 +262,7 @@ def _tuner_spec(plan: SweepPlan) -> Any:
         max_concurrent=s.max_concurrent, cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial,
         optuna_storage=plan.optuna_storage, keep_checkpoints=s.keep_checkpoints, max_failures=s.max_failures,
         reuse_actors=s.reuse_actors, wandb_project=s.wandb_project, mlflow_uri=s.mlflow_uri, verbose=s.verbose,
-        stage_model=plan.stage_model, stage_iters=plan.stage_iters,
+        stage_model=plan.stage_model, stage_iters=plan.stage_iters, metric=s.metric,
     )
 
 
@@ -287,7 +287,7 @@ def run_sweep(sweep: SweepConfig) -> SweepSummary:
     else:
         _write_remote(plan.experiment_dir + "/" + SWEEP_FILE, yaml.safe_dump(plan.meta(), sort_keys=False))
     train_shared_stage(plan)
-    _out_of_space_is_a_message(plan, lambda: adapter.fit(adapter.build_tuner(_tuner_spec(plan))))
+    _out_of_space_is_a_message(plan, lambda: adapter.fit(adapter.build_tuner(_tuner_spec(plan)), sweep.metric))
     close_open_trials(plan.optuna_storage, sweep.name)
     return _finish(plan)
 
@@ -311,7 +311,8 @@ def resume_sweep(path: str, *, restart_errored: bool = False, address: str | Non
         raise SelftuneError(f"{path} has no Ray experiment state to resume from")
     train_shared_stage(plan)  # nothing to do when it finished before the crash
     _out_of_space_is_a_message(
-        plan, lambda: adapter.fit(adapter.restore_tuner(path, _tuner_spec(plan), restart_errored=restart_errored)))
+        plan, lambda: adapter.fit(adapter.restore_tuner(path, _tuner_spec(plan), restart_errored=restart_errored),
+                                  sweep.metric))
     close_open_trials(plan.optuna_storage, sweep.name)
     return _finish(plan)
 
@@ -369,12 +370,13 @@ def _finish(plan: SweepPlan) -> SweepSummary:
     experiment_dir = plan.experiment_dir
     trials = read_trials(experiment_dir)
     try:
-        entries, text = export_best(experiment_dir, top_k=1)
+        entries, text = export_best(experiment_dir, top_k=1, metric=plan.sweep.metric, mode="max")
     except SelftuneError as exc:
         print(f"selftune: no best config: {exc}", file=sys.stderr)
         return SweepSummary(experiment_dir, len(trials), None, None)
     _hparams(plan, trials)
-    verdict = run_control(plan, rank_trials(experiment_dir), trials) if plan.sweep.control else None
+    ranked = rank_trials(experiment_dir, plan.sweep.metric, "max") if plan.sweep.control else []
+    verdict = run_control(plan, ranked, trials) if plan.sweep.control else None
     if verdict is not None:
         entries[0]["verdict"] = {k: verdict[k] for k in ("headline", "scores", "control", "best_trial")}
         text = render(entries[0])

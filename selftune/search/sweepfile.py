@@ -27,6 +27,9 @@ class SweepConfig:
     base: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys every trial starts from
     base_config: str | None = None  # or a train config YAML to start from (base overrides it)
     space: str = "thresholds"  # a space name from selftune.spaces, or module:function
+    metric: str = "val_miou"  # what the sweep maximises: ASHA's rungs, Optuna's objective (its best value in each
+    # trial), checkpoint ranking, export and best_config.yaml; val_miou, val_miou_raw, val_iou/<class>, or on a
+    # 2-class dataset val_f1, val_precision, val_recall, val_pos_iou, val_auc (`check_metric`); never a test_ one
     searcher: str = "tpe"  # tpe (honest bookkeeping) | tpe-stock (Ray's OptunaSearch as is) | random
     seed: int = 0  # seeds the sampler
     scheduler: str = "asha"  # asha | fifo
@@ -84,6 +87,11 @@ class SweepConfig:
         return dataclasses.asdict(self)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.metric, str) or not self.metric.strip():
+            raise ConfigError(f"metric must be a metric name such as val_miou or val_f1, got {self.metric!r}")
+        if self.metric.startswith("test_"):
+            raise ConfigError(f"metric {self.metric!r} is scored on the test split, which the tuner must never see; "
+                              "choose a val_ metric (val_miou, val_f1, ...)")
         if self.searcher not in SEARCHERS:
             raise ConfigError(f"searcher must be one of {', '.join(SEARCHERS)}; got {self.searcher!r}")
         if self.scheduler not in SCHEDULERS:
@@ -131,6 +139,25 @@ class SweepConfig:
                 raise ConfigError(f"shared_stage checkpoint must be a path, got {stage['checkpoint']!r}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}")
+
+    def check_metric(self, class_names: tuple[str, ...] | list[str], binary: bool) -> None:
+        """`metric` must be one the trials report and a sweep can maximise on a dataset of classes `class_names`
+        (`evaluation.selectable_metrics`); else one ConfigError naming it and listing those of the mode."""
+        from selftune.trainable.evaluation import selectable_metrics
+        from selftune.trainable.records import metric_names
+
+        available = selectable_metrics(metric_names(class_names))
+        if self.metric in available:
+            return
+        import difflib
+
+        k = len(class_names)
+        mode = "binary mode" if binary else f"a {k}-class dataset"
+        hint = difflib.get_close_matches(self.metric, available, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        more = "" if k == 2 else "; val_f1, val_precision, val_recall, val_pos_iou and val_auc need 2 classes"
+        raise ConfigError(f"sweep key metric {self.metric!r} is not a metric the trials report for {mode}{extra}; "
+                          f"available: {', '.join(available)}{more}")
 
     def base_train_config(self) -> TrainConfig:
         """The config every trial starts from: the file (or the demo defaults), then `base`."""

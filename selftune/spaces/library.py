@@ -191,6 +191,32 @@ def methods(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     return {}
 
 
+def binary(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
+    """Binary self-training in rounds (seed 003; a 2-class dataset, e.g. point-labelled particles): the positive
+    and negative pseudo-label thresholds, their per-round relaxation, pos_weight, the focal and dice weights
+    (seed 003's CombinedLoss: focal + dice, no BCE), the ST weight, LR and the number of rounds (2-4, the first
+    supervised or the sweep's shared stage). Pair it with the sweep key `metric: val_f1`."""
+    trial.suggest_float("pos_threshold", 0.80, 0.99)
+    trial.suggest_float("neg_threshold", 0.01, 0.20)
+    trial.suggest_float("threshold_decay", 0.0, 0.05)
+    trial.suggest_float("pos_weight", 1.0, 20.0, log=True)
+    trial.suggest_float("focal_weight", 0.1, 1.0)
+    trial.suggest_float("dice_weight", 0.0, 1.0)
+    trial.suggest_float("st_weight", 0.25, 3.0, log=True)
+    trial.suggest_float("lr", 1e-4, 3e-3, log=True)
+    trial.suggest_int("rounds", 2, 4)
+    return {"binary": True, "method": "rounds", "ce_weight": 0.0}
+
+
+def binary_points(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
+    """`binary`, plus the disk radius and ignored ring that turn point labels into targets. They change the val
+    targets too, so trials are scored against different masks: compare its trials' F1 with that in mind."""
+    constants = binary(trial, ctx)
+    trial.suggest_float("point_radius", 1.5, 8.0)
+    trial.suggest_float("point_ring", 0.0, 4.0)
+    return constants
+
+
 SPACES = {
     "thresholds": thresholds,
     "thresholds_independent": thresholds_independent,
@@ -199,4 +225,6 @@ SPACES = {
     "supervised": supervised,
     "methods": methods,
     "s4gan": s4gan,
+    "binary": binary,
+    "binary_points": binary_points,
 }
