@@ -213,6 +213,13 @@ def test_export_takes_the_metric_analyze_takes_and_says_what_it_exported(sweep_d
     assert main(["export", str(sweep_dir), "--metric", "accuracy"]) == 2
     assert "metric 'accuracy' is not reported by any trial; available: val_miou" in capsys.readouterr().err
 
+    own = tmp_path / "own_metric"  # a sweep that recorded val_loss as its own metric: export's default
+    shutil.copytree(sweep_dir, own, ignore=shutil.ignore_patterns("checkpoint_*", "*.pt", "analysis", "control"))
+    meta = yaml.safe_load((own / "selftune_sweep.yaml").read_text())
+    (own / "selftune_sweep.yaml").write_text(yaml.safe_dump({**meta, "metric": "val_loss"}))
+    assert export.rank_trials(str(own))[0]["trial_id"] == best["trial_id"]
+    assert export.rank_trials(str(own))[0]["metric"] == "val_loss"
+
 
 def test_load_trials_reads_uris_through_pyarrow(sweep_dir: Path) -> None:
     trials = load_trials(f"file://{sweep_dir}")

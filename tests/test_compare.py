@@ -17,13 +17,15 @@ CLASSES = ["background", "road"]
 
 
 def make_sweep(root: Path, name: str, trials: list[dict[str, Any]], *, method: str = "ema_self_training",
-               verdict: dict[str, Any] | None = None) -> Path:
+               verdict: dict[str, Any] | None = None, metric: str | None = None) -> Path:
     """A sweep folder: each trial is {id, params, curve: [(iteration, val_miou)], status (the last report's),
     ray: Ray's status}."""
     path = root / name
     path.mkdir(parents=True)
     meta = {"sweep": {"name": name, "space": "hand", "scheduler": "asha", "cpus_per_trial": 1.0},
             "base": {"method": method}, "class_names": CLASSES, "max_t": 40, "grace_period": 10, "data_root": "/d"}
+    if metric is not None:
+        meta["metric"] = metric  # the sweep's own metric, as selftune_sweep.yaml records it
     (path / "selftune_sweep.yaml").write_text(yaml.safe_dump(meta))
     state = []
     for n, t in enumerate(trials, 1):
@@ -120,6 +122,15 @@ def test_the_tables_side_by_side(two: tuple[Path, Path]) -> None:
 
     by_loss = compare([str(p) for p in two], write=False, metric="val_loss")
     assert by_loss.mode == "min" and overview(by_loss)["best val_loss"].tolist() == ["0.6", "0.55"]
+
+
+def test_the_default_metric_is_the_one_every_sweep_recorded(tmp_path: Path) -> None:
+    a = make_sweep(tmp_path / "a", "a", trials(3), metric="val_loss")
+    b = make_sweep(tmp_path / "b", "b", trials(3), metric="val_loss")
+    other = make_sweep(tmp_path / "c", "c", trials(3), metric="val_miou")
+    assert (compare([str(a), str(b)], write=False).metric, compare([str(a), str(b)], write=False).mode) == \
+        ("val_loss", "min")
+    assert compare([str(a), str(other)], write=False).metric == "val_miou"  # they differ: the default one
 
 
 def test_same_names_are_told_apart_and_bad_input_is_one_message(tmp_path: Path, capsys) -> None:

@@ -41,7 +41,8 @@ def register(sub: Any) -> None:
     )
     c.add_argument("paths", nargs="+", metavar="PATH", help="two or more sweep folders (storage/name)")
     c.add_argument("--out", default="compare", help="output folder (default: ./compare)")
-    c.add_argument("--metric", default="val_miou", help="the metric to compare (default: val_miou)")
+    c.add_argument("--metric", help="the metric to compare (default: the one every sweep recorded as its own, "
+                   "else val_miou)")
     c.add_argument("--mode", choices=["max", "min"],
                    help="whether higher or lower --metric is better (default: min for losses and gaps, else max)")
     c.set_defaults(func=compare_cmd)

@@ -24,6 +24,7 @@ from selftune.analysis.study import Importance, load_study, param_importances
 from selftune.analysis.tables import DEFAULT_METRIC, STATUS_ORDER, STATUS_WORDS, Sweep, _fmt, load_sweep
 from selftune.analysis.verdict import Verdict, load_verdict
 from selftune.errors import SelftuneError
+from selftune.sweepfolder import read_sweep_meta
 
 FIGURE = "progress"
 
@@ -85,16 +86,16 @@ def _labels(sweeps: list[Sweep]) -> list[str]:
     return [lab if labels.count(lab) == 1 else f"{lab} ({i + 1})" for i, lab in enumerate(labels)]
 
 
-def load_comparison(paths: list[str], metric: str = DEFAULT_METRIC, mode: str | None = None) -> Comparison:
-    """Read every sweep (tables, study, importances, verdict). Raises SelftuneError naming a bad one."""
+def load_comparison(paths: list[str], metric: str | None = None, mode: str | None = None) -> Comparison:
+    """Read every sweep (tables, study, importances, verdict). Raises SelftuneError naming a bad one.
+    Without `metric`, the one every sweep recorded as its own (selftune_sweep.yaml), else val_miou."""
     if len(paths) < 2:
         raise SelftuneError(f"compare needs at least two sweep folders, got {len(paths)}")
-    sweeps = []
-    for p in paths:
-        p = str(p)
-        if "://" not in p:
-            p = str(Path(p).expanduser().resolve())
-        sweeps.append(load_sweep(p, metric, mode))
+    paths = [str(p) if "://" in str(p) else str(Path(p).expanduser().resolve()) for p in paths]
+    if metric is None:
+        own = {read_sweep_meta(p).get("metric") for p in paths}
+        metric = own.pop() if len(own) == 1 and isinstance(next(iter(own)), str) else DEFAULT_METRIC
+    sweeps = [load_sweep(p, metric, mode) for p in paths]
     out = []
     for label, s in zip(_labels(sweeps), sweeps, strict=True):
         try:
@@ -197,7 +198,7 @@ def verdict_table(c: Comparison) -> pd.DataFrame | None:
 # ---------------------------------------------------------------------- compare
 
 
-def compare(paths: list[str], out: str | None = "compare", *, metric: str = DEFAULT_METRIC, mode: str | None = None,
+def compare(paths: list[str], out: str | None = "compare", *, metric: str | None = None, mode: str | None = None,
             write: bool = True) -> Comparison:
     """Compare sweep folders; write report.html and the figure to `out` (default ./compare) unless write=False."""
     from selftune.analysis import figures as F

@@ -64,8 +64,8 @@ def register(sub: Any) -> None:
     e.add_argument("path", help="the sweep folder (storage/name)")
     e.add_argument("--top-k", type=int, default=1, help="export the k best trials (default 1)")
     e.add_argument("--out", type=Path, help="output file (k=1) or folder (k>1); default: print to stdout")
-    e.add_argument("--metric", default="val_miou",
-                   help="the metric to rank trials by, as `selftune analyze` takes it (default: val_miou)")
+    e.add_argument("--metric", help="the metric to rank trials by, as `selftune analyze` takes it (default: the "
+                   "sweep's own, its selftune_sweep.yaml `metric`; val_miou when it records none)")
     e.add_argument("--mode", choices=["max", "min"],
                    help="whether higher or lower --metric is better (default: min for losses and gaps, else max)")
     e.set_defaults(func=export_cmd)

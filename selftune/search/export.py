@@ -31,14 +31,17 @@ def _score(r: dict[str, Any], metric: str) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def rank_trials(path: str, metric: str = METRIC, mode: str | None = None) -> list[dict[str, Any]]:
+def rank_trials(path: str, metric: str | None = None, mode: str | None = None) -> list[dict[str, Any]]:
     """Trials with at least one evaluation, best `metric` first (highest, or lowest for a loss: `mode` from the
-    name unless given); each with provenance and resolved config, at its best evaluation by `metric`."""
+    name unless given); each with provenance and resolved config, at its best evaluation by `metric`.
+    Without `metric`, the sweep's own (`metric` in selftune_sweep.yaml; val_miou when it records none)."""
+    meta = read_sweep_meta(path)
+    if metric is None:
+        metric = meta.get("metric") if isinstance(meta.get("metric"), str) and meta.get("metric") else METRIC
     mode = mode or metric_mode(metric)
     if mode not in ("max", "min"):
         raise SelftuneError(f"mode must be 'max' or 'min', got {mode!r}")
     sign = 1.0 if mode == "max" else -1.0
-    meta = read_sweep_meta(path)
     base = TrainConfig.from_dict(meta["base"])
     records = read_trials(path)
     _check_metric(metric, records)
@@ -108,7 +111,7 @@ def render(entry: dict[str, Any]) -> str:
     )
 
 
-def export_best(path: str, top_k: int = 1, metric: str = METRIC, mode: str | None = None
+def export_best(path: str, top_k: int = 1, metric: str | None = None, mode: str | None = None
                 ) -> tuple[list[dict[str, Any]], str]:
     """The top-k entries by `metric` and their YAML (documents separated by ---)."""
     if top_k < 1:
@@ -120,7 +123,7 @@ def export_best(path: str, top_k: int = 1, metric: str = METRIC, mode: str | Non
     return chosen, "---\n".join(render(e) for e in chosen)
 
 
-def write_exports(path: str, out: Path, top_k: int, metric: str = METRIC, mode: str | None = None
+def write_exports(path: str, out: Path, top_k: int, metric: str | None = None, mode: str | None = None
                   ) -> list[tuple[Path, dict[str, Any]]]:
     """top_k == 1: one file at `out`; otherwise `out` is a folder of rank_<r>.yaml files. Returns (file, entry)."""
     entries, _ = export_best(path, top_k, metric, mode)
