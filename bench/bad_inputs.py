@@ -1,6 +1,7 @@
 """Bad input, tried as a new user would (issue 19): every case must be one message naming the culprit, exit 2.
 
     python bench/bad_inputs.py            # about a minute on 2 CPUs; prints one line per case and the counts
+    python bench/bad_inputs.py --quick    # one case per command
 
 Each case runs `selftune.cli.main(argv)` in this process on a small demo dataset made here, and is
 sorted into: named (exit 2, one `selftune: error:` line, nothing left in the output folder it named),
@@ -132,6 +133,7 @@ def run_case(argv: list[str]) -> tuple[str, int | None, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--faults", action="store_true", help="also run the injected-fault tests and count them")
+    p.add_argument("--quick", action="store_true", help="one case per command (train, data, sweep, ...): seconds")
     args = p.parse_args(argv)
     from selftune.data.demo import DemoSpec, generate_demo
 
@@ -140,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         data = generate_demo(tmp / "data", DemoSpec(size=32, n_train=4, n_val=2, n_test=2, n_unlabeled=12, seed=0))
         three = _three_classes(data, tmp / "three")
         counts: dict[str, int] = {}
-        for name, argv_, setup, must_stay_empty in cases(tmp, data, three):
+        chosen, seen = [], set()
+        for case in cases(tmp, data, three):
+            if not args.quick or case[1][0] not in seen:
+                chosen.append(case)
+                seen.add(case[1][0])
+        for name, argv_, setup, must_stay_empty in chosen:
             if setup is not None:
                 setup()
             kind, code, text = run_case(argv_)
