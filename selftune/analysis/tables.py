@@ -34,6 +34,7 @@ from selftune.sweepfolder import (
     TrialRecord,
     asha_milestones,
     filesystem,
+    metric_mode,
     read_sweep_meta,
     read_text,
     read_trials,
@@ -56,11 +57,6 @@ RAY_KEYS = frozenset({
     "iterations_since_restore", "experiment_tag", "iteration",
     "round",  # the loop's round counter (method rounds): an axis, not a metric to rank by
 })
-
-
-def metric_mode(metric: str) -> str:
-    """'min' for losses and gaps, 'max' for everything else (mIoU, IoU, acceptance ratios)."""
-    return "min" if ("loss" in metric or metric.endswith("gap")) else "max"
 
 
 def _is_number(v: Any) -> bool:

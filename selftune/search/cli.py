@@ -23,7 +23,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("sweep_file", nargs="?", help="sweep YAML file")
     p.add_argument("--demo", action="store_true", help="a complete small sweep on the demo data (about 10 min on 2 CPUs)")
-    p.add_argument("--resume", metavar="PATH", help="continue the sweep in this experiment folder")
+    p.add_argument("--resume", metavar="PATH", help="continue the sweep in this sweep folder (storage/name)")
     p.add_argument("--restart-errored", action="store_true", help="with --resume: rerun errored trials from scratch "
                    "(default: resume them from their last checkpoint)")
     p.add_argument("--check", action="store_true", help="check the sweep file, data, space and storage, then exit")
@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
                    "a fraction shares a GPU, e.g. 0.5 runs two trials on one (their memory is not isolated)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the in-process Ray (local runs)")
     p.add_argument("--storage", help="results folder or s3:// / gs:// URI (default: ./selftune_results)")
-    p.add_argument("--name", help="experiment name (a folder under storage)")
+    p.add_argument("--name", help="sweep name (its sweep folder under storage)")
     p.add_argument("--address", help="Ray cluster to attach to ('auto' on a cluster node); default: start Ray here")
     p.add_argument("--seed", type=int, help="sampler seed")
     p.add_argument("--budget-iters", type=int, help="compute budget: stop once all trials ran this many iterations")

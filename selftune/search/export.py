@@ -12,18 +12,12 @@ from selftune import __version__
 from selftune.errors import SelftuneError
 from selftune.fileio import write_atomic
 from selftune.spaces import apply_params
-from selftune.sweepfolder import DIVERGED, ERRORED, METRIC, TRIAL_RUN_DIR, read_sweep_meta, read_trials
+from selftune.sweepfolder import DIVERGED, ERRORED, METRIC, TRIAL_RUN_DIR, metric_mode, read_sweep_meta, read_trials
 from selftune.trainable.config import TrainConfig
 
 # Ray's bookkeeping in every report: left out when the available metrics are listed
 _RAY_KEYS = frozenset({"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid",
                        "time_since_restore", "iterations_since_restore", "iteration", "round", "done"})
-
-
-def metric_mode(metric: str) -> str:
-    """'min' for losses and gaps, 'max' for everything else: the rule `selftune analyze` uses
-    (selftune.analysis.tables.metric_mode; export may not import analysis)."""
-    return "min" if ("loss" in metric or metric.endswith("gap")) else "max"
 
 
 def _score(r: dict[str, Any], metric: str) -> float | None:

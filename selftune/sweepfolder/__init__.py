@@ -20,6 +20,7 @@ from selftune.sweepfolder.layout import (
     VERDICT_FILE,
     experiment_path,
     is_remote,
+    metric_mode,
 )
 from selftune.sweepfolder.outcome import (
     COMPLETED,
@@ -72,6 +73,7 @@ __all__ = [
     "experiment_path",
     "filesystem",
     "is_remote",
+    "metric_mode",
     "optuna_state",
     "read_sweep_meta",
     "read_text",

@@ -28,6 +28,12 @@ TIME_ATTR = "iteration"  # the sweep's time axis: optimizer steps, not report ca
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://")
 
 
+def metric_mode(metric: str) -> str:
+    """'min' for losses and gaps, 'max' for everything else (mIoU, IoU, F1, acceptance ratios): one rule for the
+    sweep, export and analysis."""
+    return "min" if ("loss" in metric or metric.endswith("gap")) else "max"
+
+
 def experiment_path(storage: str, name: str) -> str:
     """The sweep folder of sweep `name` under `storage` (a local path or a URI)."""
     return storage.rstrip("/") + "/" + name
