@@ -190,6 +190,7 @@ def test_export_takes_the_metric_analyze_takes_and_says_what_it_exported(sweep_d
                                                                          capsys) -> None:
     import yaml
 
+    from selftune.search import export
     from selftune.sweepfolder import metric_mode
 
     for m, mode in (("val_miou", "max"), ("val_loss", "min"), ("train_val_gap", "min"), ("val_iou/road", "max")):
