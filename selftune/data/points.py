@@ -139,8 +139,8 @@ def _class_id(where: str, cls: Any, classes: ClassTable) -> int:
     elif isinstance(cls, int) and not isinstance(cls, bool) and 0 <= cls < classes.num_classes:
         cid = cls
     else:
-        raise DataError(f"{where}: class {json.dumps(cls)} is not in classes.csv (ids 1-{classes.num_classes - 1} "
-                        f"or their names)")
+        ids = "id 1 or its name" if classes.num_classes == 2 else f"ids 1-{classes.num_classes - 1} or their names"
+        raise DataError(f"{where}: class {json.dumps(cls)} is not in classes.csv ({ids})")
     if cid == 0:
         raise DataError(f"{where}: class {json.dumps(cls)} is the background class (0); points mark objects")
     return cid
