@@ -73,6 +73,20 @@ def test_rounds_relax_from_the_first_pseudo_labelled_round_the_mean_teacher_neve
     assert ema.binary_thresholds() == (0.95, 0.05)
 
 
+def test_the_mean_teacher_labels_a_binary_batch_by_pos_and_neg_thresholds() -> None:
+    logit = torch.logit(torch.tensor([[0.97, 0.5], [0.03, 0.9]]))
+
+    class Teacher(torch.nn.Module):  # the same positive logit map for every image, flip-symmetric in no way
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return logit.expand(len(x), 1, 2, 2)
+
+    cfg = TrainConfig.from_dict(tiny_config(binary=True, method="ema_self_training", pos_threshold=0.95,
+                                            neg_threshold=0.05))
+    batch = create_method(cfg, 2).pseudo_batch(Teacher(), torch.zeros(3, 3, 2, 2), 20, torch.Generator())
+    assert batch.labels[0].tolist() == [[1, 255], [0, 255]]
+    assert batch.accepted.tolist() == [3, 3] and batch.predicted.tolist() == [3, 9]
+
+
 def test_a_sigmoid_channel_is_two_classes_at_the_evaluation_boundary() -> None:
     z = torch.tensor([[[[-2.0, 0.5]]]])  # [B=1, 1, H=1, W=2]
     two = fn.two_class_logits(z)
