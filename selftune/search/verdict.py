@@ -16,7 +16,7 @@ from typing import Any
 
 from selftune.trainable.config import TrainConfig
 
-SELF_TRAINING = ("ema_self_training", "rounds")
+SELF_TRAINING = ("ema_self_training", "rounds", "s4gan")
 
 
 def control_config(base: TrainConfig, iterations: int, stage_model: str | None) -> TrainConfig:
