@@ -38,7 +38,7 @@ def logged(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     db = root / "mlflow.db"
     try:
         summary = run_sweep(SweepConfig(
-            name="logged", data=str(tiny_data), base=BASE, space="thresholds_shared", num_samples=2,
+            control=False, name="logged", data=str(tiny_data), base=BASE, space="thresholds_shared", num_samples=2,
             max_concurrent=1, scheduler="fifo", storage=str(root / "results"), num_cpus=2, verbose=0,
             wandb_project="selftune-test", mlflow_uri=f"sqlite:///{db}",
         ))

@@ -43,7 +43,7 @@ def sweep_dir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     sys.path.insert(0, str(mod_dir))
     storage = tmp_path_factory.mktemp("results")
     sweep = SweepConfig(
-        name="tiny", data=str(tiny_data), base=TINY_BASE, space="tiny_spaces:tiny", searcher="random", seed=SEED,
+        control=False, name="tiny", data=str(tiny_data), base=TINY_BASE, space="tiny_spaces:tiny", searcher="random", seed=SEED,
         num_samples=6, max_concurrent=1, reduction_factor=2, storage=str(storage), num_cpus=2, verbose=0,
     )
     from selftune.search import run_sweep
@@ -156,7 +156,7 @@ def test_compute_budget_stops_the_sweep(tiny_data: Path, tmp_path: Path) -> None
     from selftune.search import run_sweep
 
     sweep = SweepConfig(
-        name="budget", data=str(tiny_data), base={**TINY_BASE, "log_images": False}, space="thresholds_shared",
+        control=False, name="budget", data=str(tiny_data), base={**TINY_BASE, "log_images": False}, space="thresholds_shared",
         scheduler="fifo", num_samples=-1, budget_iters=50, max_concurrent=1, storage=str(tmp_path), num_cpus=2,
         verbose=0,
     )

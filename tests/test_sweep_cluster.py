@@ -69,7 +69,7 @@ def test_resume_after_driver_sigkill_accounts_for_every_trial(tiny_data: Path, t
     storage = tmp_path / "results"
     script = textwrap.dedent(f"""
         from selftune.search import SweepConfig, run_sweep
-        run_sweep(SweepConfig(name="killed", data={str(tiny_data)!r}, base={BASE!r}, space="thresholds_shared",
+        run_sweep(SweepConfig(control=False, name="killed", data={str(tiny_data)!r}, base={BASE!r}, space="thresholds_shared",
                               num_samples=4, max_concurrent=1, scheduler="fifo", storage={str(storage)!r},
                               num_cpus=2, verbose=0))
     """)
@@ -143,7 +143,7 @@ def test_trials_spread_over_a_multi_node_cluster(tiny_data: Path, tmp_path: Path
     try:
         ray.init(address=cluster.address)
         summary = run_sweep(SweepConfig(
-            name="spread", data=str(tiny_data), base={**BASE, "max_iters": 20}, space="thresholds_shared",
+            control=False, name="spread", data=str(tiny_data), base={**BASE, "max_iters": 20}, space="thresholds_shared",
             num_samples=4, max_concurrent=2, scheduler="fifo", gpus_per_trial=1, cpus_per_trial=1,
             storage=str(storage), address=cluster.address, verbose=0,
         ))
