@@ -74,6 +74,6 @@ def test_bad_base_value(tiny_data: Path, capsys) -> None:
 
 
 def test_missing_teacher_checkpoint(tiny_data: Path, tmp_path: Path, capsys) -> None:
-    rc, err = _sweep(["--demo", "--data", str(tiny_data), "--set", f"teacher_checkpoint={tmp_path / 'gone.pt'}",
+    rc, err = _sweep(["--demo", "--data", str(tiny_data), "--space", "thresholds", "--set", f"teacher_checkpoint={tmp_path / 'gone.pt'}",
                       "--check"], capsys)
     assert rc == 2 and "teacher_checkpoint: checkpoint file not found" in err and "gone.pt" in err
