@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from bench.bench_search import events  # noqa: E402
+from bench.bench_search import events, plot, summary_rows  # noqa: E402
 
 RESULTS = ROOT / "docs" / "bench_results"
 ARMS = {
@@ -98,52 +98,6 @@ def arm_events(arm: str, seed: int, exp: Path, stage: int):
     return df
 
 
-def summarize(df, budget: int):
-    import pandas as pd
-
-    rows = []
-    for (arm, seed), g in df.groupby(["arm", "seed"]):
-        row = dict(arm=arm, seed=seed, compute=int(g["compute"].max()), trials=g["trial"].nunique(),
-                   final_best_val=g["best_val"].iloc[-1])
-        for frac in (0.25, 0.5, 1.0):
-            upto = g[g["compute"] <= frac * budget]
-            row[f"test_at_{int(frac * 100)}"] = upto["incumbent_test"].iloc[-1] if len(upto) else float("nan")
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def plot(df, budget: int, out: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    grid = np.linspace(0, budget, 200)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    for arm in sorted(df["arm"].unique()):
-        curves = {"val": [], "test": []}
-        for _, g in df[df.arm == arm].groupby("seed"):
-            idx = np.searchsorted(g["compute"].to_numpy(), grid, side="right") - 1
-            for key, col in (("val", "best_val"), ("test", "incumbent_test")):
-                curves[key].append(np.where(idx >= 0, g[col].to_numpy()[np.clip(idx, 0, None)], np.nan))
-        for ax, key in ((axes[0], "val"), (axes[1], "test")):
-            m, s = np.nanmean(curves[key], axis=0), np.nanstd(curves[key], axis=0)
-            ax.plot(grid, m * 100, label=LABELS[arm])
-            ax.fill_between(grid, (m - s) * 100, (m + s) * 100, alpha=0.15)
-    axes[0].set_title("best val mIoU so far (mean ± std over tuner seeds)")
-    axes[1].set_title("test mIoU of the incumbent (best val so far)")
-    for ax in axes:
-        ax.set_xlabel("compute: training iterations summed over trials (shared stage included)")
-        ax.set_ylabel("mIoU (%)")
-        ax.grid(alpha=0.3)
-    axes[1].legend(loc="lower right", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group()
@@ -185,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
     df = pd.concat(frames, ignore_index=True)
-    summary = summarize(df, profile.budget)
+    summary = summary_rows(df, profile.budget)
     df.to_csv(out / f"methods_{profile.name}_events.csv", index=False)
     summary.to_csv(out / f"methods_{profile.name}_summary.csv", index=False)
     plot(df, profile.budget, out / f"methods_{profile.name}.png",
-         f"{profile.name} profile: {seeds} tuner seeds, budget {profile.budget} iterations, max_t {profile.max_t}")
+         f"{profile.name} profile: {seeds} tuner seeds, budget {profile.budget} iterations, max_t {profile.max_t}",
+         labels=LABELS, xlabel="compute: training iterations summed over trials (shared stage included)")
     cols = ["trials", "final_best_val", "test_at_25", "test_at_50", "test_at_100"]
     agg = summary.groupby("arm")[cols].agg(["mean", "std"])
     for c in cols[1:]:

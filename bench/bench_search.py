@@ -127,7 +127,8 @@ def events(arm: str, seed: int, exp: Path):
     return df
 
 
-def summarize(df, budget: int):
+def summary_rows(df, budget: int):
+    """One row per (arm, seed): compute, trials, final best val, the incumbent's test at 25/50/100% of `budget`."""
     import pandas as pd
 
     rows = []
@@ -138,7 +139,13 @@ def summarize(df, budget: int):
             upto = g[g["compute"] <= frac * budget]
             row[f"test_at_{int(frac * 100)}"] = upto["incumbent_test"].iloc[-1] if len(upto) else float("nan")
         rows.append(row)
-    summary = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def summarize(df, budget: int):
+    import pandas as pd
+
+    summary = summary_rows(df, budget)
     # e's compute to reach b's final best val, per paired seed
     reach = []
     for seed in summary["seed"].unique():
@@ -151,7 +158,8 @@ def summarize(df, budget: int):
     return summary, pd.DataFrame(reach)
 
 
-def plot(df, budget: int, out: Path, title: str) -> None:
+def plot(df, budget: int, out: Path, title: str, labels: dict[str, str] | None = None,
+         xlabel: str = "compute: training iterations summed over trials") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,12 +178,12 @@ def plot(df, budget: int, out: Path, title: str) -> None:
             curves_t.append(t)
         for ax, curves in ((axes[0], curves_v), (axes[1], curves_t)):
             m, s = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
-            ax.plot(grid, m * 100, label=LABELS[arm])
+            ax.plot(grid, m * 100, label=(labels or LABELS)[arm])
             ax.fill_between(grid, (m - s) * 100, (m + s) * 100, alpha=0.15)
     axes[0].set_title("best val mIoU so far")
     axes[1].set_title("test mIoU of the incumbent (best val so far)")
     for ax in axes:
-        ax.set_xlabel("compute: training iterations summed over trials")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("mIoU (%)")
         ax.grid(alpha=0.3)
     axes[1].legend(loc="lower right", fontsize=8)
