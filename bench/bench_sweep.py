@@ -114,7 +114,7 @@ def bench_first_trial(timeout: float = 300) -> list[dict]:
         first_dir = first_report = None
         try:
             while time.perf_counter() - t0 < timeout and first_report is None:
-                dirs = [d for d in exp.glob("selftune_trial_*")] if exp.is_dir() else []
+                dirs = [d for d in exp.glob("trial_*")] if exp.is_dir() else []
                 if dirs and first_dir is None:
                     first_dir = time.perf_counter() - t0
                 if any((d / "result.json").is_file() and (d / "result.json").stat().st_size for d in dirs):

@@ -110,6 +110,34 @@ def test_trials_leave_tensorboard_checkpoints_and_best_model(sweep_dir: Path) ->
             assert t.checkpoints and all((Path(c) / "state.pt").is_file() for c in t.checkpoints)
 
 
+def test_trial_folders_have_short_readable_names(sweep_dir: Path) -> None:
+    """TensorBoard shows a trial folder as its run name: the number, the id, a few searched values, not ~150
+    characters of Ray's default."""
+    from selftune.sweepfolder import trial_number_from_dirname
+
+    trials = read_trials(str(sweep_dir))
+    assert sorted(t.number for t in trials) == list(range(1, 7))
+    for t in trials:
+        name = Path(t.path).name
+        assert name.startswith(f"trial_{t.number:03d}_{t.trial_id}_"), name
+        assert len(name) <= 72 and "=" in name, name
+        assert trial_number_from_dirname(name, t.trial_id) == t.number
+        lr = t.params["lr"]
+        assert f"lr={lr:.3g}" in name or len(name) == 72, name
+
+
+def test_trial_dirname_for_old_and_new_folders() -> None:
+    from selftune.sweepfolder import trial_dirname, trial_number_from_dirname
+
+    name = trial_dirname(4, "1a2b3c4d", {"lr": 0.0003, "method": "rounds", "rounds/count": 3, "threshold[2]": 0.5})
+    assert name == "trial_004_1a2b3c4d_method=rounds_lr=0.0003_count=3"
+    assert trial_number_from_dirname(name, "1a2b3c4d") == 4
+    assert len(trial_dirname(12, "ab", {f"very_long_parameter_name_{i}": 0.123456 for i in range(5)})) <= 72
+    # a sweep written by an earlier selftune: Ray's default names
+    assert trial_number_from_dirname("selftune_trial_1a2b3c4d_7_lr=0.001,st=1_2026-12-01_10-00-00", "1a2b3c4d") == 7
+    assert trial_number_from_dirname("control", "1a2b3c4d") is None
+
+
 def test_trial_runs_are_written_to_storage_not_left_in_ray_temp(sweep_dir: Path) -> None:
     """Ray never cleans /tmp/ray/session_*: a trial's checkpoints staged there would leak disk."""
     session_dir = Path((sweep_dir.parent / "ray_session_dir.txt").read_text())

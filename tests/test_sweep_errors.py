@@ -65,7 +65,7 @@ def test_gpus_requested_where_there_are_none(tiny_data: Path, tmp_path: Path, ca
     finally:
         ray.shutdown()
     assert rc == 2 and "gpus_per_trial is 1 but the Ray cluster has 0 GPUs" in err
-    assert not list((tmp_path / "demo").glob("selftune_trial*"))  # no trial started
+    assert not list((tmp_path / "demo").glob("trial_*"))  # no trial started
 
 
 def test_bad_base_value(tiny_data: Path, capsys) -> None:

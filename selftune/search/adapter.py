@@ -34,6 +34,7 @@ from selftune.sweepfolder import (
     asha_milestones,
     experiment_path,
     optuna_state,
+    trial_dirname,
     trial_outcome,
     who_stopped,
 )
@@ -298,6 +299,12 @@ def _quiet_console() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+def _trial_dirname(trial: Any) -> str:
+    """Ray's Trial -> selftune's short folder name (its experiment tag starts with the trial's number)."""
+    head = str(trial.experiment_tag).split("_", 1)[0]
+    return trial_dirname(int(head) if head.isdigit() else None, trial.trial_id, dict(trial.evaluated_params or {}))
+
+
 def build_tuner(spec: TunerSpec) -> tune.Tuner:
     searcher = make_searcher(
         spec.searcher, spec.space, spec.ctx, seed=spec.seed, num_samples=spec.num_samples,
@@ -321,7 +328,7 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
             # unlimited: Ray prints sys.maxsize as a number ("Number of trials 9223372036854775807"), one more as
             # "infinite"
             num_samples=spec.num_samples if spec.num_samples > 0 else sys.maxsize + 1,
-            time_budget_s=spec.time_budget_s, reuse_actors=spec.reuse_actors,
+            time_budget_s=spec.time_budget_s, reuse_actors=spec.reuse_actors, trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=spec.storage, verbose=spec.verbose, callbacks=_callbacks(spec),

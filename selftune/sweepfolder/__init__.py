@@ -21,6 +21,8 @@ from selftune.sweepfolder.layout import (
     experiment_path,
     is_remote,
     metric_mode,
+    trial_dirname,
+    trial_number_from_dirname,
 )
 from selftune.sweepfolder.outcome import (
     COMPLETED,
@@ -79,6 +81,8 @@ __all__ = [
     "read_text",
     "read_trials",
     "read_verdict",
+    "trial_dirname",
+    "trial_number_from_dirname",
     "trial_outcome",
     "who_stopped",
 ]

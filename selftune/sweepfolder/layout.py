@@ -7,10 +7,14 @@
         shared_stage/           the shared first stage (a supervised run every `rounds` trial starts from)
         control/                the compute-matched supervised control (a run folder)
         verdict.json            the best self-training trial against the control, on val and test
-        <trial folders>/        Ray's: params.json, result.json, checkpoint_*/, train/ (the loop's run folder)
+        <trial folders>/        Ray's: params.json, result.json, checkpoint_*/, train/ (the loop's run folder),
+                                named by `trial_dirname`: trial_004_1a2b3c4d_method=rounds_lr=0.0003
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 SWEEP_FILE = "selftune_sweep.yaml"
 JOURNAL_FILE = "optuna_journal.log"
@@ -32,6 +36,33 @@ def metric_mode(metric: str) -> str:
     """'min' for losses and gaps, 'max' for everything else (mIoU, IoU, F1, acceptance ratios): one rule for the
     sweep, export and analysis."""
     return "min" if ("loss" in metric or metric.endswith("gap")) else "max"
+
+
+TRIAL_DIR_PARAMS = 3  # searched values a trial folder's name shows
+TRIAL_DIR_MAX = 72  # characters; Ray's default names run to ~150, which TensorBoard shows as run names
+
+
+def _short_value(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)[:14]
+    return str(v) if isinstance(v, int) else f"{v:.3g}"
+
+
+def trial_dirname(number: int | None, trial_id: str, params: dict[str, Any]) -> str:
+    """A trial folder's (and TensorBoard run's) name: its number, its id, then the method and a few searched
+    values, e.g. trial_004_1a2b3c4d_method=rounds_lr=0.0003. Short and readable; the id keeps it unique."""
+    head = f"trial_{number:03d}" if number is not None else "trial"
+    keys = sorted(params, key=lambda k: k != "method")[:TRIAL_DIR_PARAMS]
+    parts = [f"{k.rsplit('/', 1)[-1]}={_short_value(params[k])}" for k in keys]
+    name = "_".join([head, trial_id, *parts])[:TRIAL_DIR_MAX]
+    return re.sub(r"[^A-Za-z0-9_.=+\-]", "", name).rstrip("_=")
+
+
+def trial_number_from_dirname(name: str, trial_id: str) -> int | None:
+    """The trial's number from its folder name: selftune's `trial_dirname`, or Ray's default
+    (<trainable>_<trial_id>_<number>_<params>_<date>) for sweeps written before it."""
+    m = re.match(r"trial_(\d+)_" + re.escape(trial_id), name) or re.search(re.escape(trial_id) + r"_(\d+)_", name)
+    return int(m.group(1)) if m else None
 
 
 def experiment_path(storage: str, name: str) -> str:

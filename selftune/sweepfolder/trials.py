@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,7 @@ import pyarrow.fs as pafs
 import yaml
 
 from selftune.errors import SelftuneError
-from selftune.sweepfolder.layout import ERROR_FILES, SWEEP_FILE, VERDICT_FILE
+from selftune.sweepfolder.layout import ERROR_FILES, SWEEP_FILE, VERDICT_FILE, trial_number_from_dirname
 from selftune.sweepfolder.outcome import trial_outcome
 
 
@@ -175,8 +174,7 @@ def read_trials(path: str) -> list[TrialRecord]:
             errored = status == "ERROR"
         number = trial_state.get("number")
         if number is None:
-            m = re.search(re.escape(trial_id) + r"_(\d+)_", name)
-            number = int(m.group(1)) if m else None
+            number = trial_number_from_dirname(name, trial_id)
         records.append(TrialRecord(
             trial_id, as_uri(path, tdir), params, results, status, errored, [as_uri(path, c) for c in checkpoints],
             number, as_uri(path, error_file) if error_file else None,
