@@ -265,9 +265,12 @@ def learning_curves(sweep: Sweep, color_by: str | None, dist: Any | None, rungs:
     if rungs:
         ax.text(rungs[0], 1.0, " ASHA rungs", transform=ax.get_xaxis_transform(), va="top", ha="left",
                 fontsize=8, color="0.4")
+        pfig.add_annotation(x=rungs[0], y=1.0, yref="paper", text=" ASHA rungs", showarrow=False, xanchor="left",
+                            yanchor="top", font=dict(size=10, color="#666666"))
     if st_start:
         ax.axvline(st_start, color="#b83280", lw=0.9, ls=(0, (4, 3)), zorder=0, alpha=0.6)
         pfig.add_vline(x=st_start, line=dict(color="#b83280", width=1, dash="dash"))
+    best_point = None
     for _, row in t.iterrows():
         g = h[h["trial_id"] == row["trial_id"]]
         if metric not in g:
@@ -288,10 +291,11 @@ def learning_curves(sweep: Sweep, color_by: str | None, dist: Any | None, rungs:
                        edgecolor="black" if row["status"] in BAD else "white", linewidth=0.6, zorder=4)
         if is_best:
             bi = g[metric].idxmax() if sweep.mode == "max" else g[metric].idxmin()
-            ax.scatter([g.loc[bi, "iteration"]], [g.loc[bi, metric]], marker="*", s=200, color="gold",
+            best_point = (g.loc[bi, "iteration"], g.loc[bi, metric], f"best: {row['trial_id']}")
+            ax.scatter([best_point[0]], [best_point[1]], marker="*", s=200, color="gold",
                        edgecolor="black", linewidth=0.7, zorder=5)
-            ax.annotate(f"best: {row['trial_id']}", (g.loc[bi, "iteration"], g.loc[bi, metric]),
-                        textcoords="offset points", xytext=(-8, 9), ha="right", fontsize=8)
+            ax.annotate(best_point[2], best_point[:2], textcoords="offset points", xytext=(-8, 9), ha="right",
+                        fontsize=8)
         hover = _hover(row, [color_by] if color_by else [], metric)
         pfig.add_scatter(x=g["iteration"], y=g[metric], mode="lines+markers",
                          line=dict(color=color, dash=st.dash, width=lw + 0.4),
@@ -312,6 +316,16 @@ def learning_curves(sweep: Sweep, color_by: str | None, dist: Any | None, rungs:
     if cmap and cmap.kind == "categorical":
         extra += [Line2D([], [], color=cmap.color(c), lw=2, label=f"{color_by} = {_fmt(c)}") for c in cmap.categories or []]
     _status_legend(ax, t["status"], lines=True, loc="lower right", extra=extra)
+    if best_point is not None:  # after the curves, so drawn on top, as the PNG's zorder=5
+        bx, by, text = best_point
+        pfig.add_scatter(x=[bx], y=[by], mode="markers", name="best evaluation", hovertext=text,
+                         hoverinfo="text+x+y", marker=dict(symbol="star", size=18, color="gold",
+                                                           line=dict(color="black", width=1)))
+        pfig.add_annotation(x=bx, y=by, text=text, showarrow=False, xanchor="right", yanchor="bottom", xshift=-8,
+                            yshift=9, font=dict(size=10))
+    if st_start:
+        pfig.add_scatter(x=[None], y=[None], mode="lines", name=f"self-training starts ({st_start})",
+                         hoverinfo="skip", line=dict(color="#b83280", width=1, dash="dash"))
     for status in STATUS_STYLE:  # the legend explains line styles; each line's hover names its trial
         if status in set(t["status"]):
             st = STATUS_STYLE[status]
@@ -387,6 +401,9 @@ def importance_bars(values: dict[str, float], evaluator: str, metric: str, compl
 # ---------------------------------------------------------------------- 4. parallel coordinates
 
 
+NA_POS = -0.1  # where a trial without the parameter (a conditional space's other branch) sits: below the axis
+
+
 def _axis_position(values: pd.Series, dist: Any) -> tuple[pd.Series, list[tuple[float, str]]]:
     """Each value's height on its axis (0 to 1 over the searched range; log ranges in log space) and ticks."""
     choices = getattr(dist, "choices", None)
@@ -406,56 +423,98 @@ def _axis_position(values: pd.Series, dist: Any) -> tuple[pd.Series, list[tuple[
     return (num - lo) / (hi - lo), [(k, _fmt(lo + k * (hi - lo))) for k in (0, 0.5, 1)]
 
 
-def parallel_coordinates(sweep: Sweep, params: list[str], dists: dict[str, Any], values: pd.Series) -> Any:
-    """Matplotlib twin of optuna.visualization.plot_parallel_coordinate, axes in importance order."""
+@dataclass
+class ParallelAxes:
+    """What both renderings of the parallel coordinates draw: one axis per name (the metric, then the
+    parameters in importance order), each trial's height on it (0 to 1, NA_POS where it has no value)
+    and its ticks; the scored trials in drawing order (best last, on top) and their metric values."""
+
+    names: list[str]  # axis labels, " (log)" on log-searched parameters
+    positions: list[pd.Series]
+    ticks: list[list[tuple[float, str]]]
+    order: pd.Index
+    values: pd.Series
+    norm: Any  # the metric's colour scale
+
+    @property
+    def has_na(self) -> bool:
+        return any(pos == NA_POS for tk in self.ticks for pos, _ in tk)
+
+
+def parallel_axes(sweep: Sweep, params: list[str], dists: dict[str, Any], values: pd.Series) -> ParallelAxes:
     t = sweep.trials
     y = pd.to_numeric(values, errors="coerce")
+    y = y.where(np.isfinite(y))
     keep = y.notna()
-    label = metric_label(sweep.metric)
     vlo, vhi = float(y[keep].min()), float(y[keep].max())
     norm = mcolors.Normalize(vlo, vhi if vhi > vlo else vlo + 1e-9)
-    cmap = _cmap("viridis")
-    axes_pos = []
-    ticks = []
-    mpos = (y - vlo) / (vhi - vlo) if vhi > vlo else y * 0 + 0.5
-    axes_pos.append(mpos)
-    ticks.append([(0.0, f"{vlo:.3f}"), (1.0, f"{vhi:.3f}")])
-    for p in params:
-        pos, tk = _axis_position(t[f"param.{p}"], dists.get(p))
-        axes_pos.append(pos)
-        ticks.append(tk)
-    names = [label, *params]
-    fig, ax = _subplots(figsize=(max(9.0, 1.5 * len(names) + 2), 5.4))
     order = y[keep].sort_values(ascending=sweep.mode == "max").index  # best drawn last, on top
-    for i in order:
-        ys = [float(a.loc[i]) if pd.notna(a.loc[i]) else np.nan for a in axes_pos]
-        status = t.loc[i, "status"]
-        st = STATUS_STYLE.get(status, STATUS_STYLE["running"])
-        is_best = i == order[-1]
-        ax.plot(range(len(names)), ys, color=cmap(norm(y.loc[i])), lw=2.6 if is_best else 1.4,
+    positions = [(y - vlo) / (vhi - vlo) if vhi > vlo else y * 0 + 0.5]
+    ticks = [[(0.0, f"{vlo:.3f}"), (1.0, f"{vhi:.3f}")]]
+    names = [metric_label(sweep.metric)]
+    for p in params:
+        dist = dists.get(p)
+        pos, tk = _axis_position(t[f"param.{p}"], dist)
+        if pos.loc[order].isna().any():
+            pos, tk = pos.fillna(NA_POS), [*tk, (NA_POS, "n/a")]
+        positions.append(pos)
+        ticks.append(tk)
+        log = getattr(dist, "log", False) and float(getattr(dist, "low", 0)) > 0
+        names.append(p + (" (log)" if log else ""))
+    return ParallelAxes(names, positions, ticks, order, y, norm)
+
+
+def parallel_coordinates(sweep: Sweep, params: list[str], dists: dict[str, Any], values: pd.Series
+                         ) -> tuple[Any, Any]:
+    """Parallel coordinates, axes in importance order, each spanning its searched range; the PNG and the
+    interactive twin (a plotly Parcoords) draw the same `parallel_axes`."""
+    import plotly.graph_objects as go
+
+    pa = parallel_axes(sweep, params, dists, values)
+    t = sweep.trials
+    label = metric_label(sweep.metric)
+    cmap = _cmap("viridis")
+    bottom = NA_POS if pa.has_na else 0.0
+    fig, ax = _subplots(figsize=(max(9.0, 1.5 * len(pa.names) + 2), 5.4))
+    for i in pa.order:
+        ys = [float(a.loc[i]) for a in pa.positions]
+        st = STATUS_STYLE.get(t.loc[i, "status"], STATUS_STYLE["running"])
+        is_best = i == pa.order[-1]
+        ax.plot(range(len(pa.names)), ys, color=cmap(pa.norm(pa.values.loc[i])), lw=2.6 if is_best else 1.4,
                 ls=st.ls, alpha=0.95, marker="o", ms=3, zorder=3 if is_best else 2)
-    for k, tk in enumerate(ticks):
+    for k, tk in enumerate(pa.ticks):
         ax.axvline(k, color="0.3", lw=0.8, zorder=1)
         for pos, text in tk:
             ax.text(k + 0.04, pos, text, fontsize=7.5, va="center", ha="left", color="0.25",
+                    style="italic" if pos == NA_POS else "normal",
                     bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.7), zorder=4)
-    ax.set_xticks(range(len(names)), [n + (" (log)" if getattr(dists.get(n), "log", False) else "") for n in names],
-                  rotation=20, ha="right", fontsize=9)
+    ax.set_xticks(range(len(pa.names)), pa.names, rotation=20, ha="right", fontsize=9)
     ax.set_yticks([])
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlim(-0.2, len(names) - 0.5)
+    ax.set_ylim(bottom - 0.05, 1.05)
+    ax.set_xlim(-0.2, len(pa.names) - 0.5)
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
-    sm = ScalarMappable(norm=norm, cmap=cmap)
+    sm = ScalarMappable(norm=pa.norm, cmap=cmap)
     fig.colorbar(sm, ax=ax, pad=0.01, fraction=0.03).set_label(label)
-    statuses = set(t.loc[order, "status"])
+    statuses = set(t.loc[pa.order, "status"])
     if len(statuses) > 1:
         _status_legend(ax, statuses, lines=True, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4,
                        frameon=False)
-    ax.set_title(f"Parallel coordinates: {len(order)} scored trials across the {len(params)} most important "
-                 "parameters (each axis spans its searched range)", fontsize=10)
+    title = (f"Parallel coordinates: {len(pa.order)} scored trials across the {len(params)} most important "
+             "parameters (each axis spans its searched range" + ("; n/a: not used by the trial" if pa.has_na
+                                                                 else "") + ")")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return fig
+
+    dims = [dict(label=name, range=[bottom, 1.0], values=pos.loc[pa.order].to_numpy(dtype=float),
+                 tickvals=[p for p, _ in tk], ticktext=[s for _, s in tk])
+            for name, pos, tk in zip(pa.names, pa.positions, pa.ticks, strict=True)]
+    pfig = go.Figure(go.Parcoords(dimensions=dims, line=dict(
+        color=pa.values.loc[pa.order].to_numpy(dtype=float), colorscale="Viridis", cmin=pa.norm.vmin,
+        cmax=pa.norm.vmax, showscale=True, colorbar=dict(title=label)), labelside="bottom", labelangle=-20))
+    pfig.update_layout(template=PLOTLY_TEMPLATE, title=title.replace(" (each", "<br>(each"), height=540,
+                       margin=dict(b=110))
+    return fig, pfig
 
 
 # ---------------------------------------------------------------------- 5. slice

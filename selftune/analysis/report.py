@@ -226,16 +226,9 @@ def make_figures(a: Analysis, sweep: Sweep, astudy: Any | None, dists: dict[str,
     add("importance", importance)
 
     def parallel() -> Any:
-        if astudy is None or len(astudy.trials) < 2 or not params:
+        if astudy is None or len(astudy.trials) < 2 or not params:  # astudy: the scored trials, finite values
             return "parallel coordinates need at least 2 scored trials"
-        import optuna
-
-        shown = params[:8]
-        mfig = F.parallel_coordinates(sweep, shown, dists, values)
-        pfig = optuna.visualization.plot_parallel_coordinate(astudy, params=shown,
-                                                             target_name=F.metric_label(sweep.metric))
-        pfig.update_layout(template=F.PLOTLY_TEMPLATE)
-        return mfig, pfig
+        return F.parallel_coordinates(sweep, params[:8], dists, values)
 
     add("parallel_coordinates", parallel)
     add("slice", lambda: F.slice_plot(sweep, params[:12], dists, values) if params else "no parameter was varied")
