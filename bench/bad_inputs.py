@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import subprocess
 import sys
@@ -88,6 +89,23 @@ def cases(tmp: Path, data: Path, three: Path) -> list[tuple[str, list[str], Call
          make_empty_state, None),
         ("train: divergence factor negative", ["train", "--data", d, "--out", str(tmp / "out10"), *TINY,
                                                "--set", "divergence_factor=-1"], None, True),
+        ("train: s4gan lambda_fm negative", ["train", "--data", d, "--out", str(tmp / "out11"), *TINY,
+                                             "--set", "method=s4gan", "--set", "lambda_fm=-0.1"], None, True),
+        ("train: s4gan threshold_st above 1", ["train", "--data", d, "--out", str(tmp / "out12"), *TINY,
+                                               "--set", "method=s4gan", "--set", "threshold_st=1.5"], None, True),
+        ("train: s4gan discriminator warmup longer than the run", ["train", "--data", d, "--out", str(tmp / "out13"),
+                                                                   *TINY, "--set", "method=s4gan",
+                                                                   "--set", "d_warmup_iters=100000"], None, True),
+        ("train: s4gan with a rounds knob", ["train", "--data", d, "--out", str(tmp / "out14"), *TINY,
+                                             "--set", "method=s4gan", "--set", "rounds=3"], None, True),
+        ("train: s4gan knob on the mean teacher", ["train", "--data", d, "--out", str(tmp / "out15"), *TINY,
+                                                   "--set", "lambda_fm=0.5"], None, True),
+        ("train: binary on 3 classes", ["train", "--data", str(three), "--out", str(tmp / "out16"), *TINY,
+                                        "--set", "binary=true"], None, True),
+        ("train: binary knob without binary", ["train", "--data", d, "--out", str(tmp / "out17"), *TINY,
+                                               "--set", "pos_threshold=0.9"], None, True),
+        ("train: ST weight not a number", ["train", "--data", d, "--out", str(tmp / "out18"), *TINY,
+                                           "--set", "st_weight=high"], None, True),
         ("data check: symlink loop in the pool", ["data", "check", str(loop_data)], make_loop, None),
         ("data check: folder missing", ["data", "check", str(tmp / "nowhere")], None, None),
         ("sweep: unknown sweep key", ["sweep", str(tmp / "s1.yaml"), "--check"],
@@ -105,8 +123,14 @@ def cases(tmp: Path, data: Path, three: Path) -> list[tuple[str, list[str], Call
          sweep_file("s4.yaml", f"name: s4\ndata: {d}\nshared_stage: {{max_iters: 5, checkpoint: x}}\n"), None),
         ("sweep: num_samples 0", ["sweep", "--data", d, "--num-samples", "0", "--check"], None, None),
         ("sweep: YAML error in --set", ["sweep", "--data", d, "--set", "thresholds=[0.5,", "--check"], None, None),
+        ("sweep: a test_ metric", ["sweep", "--data", d, "--set", "metric=test_miou", "--check"], None, None),
+        ("sweep: nice_trials not a bool", ["sweep", str(tmp / "s5.yaml"), "--check"],
+         sweep_file("s5.yaml", f"name: s5\ndata: {d}\nnice_trials: maybe\n"), None),
+        ("sweep: negative GPUs per trial", ["sweep", "--data", d, "--gpus-per-trial", "-1", "--check"], None, None),
         ("sweep: resume a folder that is no sweep", ["sweep", "--resume", str(tmp)], None, None),
         ("export: no such folder", ["export", str(tmp / "nowhere")], None, None),
+        ("analyze: --top-k 0", ["analyze", str(tmp), "--top-k", "0"], None, None),
+        ("compare: one folder only", ["compare", str(tmp / "nowhere")], None, None),
         ("analyze: no such folder", ["analyze", str(tmp / "nowhere")], None, None),
         ("evaluate: checkpoint missing", ["evaluate", "--checkpoint", str(tmp / "none.pt"), "--data", d], None, None),
     ]
@@ -147,10 +171,16 @@ def main(argv: list[str] | None = None) -> int:
             if not args.quick or case[1][0] not in seen:
                 chosen.append(case)
                 seen.add(case[1][0])
+        lost = 0
         for name, argv_, setup, must_stay_empty in chosen:
             if setup is not None:
                 setup()
+            before = _snapshot(tmp)
             kind, code, text = run_case(argv_)
+            changed = [f for f, digest in before.items() if _snapshot(tmp).get(f) != digest]
+            if changed:  # a file that was there before the bad input was changed or removed by it
+                lost += 1
+                text += f"\nDATA LOST: {', '.join(changed[:3])}"
             if kind == "named" and must_stay_empty and Path(argv_[argv_.index("--out") + 1]).exists():
                 kind = "other"  # named, but it wrote the output folder first
             counts[kind] = counts.get(kind, 0) + 1
@@ -158,12 +188,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{kind:9} exit {code!s:4} {name}: {first}")
     total = sum(counts.values())
     print(f"\n{total} bad inputs: {counts.get('named', 0)} named before any work (exit 2, one message), "
-          f"{counts.get('traceback', 0)} tracebacks, {counts.get('accepted', 0)} accepted, {counts.get('other', 0)} other")
+          f"{counts.get('traceback', 0)} tracebacks, {counts.get('accepted', 0)} accepted, {counts.get('other', 0)} other, "
+          f"{lost} with data lost (a file there before the case changed or removed)")
     if args.faults:
         r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reliability.py",
                             "tests/test_journal.py"], cwd=ROOT, capture_output=True, text=True)
         print("injected faults:", r.stdout.strip().splitlines()[-1])
-    return 0 if counts.get("named", 0) == total else 1
+    return 0 if counts.get("named", 0) == total and not lost else 1
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file under root and a digest of its bytes."""
+    return {str(f.relative_to(root)): hashlib.sha1(f.read_bytes()).hexdigest()
+            for f in root.rglob("*") if f.is_file() and not f.is_symlink()}
 
 
 def _three_classes(data: Path, out: Path) -> Path:

@@ -280,6 +280,9 @@ def test_on_cuda_with_amp() -> None:
         (dict(fp_weight=1.0), r"fp_weight is 1.0, but method s4gan does not use it"),
         (dict(strong_aug=True), r"strong_aug is True, but method s4gan does not use it"),
         (dict(threshold_schedule="linear"), r"threshold_schedule is 'linear', but method s4gan does not use it"),
+        (dict(rounds=3), r"rounds is 3, but method s4gan trains in one run, not in rounds"),
+        (dict(round_iters=[10, 10]), r"round_iters is \(10, 10\), but method s4gan trains in one run"),
+        (dict(teacher_checkpoint="x.pt"), r"teacher_checkpoint is set, but method s4gan pseudo-labels with its own"),
     ],
 )
 def test_bad_s4gan_config_is_one_error_naming_the_key_and_value(changes: dict[str, Any], match: str) -> None:
@@ -287,9 +290,21 @@ def test_bad_s4gan_config_is_one_error_naming_the_key_and_value(changes: dict[st
         cfg_of(**changes)
 
 
-def test_other_methods_keep_their_knobs_and_ignore_s4gans() -> None:
-    cfg = TrainConfig.from_dict({"min_accept_ratio": 0.2, "d_warmup_iters": 10**6, "strong_aug": True})
+def test_other_methods_keep_their_knobs_and_refuse_s4gans() -> None:
+    cfg = TrainConfig.from_dict({"min_accept_ratio": 0.2, "strong_aug": True})
     assert cfg.method == "ema_self_training"  # the s4gan-only checks do not apply
+    for method in ("supervised", "ema_self_training", "rounds"):
+        with pytest.raises(ConfigError, match=rf"lambda_fm is 0.5, but only method s4gan uses it \(method is '{method}'\)"):
+            TrainConfig.from_dict({"method": method, "lambda_fm": 0.5})
+    with pytest.raises(ConfigError, match=r"d_warmup_iters is 1000000, but only method s4gan uses it"):
+        TrainConfig.from_dict({"d_warmup_iters": 10**6})
+
+
+def test_a_supervised_stage_or_control_of_an_s4gan_base_drops_its_knobs() -> None:
+    base = TrainConfig.from_dict({"method": "s4gan", "lambda_fm": 0.5, "d_warmup_iters": 40, "max_iters": 100})
+    control = base.as_supervised(max_iters=50)
+    assert (control.method, control.max_iters, control.lambda_fm, control.d_warmup_iters) == ("supervised", 50, 0.1, 0)
+    assert control.lr == base.lr and control.arch == base.arch
 
 
 def test_the_s4gan_space_and_its_branch_of_the_methods_space() -> None:

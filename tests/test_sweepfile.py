@@ -26,6 +26,8 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path) -> None:
         ({"base": [1, 2]}, "'base' must be a mapping"),
         ({"mlflow_uri": "file:///tmp/mlruns"}, "MLflow's file store cannot hold"),
         ({"num_samples": -1}, "needs a time_budget_s or a budget_iters"),
+        ({"nice_trials": "maybe"}, "nice_trials must be true or false, got 'maybe'"),
+        ({"control": 1}, "control must be true or false, got 1"),
     ],
 )
 def test_bad_values_fail_by_name(changes, match) -> None:

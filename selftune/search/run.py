@@ -177,8 +177,7 @@ def _check_shared_stage(sweep: SweepConfig, base: Any, methods: set[str], class_
 
 def stage_config(base: Any, iterations: int) -> Any:
     """The shared first stage: the base config's model, supervised, for `iterations` steps."""
-    return base.replace(method="supervised", max_iters=iterations, teacher_checkpoint=None, round_iters=[],
-                        log_images=False)
+    return base.as_supervised(max_iters=iterations, log_images=False)
 
 
 def _check_writable(path: Path) -> None:

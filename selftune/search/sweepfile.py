@@ -87,6 +87,9 @@ class SweepConfig:
         return dataclasses.asdict(self)
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # YAML reads "maybe" or "yes please" as a string, which would count as true
+            if f.type in (bool, "bool") and not isinstance(getattr(self, f.name), bool):
+                raise ConfigError(f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
         if not isinstance(self.metric, str) or not self.metric.strip():
             raise ConfigError(f"metric must be a metric name such as val_miou or val_f1, got {self.metric!r}")
         if self.metric.startswith("test_"):

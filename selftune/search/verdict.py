@@ -21,10 +21,8 @@ SELF_TRAINING = ("ema_self_training", "rounds", "s4gan")
 
 def control_config(base: TrainConfig, iterations: int, stage_model: str | None) -> TrainConfig:
     """The control: `base`'s model, supervised, `iterations` steps, patience off; from the shared stage if given."""
-    return base.replace(
-        method="supervised", max_iters=iterations, patience=0, teacher_checkpoint=None, init_checkpoint=stage_model,
-        round_iters=[], log_images=False, report_test=False,
-    )
+    return base.as_supervised(max_iters=iterations, patience=0, init_checkpoint=stage_model, log_images=False,
+                              report_test=False)
 
 
 def train_run(config: dict[str, Any], data_root: str, out_dir: str, progress: bool = False) -> dict[str, Any]:

@@ -31,6 +31,8 @@ ARCHS = (
 METHODS = ("supervised", "ema_self_training", "rounds", "s4gan")
 ROUND_INITS = ("warm", "fresh")
 CHECKPOINT_KEYS = ("teacher_checkpoint", "init_checkpoint")  # paths to earlier runs' weights
+S4GAN_KNOBS = ("lambda_fm", "threshold_st", "threshold_st_schedule", "threshold_st_start", "lr_d", "d_width",
+               "d_warmup_iters", "st_weight_start")  # used by method s4gan only
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "poly", "constant")
 THRESHOLD_SCHEDULES = ("constant", "linear")
@@ -222,6 +224,13 @@ class TrainConfig:
         """A copy with some fields changed, validated like `from_dict`."""
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
+    def as_supervised(self, **changes: Any) -> TrainConfig:
+        """This config's model and data, method supervised (a shared stage, a control): no teacher, no rounds, the
+        knobs only s4gan uses back at their defaults; then `changes`."""
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in S4GAN_KNOBS}
+        return self.replace(**{"method": "supervised", "teacher_checkpoint": None, "round_iters": [], **defaults,
+                               **changes})
+
     def with_absolute_paths(self) -> TrainConfig:
         """This config with `CHECKPOINT_KEYS` made absolute (from the current folder), for runs in another folder."""
         paths = {k: str(Path(v).expanduser().resolve()) for k in CHECKPOINT_KEYS if (v := getattr(self, k))}
@@ -373,7 +382,19 @@ class TrainConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.method != "s4gan":
+            for f in fields(TrainConfig):
+                if f.name in S4GAN_KNOBS and getattr(self, f.name) != f.default:
+                    raise ConfigError(f"{f.name} is {getattr(self, f.name)!r}, but only method s4gan uses it (method is "
+                                      f"{self.method!r}); set method s4gan or drop {f.name}")
             return
+        default_rounds = next(f.default for f in fields(TrainConfig) if f.name == "rounds")
+        if self.rounds != default_rounds or self.round_iters:
+            key = "rounds" if self.rounds != default_rounds else "round_iters"
+            raise ConfigError(f"{key} is {getattr(self, key)!r}, but method s4gan trains in one run, not in rounds; "
+                              f"drop {key} or choose method rounds")
+        if self.teacher_checkpoint is not None:
+            raise ConfigError("teacher_checkpoint is set, but method s4gan pseudo-labels with its own network (gated by "
+                              "the discriminator); drop teacher_checkpoint or choose another method")
         if self.d_warmup_iters >= self.max_iters:
             raise ConfigError(f"d_warmup_iters {self.d_warmup_iters} is not shorter than the run (max_iters "
                               f"{self.max_iters}): the discriminator would never train; lower d_warmup_iters")
