@@ -53,9 +53,13 @@ def trial_dirname(number: int | None, trial_id: str, params: dict[str, Any]) -> 
     values, e.g. trial_004_1a2b3c4d_method=rounds_lr=0.0003. Short and readable; the id keeps it unique."""
     head = f"trial_{number:03d}" if number is not None else "trial"
     keys = sorted(params, key=lambda k: k != "method")[:TRIAL_DIR_PARAMS]
-    parts = [f"{k.rsplit('/', 1)[-1]}={_short_value(params[k])}" for k in keys]
-    name = "_".join([head, trial_id, *parts])[:TRIAL_DIR_MAX]
-    return re.sub(r"[^A-Za-z0-9_.=+\-]", "", name).rstrip("_=")
+    name = re.sub(r"[^A-Za-z0-9_.=+\-]", "", f"{head}_{trial_id}")
+    for k in keys:  # whole key=value parts only: a value cut short would read as another value
+        part = re.sub(r"[^A-Za-z0-9_.=+\-]", "", f"{k.rsplit('/', 1)[-1]}={_short_value(params[k])}")
+        if len(name) + 1 + len(part) > TRIAL_DIR_MAX:
+            break
+        name += "_" + part
+    return name
 
 
 def trial_number_from_dirname(name: str, trial_id: str) -> int | None:
