@@ -40,6 +40,7 @@ def metric_mode(metric: str) -> str:
 
 TRIAL_DIR_PARAMS = 3  # searched values a trial folder's name shows
 TRIAL_DIR_MAX = 72  # characters; Ray's default names run to ~150, which TensorBoard shows as run names
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.=+\-]")  # kept out of folder names
 
 
 def _short_value(v: Any) -> str:
@@ -53,9 +54,9 @@ def trial_dirname(number: int | None, trial_id: str, params: dict[str, Any]) -> 
     values, e.g. trial_004_1a2b3c4d_method=rounds_lr=0.0003. Short and readable; the id keeps it unique."""
     head = f"trial_{number:03d}" if number is not None else "trial"
     keys = sorted(params, key=lambda k: k != "method")[:TRIAL_DIR_PARAMS]
-    name = re.sub(r"[^A-Za-z0-9_.=+\-]", "", f"{head}_{trial_id}")
+    name = _UNSAFE.sub("", f"{head}_{trial_id}")
     for k in keys:  # whole key=value parts only: a value cut short would read as another value
-        part = re.sub(r"[^A-Za-z0-9_.=+\-]", "", f"{k.rsplit('/', 1)[-1]}={_short_value(params[k])}")
+        part = _UNSAFE.sub("", f"{k.rsplit('/', 1)[-1]}={_short_value(params[k])}")
         if len(name) + 1 + len(part) > TRIAL_DIR_MAX:
             break
         name += "_" + part

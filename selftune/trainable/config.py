@@ -227,9 +227,13 @@ class TrainConfig:
     def as_supervised(self, **changes: Any) -> TrainConfig:
         """This config's model and data, method supervised (a shared stage, a control): no teacher, no rounds, the
         knobs only s4gan uses back at their defaults; then `changes`."""
-        defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in S4GAN_KNOBS}
+        defaults = {k: _field_default(k) for k in S4GAN_KNOBS}
         return self.replace(**{"method": "supervised", "teacher_checkpoint": None, "round_iters": [], **defaults,
                                **changes})
+
+    def _first_changed(self, keys: tuple[str, ...]) -> str | None:
+        """The first of `keys` not at its default, or None."""
+        return next((k for k in keys if getattr(self, k) != _field_default(k)), None)
 
     def with_absolute_paths(self) -> TrainConfig:
         """This config with `CHECKPOINT_KEYS` made absolute (from the current folder), for runs in another folder."""
@@ -382,14 +386,11 @@ class TrainConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.method != "s4gan":
-            for f in fields(TrainConfig):
-                if f.name in S4GAN_KNOBS and getattr(self, f.name) != f.default:
-                    raise ConfigError(f"{f.name} is {getattr(self, f.name)!r}, but only method s4gan uses it (method is "
-                                      f"{self.method!r}); set method s4gan or drop {f.name}")
+            if key := self._first_changed(S4GAN_KNOBS):
+                raise ConfigError(f"{key} is {getattr(self, key)!r}, but only method s4gan uses it (method is "
+                                  f"{self.method!r}); set method s4gan or drop {key}")
             return
-        default_rounds = next(f.default for f in fields(TrainConfig) if f.name == "rounds")
-        if self.rounds != default_rounds or self.round_iters:
-            key = "rounds" if self.rounds != default_rounds else "round_iters"
+        if key := self._first_changed(("rounds", "round_iters")):
             raise ConfigError(f"{key} is {getattr(self, key)!r}, but method s4gan trains in one run, not in rounds; "
                               f"drop {key} or choose method rounds")
         if self.teacher_checkpoint is not None:
@@ -425,12 +426,10 @@ class TrainConfig:
                               "(pixels in between are ignored)")
         if not 0 <= self.threshold_decay <= 0.5:
             raise ConfigError(f"threshold_decay must be in [0, 0.5], got {self.threshold_decay!r}")
-        defaults = TrainConfig.__dataclass_fields__
         if not self.binary:
-            for key in ("pos_threshold", "neg_threshold", "threshold_decay", "pos_weight"):
-                if getattr(self, key) != defaults[key].default:
-                    raise ConfigError(f"{key} is {getattr(self, key)!r}, but it is a knob of binary mode and binary is "
-                                      f"false; set binary: true (a 2-class dataset) or drop {key}")
+            if key := self._first_changed(("pos_threshold", "neg_threshold", "threshold_decay", "pos_weight")):
+                raise ConfigError(f"{key} is {getattr(self, key)!r}, but it is a knob of binary mode and binary is "
+                                  f"false; set binary: true (a 2-class dataset) or drop {key}")
             return
         if self.method == "s4gan":
             raise ConfigError("binary mode works with methods supervised, ema_self_training and rounds, not s4gan "
@@ -585,6 +584,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _field_default(name: str) -> Any:
+    """TrainConfig's default for field `name`."""
+    return TrainConfig.__dataclass_fields__[name].default
 
 
 def _at_least(key: str, value: int, low: int) -> None:
