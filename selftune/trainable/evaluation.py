@@ -192,9 +192,9 @@ class Scores:
     images: int
 
 
-def score_model_file(path: Any, data_root: Any, split: str, *, device: str = "auto") -> Scores:
-    """Score an earlier run's EMA model (best_model_ema.pt, state.pt or a run folder) on `split` of `data_root`,
-    the same way every evaluation of the loop scores (no TTA)."""
+def _scoring_setup(path: Any, data_root: Any, split: str, device: str, points: Any) -> tuple[Any, ...]:
+    """(model on its device, eval batches of `split`, DeviceBatch, autocast, class names) for an earlier run's EMA
+    model; `points` (a PointTargets) overrides the run's own point radius and ring for a point-labelled split."""
     from pathlib import Path
 
     from selftune.data import read_classes
@@ -213,13 +213,35 @@ def score_model_file(path: Any, data_root: Any, split: str, *, device: str = "au
     model = build_model(cfg.replace(encoder_weights=None), classes.num_classes)
     model.load_state_dict(weights)
     model = model.to(dev, memory_format=memory_format).eval()
-    points = PointTargets(cfg.point_radius, cfg.point_ring)  # a split labelled by points: the run's own targets
+    points = points or PointTargets(cfg.point_radius, cfg.point_ring)  # default: the run's own targets
     batches = load_eval_batches(LabeledDataset(Path(data_root), split, classes, points=points), 0, cfg.batch_size)
     to_device = DeviceBatch(dev, memory_format, cfg.ignore_index)
-    cm, _ = score(model, batches, classes.num_classes, to_device, make_autocast(dev, resolve_amp(cfg, dev)))
+    return model, batches, to_device, make_autocast(dev, resolve_amp(cfg, dev)), classes.names
+
+
+def score_model_file(path: Any, data_root: Any, split: str, *, device: str = "auto", points: Any = None) -> Scores:
+    """Score an earlier run's EMA model (best_model_ema.pt, state.pt or a run folder) on `split` of `data_root`,
+    the same way every evaluation of the loop scores (no TTA)."""
+    model, batches, to_device, autocast, names = _scoring_setup(path, data_root, split, device, points)
+    cm, _ = score(model, batches, len(names), to_device, autocast)
     iou = iou_per_class(cm)
-    return Scores(split, classes.names, iou.tolist(), mean_iou(iou), batches.num_images)
+    return Scores(split, names, iou.tolist(), mean_iou(iou), batches.num_images)
 
 
-__all__ = ["BINARY_METRICS", "EvalBatches", "Scored", "Scores", "binary_metrics", "evaluate", "load_eval_batches",
-           "predict", "score", "score_all", "score_model_file", "selectable_metrics"]
+@torch.no_grad()
+def confusions_per_image(path: Any, data_root: Any, split: str, *, device: str = "auto", points: Any = None
+                         ) -> tuple[tuple[str, ...], torch.Tensor]:
+    """(class names, int64 [images, K, K]): one confusion matrix per image of `split`, in the split's order, for
+    the paired image bootstrap of the verdict (`selftune.search.intervals`). `points` as in `score_model_file`:
+    the verdict scores every model against the same targets."""
+    model, batches, to_device, autocast, names = _scoring_setup(path, data_root, split, device, points)
+    k, out = len(names), []
+    for images, masks in batches.batches:
+        pred = predict(model, images, to_device, autocast).argmax(1)
+        y = to_device.masks(masks)
+        out += [confusion_matrix(pred[i], y[i], k).cpu() for i in range(len(images))]
+    return names, torch.stack(out) if out else torch.zeros(0, k, k, dtype=torch.int64)
+
+
+__all__ = ["BINARY_METRICS", "EvalBatches", "Scored", "Scores", "binary_metrics", "confusions_per_image", "evaluate",
+           "load_eval_batches", "predict", "score", "score_all", "score_model_file", "selectable_metrics"]
