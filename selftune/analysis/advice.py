@@ -18,6 +18,16 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from selftune.analysis.tables import STATUS_WORDS, Sweep, _fmt
+from selftune.sweepfolder import (
+    DIVERGED,
+    EARLY_STOPPED,
+    ERRORED,
+    FAILED,
+    RUNNING,
+    STOPPED_BY_BUDGET,
+    STOPPED_BY_SCHEDULER,
+    trials_that_count,
+)
 
 if TYPE_CHECKING:
     from selftune.analysis.study import Importance
@@ -55,8 +65,7 @@ class Findings:
     @cached_property
     def ranked(self) -> pd.DataFrame:
         """The trials with a score that neither diverged nor errored, best first."""
-        t = self.trials
-        return t[~t["status"].isin(["diverged", "errored"]) & t[f"best.{self.metric}"].notna()]
+        return trials_that_count(self.trials, self.metric)
 
     @cached_property
     def top(self) -> pd.DataFrame:
@@ -155,8 +164,8 @@ def dead_classes(f: Findings) -> list[str]:
 
 def mostly_patience(f: Findings) -> list[str]:
     """Most trials stopped by their own patience: their scores say when they stalled, not which ranges are good."""
-    early = int(f.counts.get("early_stopped", 0))
-    ended = int((f.trials["status"] != "running").sum())
+    early = int(f.counts.get(EARLY_STOPPED, 0))
+    ended = int((f.trials["status"] != RUNNING).sum())
     if early < 2 or early <= MOSTLY * ended:
         return []
     return [f"Most trials stopped by their own patience: {early} of {ended} ended before max_t because "
@@ -268,7 +277,7 @@ def no_importance(f: Findings) -> list[str]:
 def asha_cuts(f: Findings) -> list[str]:
     """How many trials ASHA cut and where, whether it nearly cut the best one, and whether its cuts look sound."""
     asha = f.asha
-    n_asha = int(f.counts.get("stopped_by_asha", 0))
+    n_asha = int(f.counts.get(STOPPED_BY_SCHEDULER, 0))
     if not (len(asha) or n_asha):
         return []
     text = f"{n_asha} of {len(f.trials)} trials were stopped by ASHA"
@@ -296,7 +305,7 @@ def asha_cuts(f: Findings) -> list[str]:
 
 def budget_cuts(f: Findings) -> list[str]:
     """Trials cut by the sweep's budget rather than by ASHA."""
-    n_budget = int(f.counts.get("stopped_by_budget", 0))
+    n_budget = int(f.counts.get(STOPPED_BY_BUDGET, 0))
     if not n_budget:
         return []
     return [f"{n_budget} trial(s) were cut by the sweep's budget, not by ASHA: raise time_budget_s / budget_iters or "
@@ -306,13 +315,13 @@ def budget_cuts(f: Findings) -> list[str]:
 def diverged(f: Findings) -> list[str]:
     """Diverged trials, and an lr cap when lr alone separates them from the rest."""
     t = f.trials
-    div = t[t["status"] == "diverged"]
+    div = t[t["status"] == DIVERGED]
     if not len(div):
         return []
     if "param.lr" not in t:
         return [f"{len(div)} trial(s) diverged: {', '.join(div['trial_id'])}."]
     lrs = sorted(pd.to_numeric(div["param.lr"], errors="coerce").dropna())
-    ok = pd.to_numeric(t.loc[~t["status"].isin(["diverged", "errored"]), "param.lr"], errors="coerce").dropna()
+    ok = pd.to_numeric(t.loc[~t["status"].isin(FAILED), "param.lr"], errors="coerce").dropna()
     text = f"{len(div)} trial(s) diverged, with lr {', '.join(_fmt(v) for v in lrs)}"
     if lrs and len(ok) and ok.max() < lrs[0]:
         text += f"; no trial with lr <= {_fmt(float(ok.max()))} diverged: cap lr below {_fmt(lrs[0])}."
@@ -323,7 +332,7 @@ def diverged(f: Findings) -> list[str]:
 
 def errored(f: Findings) -> list[str]:
     """Trials that raised an error, with their messages."""
-    err = f.trials[f.trials["status"] == "errored"]
+    err = f.trials[f.trials["status"] == ERRORED]
     if not len(err):
         return []
     msgs = "; ".join(f"{r.trial_id}: {r.message}" if isinstance(r.message, str) else r.trial_id
@@ -334,7 +343,7 @@ def errored(f: Findings) -> list[str]:
 
 def early_stopped(f: Findings) -> list[str]:
     """Trials stopped by their own patience."""
-    early = int(f.counts.get("early_stopped", 0))
+    early = int(f.counts.get(EARLY_STOPPED, 0))
     if mostly_patience(f):  # the alert already said it
         return []
     return [f"{early} trial(s) stopped by their own patience before max_t."] if early else []
@@ -342,7 +351,7 @@ def early_stopped(f: Findings) -> list[str]:
 
 def still_running(f: Findings) -> list[str]:
     """Trials still running or pending: the analysis is partial."""
-    running = int(f.counts.get("running", 0))
+    running = int(f.counts.get(RUNNING, 0))
     if not running:
         return []
     return [f"{running} trial(s) are still running or pending: this analysis covers what they reported so far; "

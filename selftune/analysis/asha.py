@@ -8,6 +8,7 @@ import math
 import pandas as pd
 
 from selftune.analysis.tables import Sweep
+from selftune.sweepfolder import FINISHED, STOPPED_BY_SCHEDULER
 
 
 def value_at(history: pd.DataFrame, trial_id: str, metric: str, iteration: float) -> tuple[float, int] | None:
@@ -42,7 +43,7 @@ def asha_review(sweep: Sweep, rungs: list[float]) -> pd.DataFrame:
     predicted the final ones (Spearman rank correlation over trials that ran to the end)."""
     t, h, metric = sweep.trials, sweep.history, sweep.metric
     sign = 1 if sweep.mode == "max" else -1
-    finished = t[t["status"].isin(["completed", "early_stopped"])]
+    finished = t[t["status"].isin(FINISHED)]
     best_id = finished["trial_id"].iloc[0] if len(finished) else None
     rows = []
     for m in rungs:
@@ -53,7 +54,7 @@ def asha_review(sweep: Sweep, rungs: list[float]) -> pd.DataFrame:
                 at[tid] = va[0]
         if not at:
             continue
-        stopped = [tid for tid in at if t.loc[t["trial_id"] == tid, "status"].iloc[0] == "stopped_by_asha"
+        stopped = [tid for tid in at if t.loc[t["trial_id"] == tid, "status"].iloc[0] == STOPPED_BY_SCHEDULER
                    and int(t.loc[t["trial_id"] == tid, "iteration"].iloc[0]) == value_at(h, tid, metric, m)[1]]
         went_on = [tid for tid in at if tid not in stopped]
         ranked = sorted(at, key=lambda k: -sign * at[k])

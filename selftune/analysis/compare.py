@@ -24,7 +24,7 @@ from selftune.analysis.study import Importance, load_study, param_importances
 from selftune.analysis.tables import DEFAULT_METRIC, STATUS_ORDER, STATUS_WORDS, Sweep, _fmt, load_sweep
 from selftune.analysis.verdict import Verdict, load_verdict
 from selftune.errors import SelftuneError
-from selftune.sweepfolder import read_sweep_meta
+from selftune.sweepfolder import read_sweep_meta, trials_that_count
 
 FIGURE = "progress"
 
@@ -41,8 +41,7 @@ class Compared:
     @property
     def best(self) -> pd.Series | None:
         """The best trial (ranked first, scored, neither diverged nor errored), or None."""
-        t = self.sweep.trials
-        ok = t[~t["status"].isin(["diverged", "errored"]) & t[f"best.{self.sweep.metric}"].notna()]
+        ok = trials_that_count(self.sweep.trials, self.sweep.metric)
         return ok.iloc[0] if len(ok) else None
 
     @property
@@ -128,14 +127,8 @@ def overview(c: Comparison) -> pd.DataFrame:
 
 
 def verdict_cell(v: Verdict | None) -> str:
-    """The verdict in a few words: on which split, best minus control in points, beats or not."""
-    if v is None:
-        return "-"
-    split = v.decisive_split
-    delta = v.scores.get(split, {}).get("delta") if split else None
-    if not isinstance(delta, int | float) or not math.isfinite(delta):
-        return "no comparison"
-    return f"{'beats' if delta > 0 else 'does NOT beat'} control on {split} ({delta * 100:+.2f} points)"
+    """The verdict in a few words: helps / hurts / no clear difference, the difference and its interval."""
+    return "-" if v is None else v.cell()
 
 
 def incumbents(c: Comparison) -> pd.DataFrame:
@@ -181,17 +174,9 @@ def importance_table(c: Comparison) -> pd.DataFrame:
 
 
 def verdict_table(c: Comparison) -> pd.DataFrame | None:
-    """The verdicts (headline and per-split deltas) of the sweeps that have one, or None."""
-    rows = []
-    for e in c.sweeps:
-        if e.verdict is None:
-            continue
-        row: dict[str, Any] = {"sweep": e.label, "headline": e.verdict.headline}
-        for split, s in e.verdict.scores.items():
-            d = s.get("delta")
-            row[f"{split} delta (points)"] = f"{d * 100:+.2f}" if isinstance(d, int | float) and math.isfinite(d) \
-                else "-"
-        rows.append(row)
+    """The verdicts (headline and the difference with its interval) of the sweeps that have one, or None."""
+    rows = [{"sweep": e.label, "headline": e.verdict.headline, "verdict": e.verdict.cell()}
+            for e in c.sweeps if e.verdict is not None]
     return pd.DataFrame(rows) if rows else None
 
 
@@ -242,8 +227,9 @@ def compare_html(c: Comparison) -> str:
              "<h2>Overview</h2>", _table(overview(c))]
     verdicts = verdict_table(c)
     if verdicts is not None:
-        parts += ["<h2>Verdicts</h2><p>Each sweep's best self-training trial against its compute-matched supervised "
-                  "control. Val is selection-biased (the best of N trials against one run); trust test.</p>",
+        parts += ["<h2>Verdicts</h2><p>Each sweep's best self-training config against its best supervised config, "
+                  "both retrained with fresh seeds from the same start for the same iterations: the mean difference "
+                  "and its 95% interval.</p>",
                   _table(verdicts)]
     parts.append(f"<figure id='{FIGURE}'><h3>Best so far against compute</h3>")
     if c.png:

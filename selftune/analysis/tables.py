@@ -28,26 +28,34 @@ import pyarrow.fs as pafs
 
 from selftune.errors import SelftuneError
 from selftune.sweepfolder import (
+    COMPLETED,
+    DIVERGED,
+    EARLY_STOPPED,
+    ERRORED,
     METRIC,
+    OUTCOMES,
+    RUNNING,
     STOPPED_BY_BUDGET,
     STOPPED_BY_SCHEDULER,
     TrialRecord,
     asha_milestones,
+    counts_mask,
     filesystem,
     metric_mode,
     read_sweep_meta,
     read_text,
     read_trials,
+    trials_that_count,
     who_stopped,
 )
 
 DEFAULT_METRIC = METRIC
 
-STATUS_ORDER = ("completed", "early_stopped", "stopped_by_asha", "stopped_by_budget", "diverged", "errored", "running")
+STATUS_ORDER = OUTCOMES
 STATUS_WORDS = {
-    "completed": "completed", "early_stopped": "stopped by patience", "stopped_by_asha": "stopped by ASHA",
-    "stopped_by_budget": "stopped by the sweep budget", "diverged": "diverged", "errored": "errored",
-    "running": "running or pending",
+    COMPLETED: "completed", EARLY_STOPPED: "stopped by patience", STOPPED_BY_SCHEDULER: "stopped by ASHA",
+    STOPPED_BY_BUDGET: "stopped by the sweep budget", DIVERGED: "diverged", ERRORED: "errored",
+    RUNNING: "running or pending",
 }
 
 # Ray's bookkeeping in every report: not metrics of the loop.
@@ -187,7 +195,7 @@ def _status(t: TrialRecord, rungs: list[float]) -> str:
     rung was not cut by ASHA (ASHA decides only there) but by the sweep ending (time_budget_s, budget_iters); and
     a trial Ray terminated without an error before its first report was cut the same way, not errored."""
     outcome = t.outcome
-    if outcome == "errored" and not t.errored and not t.results and t.ray_status == "TERMINATED":
+    if outcome == ERRORED and not t.errored and not t.results and t.ray_status == "TERMINATED":
         return STOPPED_BY_BUDGET  # ended by the sweep before its first report, without an error
     if outcome != STOPPED_BY_SCHEDULER:
         return outcome
@@ -270,7 +278,7 @@ def trials_frame(records: list[TrialRecord], meta: dict[str, Any], metric: str, 
     key = f"best.{metric}"
     if key not in df:
         df[key] = float("nan")
-    bad = df["status"].isin(["diverged", "errored"]) | df[key].isna()
+    bad = ~counts_mask(df, metric)
     df = df.assign(_bad=bad, _v=df[key] if mode == "min" else -df[key])
     df = df.sort_values(["_bad", "_v", "trial_id"], na_position="last").drop(columns=["_bad", "_v"])
     front = ["trial_id", "number", "status", "ray_status", key, "best_iteration", "iteration", "reports"]
@@ -322,7 +330,7 @@ def method_table(sweep: Sweep) -> pd.DataFrame | None:
     key = f"best.{sweep.metric}"
     rows = []
     for method, g in t.groupby("param.method", sort=False):  # trials come best first, so g's first scored row wins
-        scored = g[~g["status"].isin(["diverged", "errored"]) & g[key].notna()]
+        scored = trials_that_count(g, sweep.metric)
         best = scored.iloc[0] if len(scored) else None
         rows.append({"method": method, "trials": len(g), "scored": len(scored),
                      f"best {sweep.metric}": float(best[key]) if best is not None else float("nan"),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COMPLETED = "completed"  # ran to max_iters
 EARLY_STOPPED = "early_stopped"  # the loop's own patience ran out
@@ -15,6 +18,9 @@ ERRORED = "errored"  # it raised, or reported nothing
 RUNNING = "running"  # still going (a half-finished sweep)
 
 OUTCOMES = (COMPLETED, EARLY_STOPPED, STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET, DIVERGED, ERRORED, RUNNING)
+FAILED = (DIVERGED, ERRORED)  # ended without a value worth ranking, whatever they reported before
+FINISHED = (COMPLETED, EARLY_STOPPED)  # ended on their own: told to Optuna as COMPLETE
+CUT = (STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET)  # ended from outside: told to Optuna as PRUNED
 
 
 def trial_outcome(last_result: dict[str, Any] | None, *, errored: bool, finished: bool = True) -> str:
@@ -28,7 +34,7 @@ def trial_outcome(last_result: dict[str, Any] | None, *, errored: bool, finished
     if not last_result or "status" not in last_result:
         return ERRORED if finished else RUNNING
     status = last_result["status"]
-    if status in (COMPLETED, EARLY_STOPPED, DIVERGED):
+    if status in (*FINISHED, DIVERGED):
         return status
     return STOPPED_BY_SCHEDULER if finished else RUNNING
 
@@ -58,3 +64,19 @@ def who_stopped(prev_iteration: float, last_iteration: float, rungs: Sequence[fl
     by the sweep's budget (time_budget_s, budget_iters)."""
     crossed = any(prev_iteration < m <= last_iteration for m in rungs)
     return STOPPED_BY_SCHEDULER if crossed else STOPPED_BY_BUDGET
+
+
+def counts_mask(trials: pd.DataFrame, metric: str) -> pd.Series:
+    """Which rows of a trial table (`selftune.analysis.load_trials`) count: a `best.<metric>` value and an outcome
+    other than diverged or errored. The one rule the report, the advice, the tables and compare rank by."""
+    import pandas as pd
+
+    key = f"best.{metric}"
+    if key not in trials:
+        return pd.Series(False, index=trials.index)
+    return ~trials["status"].isin(FAILED) & trials[key].notna()
+
+
+def trials_that_count(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The rows of `trials` that count (`counts_mask`), in the table's order (best first)."""
+    return trials[counts_mask(trials, metric)]

@@ -17,7 +17,9 @@ import yaml
 
 from selftune.errors import SelftuneError
 from selftune.sweepfolder.layout import ERROR_FILES, SWEEP_FILE, VERDICT_FILE, trial_number_from_dirname
-from selftune.sweepfolder.outcome import trial_outcome
+from selftune.sweepfolder.outcome import DIVERGED, FINISHED, trial_outcome
+
+ENDED_BY_ITSELF = (*FINISHED, DIVERGED)  # a last report's status that says the loop ended the run
 
 
 @dataclass
@@ -168,10 +170,7 @@ def read_trials(path: str) -> list[TrialRecord]:
         # retry keeps its error.txt but is TERMINATED. Without a state file, an error file and no final
         # status in the last report mean it failed.
         last_status = results[-1].get("status") if results else None
-        if status == "UNKNOWN":
-            errored = has_error and last_status not in ("completed", "early_stopped", "diverged")
-        else:
-            errored = status == "ERROR"
+        errored = (has_error and last_status not in ENDED_BY_ITSELF) if status == "UNKNOWN" else status == "ERROR"
         number = trial_state.get("number")
         if number is None:
             number = trial_number_from_dirname(name, trial_id)
