@@ -22,6 +22,17 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from selftune.analysis.tables import Sweep, _fmt
+from selftune.sweepfolder import (
+    COMPLETED,
+    DIVERGED,
+    EARLY_STOPPED,
+    ERRORED,
+    FAILED,
+    RUNNING,
+    STOPPED_BY_BUDGET,
+    STOPPED_BY_SCHEDULER,
+    trials_that_count,
+)
 
 
 @dataclass(frozen=True)
@@ -35,15 +46,15 @@ class Style:
 
 
 STATUS_STYLE: dict[str, Style] = {
-    "completed": Style("completed", "#2b6cb0", "o", "circle", "-", "solid"),
-    "early_stopped": Style("stopped by patience", "#2c7a7b", "s", "square", "-", "solid"),
-    "stopped_by_asha": Style("stopped by ASHA", "#dd6b20", "X", "x", "--", "dash"),
-    "stopped_by_budget": Style("stopped by the sweep budget", "#975a16", "P", "cross", "-.", "dashdot"),
-    "diverged": Style("diverged", "#c53030", "v", "triangle-down", ":", "dot"),
-    "errored": Style("errored", "#4a5568", "D", "diamond", ":", "dot"),
-    "running": Style("running", "#6b46c1", ">", "triangle-right", "-", "solid"),
+    COMPLETED: Style("completed", "#2b6cb0", "o", "circle", "-", "solid"),
+    EARLY_STOPPED: Style("stopped by patience", "#2c7a7b", "s", "square", "-", "solid"),
+    STOPPED_BY_SCHEDULER: Style("stopped by ASHA", "#dd6b20", "X", "x", "--", "dash"),
+    STOPPED_BY_BUDGET: Style("stopped by the sweep budget", "#975a16", "P", "cross", "-.", "dashdot"),
+    DIVERGED: Style("diverged", "#c53030", "v", "triangle-down", ":", "dot"),
+    ERRORED: Style("errored", "#4a5568", "D", "diamond", ":", "dot"),
+    RUNNING: Style("running", "#6b46c1", ">", "triangle-right", "-", "solid"),
 }
-BAD = ("diverged", "errored")
+BAD = FAILED
 
 METRIC_LABELS = {
     "val_miou": "val mIoU (EMA model)",
@@ -90,7 +101,7 @@ def _status_legend(ax: Any, statuses: Any, *, lines: bool, loc: str = "best", ex
         if s in set(statuses):
             st = STATUS_STYLE[s]
             if lines:
-                handles.append(Line2D([], [], color="0.35", ls=st.ls, marker=st.marker if s != "completed" else None,
+                handles.append(Line2D([], [], color="0.35", ls=st.ls, marker=st.marker if s != COMPLETED else None,
                                       markersize=7, label=st.label))
             else:
                 handles.append(Line2D([], [], color=st.color, ls="", marker=st.marker, markersize=7, label=st.label))
@@ -159,7 +170,7 @@ def progress_table(sweep: Sweep) -> pd.DataFrame:
     compute, _ = compute_axis(sweep)
     t["_compute"] = compute
     t["_end"] = t.get("ended_at", pd.NaT)
-    t["_running"] = t["status"] == "running"
+    t["_running"] = t["status"] == RUNNING
     t = t.sort_values(["_running", "_end", "number"], na_position="last", kind="stable")
     key = f"best.{sweep.metric}"
     value = pd.to_numeric(t[key], errors="coerce").where(~t["status"].isin(BAD))
@@ -185,7 +196,7 @@ def search_progress(sweep: Sweep) -> tuple[Any, Any]:
         pfig.add_scatter(x=p[col], y=p["best_so_far"], mode="lines", line=dict(shape="hv", color="black", width=2),
                          name="best so far", showlegend=c == 1, row=1, col=c)
         for status, g in p.groupby("status", sort=False):
-            st = STATUS_STYLE.get(status, STATUS_STYLE["running"])
+            st = STATUS_STYLE.get(status, STATUS_STYLE[RUNNING])
             y = pd.to_numeric(g[f"best.{sweep.metric}"], errors="coerce")
             ax.scatter(g[col], y, marker=st.marker, color=st.color, s=42, zorder=3, edgecolor="white", linewidth=0.5)
             pfig.add_scatter(x=g[col], y=y, mode="markers", name=st.label, legendgroup=status, showlegend=c == 1,
@@ -202,7 +213,7 @@ def search_progress(sweep: Sweep) -> tuple[Any, Any]:
         pfig.update_yaxes(range=_plotly_fraction_range(p[f"best.{sweep.metric}"]), row=1, col=1)
     _status_legend(fig, p["status"], lines=False, loc="lower center", ncol=7, frameon=False,
                    extra=[Line2D([], [], color="black", lw=1.8, label="best so far")])  # below: hides no point
-    order = "trials in completion order" + (" (running trials last)" if (p["status"] == "running").any() else "")
+    order = "trials in completion order" + (" (running trials last)" if (p["status"] == RUNNING).any() else "")
     fig.suptitle(f"Search progress: best {label} against compute ({order})", fontsize=12)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     pfig.update_layout(template=PLOTLY_TEMPLATE, title=f"Search progress: best {label} against compute ({order})",
@@ -278,14 +289,14 @@ def learning_curves(sweep: Sweep, color_by: str | None, dist: Any | None, rungs:
         g = g[["iteration", metric]].dropna()
         if g.empty:
             continue
-        st = STATUS_STYLE.get(row["status"], STATUS_STYLE["running"])
+        st = STATUS_STYLE.get(row["status"], STATUS_STYLE[RUNNING])
         color = cmap.color(row.get(f"param.{color_by}")) if cmap else st.color
         is_best = row["trial_id"] == best_id
         lw = 2.6 if is_best else 1.4
         ax.plot(g["iteration"], g[metric], color=color, ls=st.ls, lw=lw, alpha=0.95 if is_best else 0.8,
                 zorder=3 if is_best else 2)
         end_x, end_y = g["iteration"].iloc[-1], g[metric].iloc[-1]
-        if row["status"] != "completed":
+        if row["status"] != COMPLETED:
             ax.scatter([end_x], [end_y], marker=st.marker, s=85 if row["status"] in BAD else 70,
                        color=STATUS_STYLE[row["status"]].color if row["status"] in BAD else color,
                        edgecolor="black" if row["status"] in BAD else "white", linewidth=0.6, zorder=4)
@@ -299,7 +310,7 @@ def learning_curves(sweep: Sweep, color_by: str | None, dist: Any | None, rungs:
         hover = _hover(row, [color_by] if color_by else [], metric)
         pfig.add_scatter(x=g["iteration"], y=g[metric], mode="lines+markers",
                          line=dict(color=color, dash=st.dash, width=lw + 0.4),
-                         marker=dict(size=[4] * (len(g) - 1) + [11 if row["status"] != "completed" else 4],
+                         marker=dict(size=[4] * (len(g) - 1) + [11 if row["status"] != COMPLETED else 4],
                                      symbol=["circle"] * (len(g) - 1) + [st.symbol], color=color),
                          name=f"{row['trial_id']} ({st.label})", hovertext=hover, hoverinfo="text+y",
                          showlegend=False)
@@ -464,10 +475,11 @@ def parallel_axes(sweep: Sweep, params: list[str], dists: dict[str, Any], values
     return ParallelAxes(names, positions, ticks, order, y, norm)
 
 
-def parallel_coordinates(sweep: Sweep, params: list[str], dists: dict[str, Any], values: pd.Series
-                         ) -> tuple[Any, Any]:
+def parallel_coordinates(sweep: Sweep, params: list[str], dists: dict[str, Any], values: pd.Series,
+                         scope: str = "") -> tuple[Any, Any]:
     """Parallel coordinates, axes in importance order, each spanning its searched range; the PNG and the
-    interactive twin (a plotly Parcoords) draw the same `parallel_axes`."""
+    interactive twin (a plotly Parcoords) draw the same `parallel_axes`. `scope` names the trials drawn
+    (a method's: "method=rounds") in the title."""
     import plotly.graph_objects as go
 
     pa = parallel_axes(sweep, params, dists, values)
@@ -478,7 +490,7 @@ def parallel_coordinates(sweep: Sweep, params: list[str], dists: dict[str, Any],
     fig, ax = _subplots(figsize=(max(9.0, 1.5 * len(pa.names) + 2), 5.4))
     for i in pa.order:
         ys = [float(a.loc[i]) for a in pa.positions]
-        st = STATUS_STYLE.get(t.loc[i, "status"], STATUS_STYLE["running"])
+        st = STATUS_STYLE.get(t.loc[i, "status"], STATUS_STYLE[RUNNING])
         is_best = i == pa.order[-1]
         ax.plot(range(len(pa.names)), ys, color=cmap(pa.norm(pa.values.loc[i])), lw=2.6 if is_best else 1.4,
                 ls=st.ls, alpha=0.95, marker="o", ms=3, zorder=3 if is_best else 2)
@@ -500,7 +512,8 @@ def parallel_coordinates(sweep: Sweep, params: list[str], dists: dict[str, Any],
     if len(statuses) > 1:
         _status_legend(ax, statuses, lines=True, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4,
                        frameon=False)
-    title = (f"Parallel coordinates: {len(pa.order)} scored trials across the {len(params)} most important "
+    what = f"{len(pa.order)} scored {scope} trials" if scope else f"{len(pa.order)} scored trials"
+    title = (f"Parallel coordinates: {what} across the {len(params)} most important "
              "parameters (each axis spans its searched range" + ("; n/a: not used by the trial" if pa.has_na
                                                                  else "") + ")")
     ax.set_title(title, fontsize=10)
@@ -531,7 +544,8 @@ def _param_axis_values(values: pd.Series, dist: Any) -> tuple[pd.Series, list[st
     return numeric, None
 
 
-def slice_plot(sweep: Sweep, params: list[str], dists: dict[str, Any], values: pd.Series) -> tuple[Any, Any]:
+def slice_plot(sweep: Sweep, params: list[str], dists: dict[str, Any], values: pd.Series, scope: str = ""
+               ) -> tuple[Any, Any]:
     from plotly.subplots import make_subplots
 
     t = sweep.trials
@@ -596,13 +610,14 @@ def slice_plot(sweep: Sweep, params: list[str], dists: dict[str, Any], values: p
                       label=STATUS_STYLE[s].label + (" (drawn at the bottom)" if s in BAD else ""))
                for s in STATUS_STYLE if s in shown]
     height = 3.0 * nrows + 0.9
-    fig.suptitle(f"{label} against each parameter (best value of finished trials, last value of ASHA-stopped ones; "
-                 "shaded: the searched range)", fontsize=10, y=1 - 0.08 / height)
+    within = f"{scope} trials: " if scope else ""
+    fig.suptitle(f"{within}{label} against each parameter (best value of finished trials, last value of ASHA-stopped "
+                 "ones; shaded: the searched range)", fontsize=10, y=1 - 0.08 / height)
     fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 1 - 0.3 / height))
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))
     pfig.update_layout(template=PLOTLY_TEMPLATE, height=300 * nrows + 120,
-                       title=f"{label} against each parameter (diverged/errored trials drawn at the bottom)")
+                       title=f"{within}{label} against each parameter (diverged/errored trials drawn at the bottom)")
     return fig, pfig
 
 
@@ -614,7 +629,7 @@ def per_class_iou(sweep: Sweep, top_k: int) -> tuple[Any, Any] | None:
 
     t = sweep.trials
     cols = [c for c in t.columns if c.startswith("best.val_iou/")]
-    ranked = t[~t["status"].isin(BAD) & t[f"best.{sweep.metric}"].notna()].head(top_k)
+    ranked = trials_that_count(t, sweep.metric).head(top_k)
     if not cols or ranked.empty:
         return None
     classes = [c.removeprefix("best.val_iou/").replace("_", " ") for c in cols]
@@ -650,7 +665,7 @@ def pseudo_labels(sweep: Sweep, st_start: int | None) -> tuple[Any, Any] | None:
     h, t = sweep.history, sweep.trials
     if "st_ratio" not in h or h["st_ratio"].notna().sum() == 0:
         return None
-    ranked = t[~t["status"].isin(BAD) & t[f"best.{sweep.metric}"].notna()]
+    ranked = trials_that_count(t, sweep.metric)
     best_id = ranked["trial_id"].iloc[0] if len(ranked) else t["trial_id"].iloc[0]
     cls_cols = [c for c in h.columns if c.startswith("st_ratio/")]
     fig, (a1, a2) = _subplots(1, 2, figsize=(13, 4.8), sharey=True)
@@ -670,7 +685,7 @@ def pseudo_labels(sweep: Sweep, st_start: int | None) -> tuple[Any, Any] | None:
     a1.legend(fontsize=8, ncol=2, loc="upper left")
     for _, row in t.iterrows():
         gg = h[h["trial_id"] == row["trial_id"]].sort_values("iteration")
-        st = STATUS_STYLE.get(row["status"], STATUS_STYLE["running"])
+        st = STATUS_STYLE.get(row["status"], STATUS_STYLE[RUNNING])
         is_best = row["trial_id"] == best_id
         a2.plot(gg["iteration"], gg["st_ratio"], ls=st.ls, color="black" if is_best else st.color,
                 lw=2.4 if is_best else 1.0, alpha=1.0 if is_best else 0.6, zorder=3 if is_best else 2)

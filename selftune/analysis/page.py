@@ -13,7 +13,14 @@ from typing import Any
 import pandas as pd
 
 from selftune.analysis.result import Analysis, Figure, top_table
-from selftune.analysis.study import Importance, importance_table, why_they_differ
+from selftune.analysis.study import (
+    COMPLETE_COLUMN,
+    SELFTUNE_COLUMN,
+    Importance,
+    importance_table,
+    method_importance_table,
+    why_they_differ,
+)
 from selftune.analysis.tables import STATUS_WORDS, Sweep, _fmt
 
 VERDICT_FIGURE = "verdict_per_class"  # drawn in the first section, with the verdict, not among the figures
@@ -141,15 +148,8 @@ def report_html(a: Analysis, top_k: int, refresh: float | None = None) -> str:
                   "<p>At each rung ASHA keeps the top 1/reduction_factor of the trials seen there so far. A cut was "
                   "right when the stopped trials were below those that went on, and the values at the rung predict "
                   "the final ones (Spearman close to 1).</p>", view.to_html(index=False, escape=True, border=0)]
-    if a.importance.ok:
-        imp = importance_table(a.importance, a.complete_importance or Importance())
-        c = a.complete_importance
-        cnote = c.evaluator if c is not None and c.ok else (c.note if c is not None else "")
-        parts += [f"<h2>Importance</h2><p>{e(a.importance.evaluator)}"
-                  + (f" &middot; <span class='note'>{e(a.importance.note)}</span>" if a.importance.note else "")
-                  + (f" &middot; COMPLETE only: {e(cnote)}" if cnote else "") + "</p>",
-                  imp.head(10).to_html(index=False, escape=True, border=0),
-                  f"<p>{e(why_they_differ(s))}</p>"]
+    if a.importance.ok or a.method_importance:
+        parts += importance_section(a)
     parts.append("<h2>Figures</h2>")
     for f in a.figures:
         if f.name != VERDICT_FIGURE:
@@ -166,6 +166,43 @@ def report_html(a: Analysis, top_k: int, refresh: float | None = None) -> str:
         parts += ["<h2>Notes</h2><ul>", *[f"<li class='note'>{e(n)}</li>" for n in a.notes], "</ul>"]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def importance_section(a: Analysis) -> list[str]:
+    """The importances, each table saying which evaluator and which trials its numbers come from."""
+    e = html.escape
+    s = a.sweep
+    c = a.complete_importance
+    cnote = c.evaluator if c is not None and c.ok else (c.note if c is not None else "")
+    split = bool(a.method_importance)
+    parts = ["<h2>Importance</h2>"]
+    if split:
+        parts.append("<p>A sweep over methods is a conditional space: each method's knobs exist only in that "
+                     "method's trials. So the method and the knobs every trial has are ranked over all trials "
+                     "(first table), and each method's knobs within that method's trials (second table, one "
+                     "Optuna study per method; the shared knobs are ranked there too, as a yardstick).</p>")
+    if a.importance.ok:
+        imp = importance_table(a.importance, c or Importance())
+        parts += [f"<p><b>{'Method and shared knobs, ' if split else ''}over all trials.</b> "
+                  f"<i>{e(SELFTUNE_COLUMN)}</i>: {e(a.importance.evaluator)}"
+                  + (f" &middot; <span class='note'>{e(a.importance.note)}</span>" if a.importance.note else "")
+                  + (f"; <i>{e(COMPLETE_COLUMN)}</i>: {e(cnote)}" if cnote else "") + ".</p>",
+                  imp.head(12).to_html(index=False, escape=True, border=0),
+                  f"<p>{e(why_they_differ(s))}</p>"]
+    elif a.importance.note:
+        parts.append(f"<p class='note'>{e(a.importance.note)}</p>")
+    if split:
+        parts += ["<p><b>Each method's knobs, within its own trials</b> (PED-ANOVA, the top quantile of that "
+                  "method's trials against all of them):</p>",
+                  method_importance_table(a.method_importance).to_html(index=False, escape=True, border=0)]
+    d = a.dashboard_importance
+    if d is not None:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in list(d.values.items())[:6]) if d.ok else d.note
+        parts.append(f"<p><b>optuna-dashboard</b> shows {e(shown)}: {e(d.evaluator or 'PED-ANOVA')}"
+                     + ("; it ranks a method's own knobs against the shared ones, each over the trials that have "
+                        "it, so they can outrank knobs every trial has" if split else "")
+                     + ". selftune's numbers above are what the notebook shows too.</p>")
+    return parts
 
 
 def _dashboard_storage(s: Sweep) -> str:

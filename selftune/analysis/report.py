@@ -24,8 +24,11 @@ from selftune.analysis.asha import asha_review
 from selftune.analysis.page import VERDICT_FIGURE, report_html
 from selftune.analysis.result import Analysis, Figure
 from selftune.analysis.study import (
+    METHOD,
     complete_importances,
+    dashboard_importances,
     load_study,
+    method_importances,
     optuna_states,
     param_distributions,
     param_importances,
@@ -35,6 +38,7 @@ from selftune.analysis.tables import DEFAULT_METRIC, NoResultsYet, Sweep, asha_r
 from selftune.analysis.verdict import Verdict, load_verdict
 from selftune.errors import SelftuneError
 from selftune.fileio import write_atomic
+from selftune.sweepfolder import trials_that_count
 
 PLOTLY_JS = "plotly.min.js"
 
@@ -96,12 +100,47 @@ def _resolve_param(sweep: Sweep, name: str) -> str:
     return name
 
 
-def _varied_params(sweep: Sweep) -> list[str]:
+def _varied_params(sweep: Sweep, rows: pd.Index | None = None) -> list[str]:
+    t = sweep.trials if rows is None else sweep.trials.loc[rows]
     out = []
-    for c in sweep.trials.columns:
-        if c.startswith("param.") and sweep.trials[c].dropna().astype(str).nunique() > 1:
+    for c in t.columns:
+        if c.startswith("param.") and t[c].dropna().astype(str).nunique() > 1:
             out.append(c.removeprefix("param."))
     return out
+
+
+def _searched_methods(sweep: Sweep) -> bool:
+    col = f"param.{METHOD}"
+    return col in sweep.trials and sweep.trials[col].dropna().astype(str).nunique() > 1
+
+
+def trial_methods(sweep: Sweep) -> pd.Series:
+    """Each trial's method: its `method` parameter (the methods space), else the base config's."""
+    base = str(sweep.meta.get("base", {}).get("method", "ema_self_training"))
+    col = f"param.{METHOD}"
+    if col not in sweep.trials:
+        return pd.Series(base, index=sweep.trials.index, dtype=object)
+    return sweep.trials[col].map(lambda m: str(m) if isinstance(m, str) else base)
+
+
+def shared_knobs(sweep: Sweep) -> list[str]:
+    """Varied parameters every trial that counts has (for a sweep over methods: the method, lr, warmup); every
+    varied parameter for a sweep that did not search methods."""
+    varied = _varied_params(sweep)
+    if not _searched_methods(sweep):
+        return varied
+    t = trials_that_count(sweep.trials, sweep.metric)
+    t = t if len(t) else sweep.trials
+    return [p for p in varied if t[f"param.{p}"].notna().all()]
+
+
+def _subsweep(sweep: Sweep, rows: pd.Index) -> Sweep:
+    """The same sweep with only `rows` of its trial table (and their history)."""
+    import dataclasses
+
+    trials = sweep.trials.loc[rows]
+    return dataclasses.replace(sweep, trials=trials,
+                               history=sweep.history[sweep.history["trial_id"].isin(trials["trial_id"])])
 
 
 # ---------------------------------------------------------------------- figures
@@ -126,10 +165,14 @@ CAPTIONS = {
     "parallel_coordinates": ("Parallel coordinates",
                              "One line per scored trial across the most important parameters, coloured by its value "
                              "(best value if finished, last value if stopped by ASHA). Bands of good lines show the "
-                             "good region of each parameter."),
+                             "good region of each parameter. In a sweep over methods this one spans the method and "
+                             "the knobs every trial has; each method's own knobs get a figure of their own, over "
+                             "that method's trials."),
     "slice": ("Metric against each parameter",
               "One panel per parameter (most important first), x on a log scale for log-searched parameters; the "
-              "grey band is the searched range. Good values bunched at an edge mean the range should widen."),
+              "grey band is the searched range. Good values bunched at an edge mean the range should widen. In a "
+              "sweep over methods: the method and the shared knobs here, each method's own knobs over its own "
+              "trials below."),
     "per_class_iou": ("Per-class IoU of the top trials",
                       "Val IoU per class at each top trial's best checkpoint. Classes where all top trials are low "
                       "are the ones self-training (or more labels) must fix; bars that differ show which trial "
@@ -141,8 +184,9 @@ CAPTIONS = {
                           "one run). Green: self-training helps that class; red: it hurts it."),
     "pseudo_labels": ("Pseudo-label acceptance",
                       "Share of the teacher's predicted pixels whose confidence passed their class threshold, per "
-                      "evaluation window. Left: per class for the best trial (a class stuck near 0 gets no pseudo-labels"
-                      ": its threshold is too high); right: all classes for every trial."),
+                      "evaluation window, self-training trials only (a supervised trial makes no pseudo-labels). "
+                      "Left: per class for the best of them (a class stuck near 0 gets no pseudo-labels"
+                      ": its threshold is too high); right: all classes for every self-training trial."),
 }
 
 
@@ -184,14 +228,17 @@ def make_figures(a: Analysis, sweep: Sweep, astudy: Any | None, dists: dict[str,
     values = trial_values(sweep)
     figs: list[Figure] = []
 
-    def add(name: str, build: Any) -> None:
-        title, caption = CAPTIONS[name]
-        fig = Figure(name, title, caption)
+    def add(name: str, build: Any, scope: str = "") -> None:
+        title, caption = CAPTIONS[name.split("__", 1)[0]]
+        if scope:
+            title, caption = f"{title}: {scope}", f"Within the {scope} trials only, over that method's own knobs. " + \
+                caption.split(" In a sweep over methods")[0]
+        fig = Figure(name.replace("__", "_"), title, caption)
         try:
             made = build()
         except Exception as exc:  # one broken figure must not cost the whole report
             fig.note = f"could not draw this figure: {type(exc).__name__}: {exc}"
-            a.notes.append(f"{name}: {fig.note}")
+            a.notes.append(f"{fig.name}: {fig.note}")
             if os.environ.get("SELFTUNE_DEBUG"):
                 traceback.print_exc()
             made = None
@@ -201,14 +248,16 @@ def make_figures(a: Analysis, sweep: Sweep, astudy: Any | None, dists: dict[str,
             mfig, pfig = made
             fig.png = _png(mfig)
             if out is not None:
-                a.files.append(out.write(f"{name}.png", fig.png))
+                a.files.append(out.write(f"{fig.name}.png", fig.png))
                 if pfig is not None:
-                    a.files.append(out.write(f"{name}.html", _html(pfig)))
+                    a.files.append(out.write(f"{fig.name}.html", _html(pfig)))
                     fig.has_html = True
         figs.append(fig)
 
-    ranked_params = [p for p in a.importance.ranked() if p in _varied_params(sweep)]
-    params = ranked_params + [p for p in _varied_params(sweep) if p not in ranked_params]
+    shared = shared_knobs(sweep)
+    ranked_params = [p for p in a.importance.ranked() if p in shared]
+    params = ranked_params + [p for p in shared if p not in ranked_params]
+    methods = trial_methods(sweep)
     add("progress", lambda: F.search_progress(sweep))
     st_start = _st_start(sweep, dists)
     add("learning_curves", lambda: F.learning_curves(sweep, a.color_by, dists.get(a.color_by or ""), a.rungs, st_start))
@@ -232,8 +281,32 @@ def make_figures(a: Analysis, sweep: Sweep, astudy: Any | None, dists: dict[str,
 
     add("parallel_coordinates", parallel)
     add("slice", lambda: F.slice_plot(sweep, params[:12], dists, values) if params else "no parameter was varied")
+    if _searched_methods(sweep):  # each method's own knobs, over its own trials
+        for method, own in method_knobs(a, sweep).items():
+            rows = sweep.trials.index[methods == method]
+            sub, scope = _subsweep(sweep, rows), f"{METHOD}={method}"
+            scored = int(values.loc[rows].notna().sum())
+
+            def per_method(kind: str, sub: Sweep = sub, own: list[str] = own, rows: pd.Index = rows,
+                           scored: int = scored, scope: str = scope) -> Any:
+                if scored < 2:
+                    return f"{scope}: {kind} need at least 2 scored trials; it has {scored}"
+                if kind == "parallel coordinates":
+                    return F.parallel_coordinates(sub, own[:8], dists, values.loc[rows], scope=scope)
+                return F.slice_plot(sub, own[:12], dists, values.loc[rows], scope=scope)
+
+            add(f"parallel_coordinates__{method}", lambda f=per_method: f("parallel coordinates"), scope)
+            add(f"slice__{method}", lambda f=per_method: f("slices"), scope)
     add("per_class_iou", lambda: F.per_class_iou(sweep, top_k) or "no per-class IoU was reported")
-    add("pseudo_labels", lambda: F.pseudo_labels(sweep, st_start) or "no pseudo-label statistics (st_ratio) reported")
+
+    def pseudo() -> Any:
+        selftraining = sweep.trials.index[methods != "supervised"]
+        if not len(selftraining):
+            return "no self-training trial (every trial is supervised)"
+        sub = _subsweep(sweep, selftraining)
+        return F.pseudo_labels(sub, st_start) or "no pseudo-label statistics (st_ratio) reported"
+
+    add("pseudo_labels", pseudo)
     if a.verdict is not None:
         add(VERDICT_FIGURE, lambda: _verdict_figure(a.verdict))
     if out is not None and any(f.has_html for f in figs):
@@ -241,6 +314,20 @@ def make_figures(a: Analysis, sweep: Sweep, astudy: Any | None, dists: dict[str,
 
         a.files.append(out.write(PLOTLY_JS, get_plotlyjs()))
     return figs
+
+
+def method_knobs(a: Analysis, sweep: Sweep) -> dict[str, list[str]]:
+    """Per method, its own varied knobs (not the shared ones), most important within its trials first."""
+    methods = trial_methods(sweep)
+    shared = set(shared_knobs(sweep)) | {METHOD}
+    out = {}
+    for method in methods.dropna().unique():
+        own = [p for p in _varied_params(sweep, sweep.trials.index[methods == method]) if p not in shared]
+        imp = a.method_importance.get(str(method))
+        ranked = [p for p in (imp.ranked() if imp is not None else []) if p in own]
+        if own:
+            out[str(method)] = ranked + [p for p in own if p not in ranked]
+    return out
 
 
 # ---------------------------------------------------------------------- analyze
@@ -272,18 +359,22 @@ def analyze(path: str, out: str | None = None, *, metric: str = DEFAULT_METRIC, 
     importance, astudy = param_importances(sweep, study)
     if importance.note:
         notes.append(f"importance: {importance.note}")
-    complete = complete_importances(astudy, importance.quantile)  # what optuna-dashboard shows
+    complete = complete_importances(astudy, importance.quantile)  # the same, COMPLETE trials only
     dists = param_distributions(study, sweep.trials)
-    varied = _varied_params(sweep)
+    varied = shared_knobs(sweep)  # for a sweep over methods: the method and the knobs every trial has
     if color_by is not None:
         color_by = _resolve_param(sweep, color_by)
+    elif METHOD in varied:  # a sweep over methods: the curves tell the methods apart
+        color_by = METHOD
     else:
         color_by = next((p for p in importance.ranked() if p in varied), None) or \
             ("lr" if "lr" in varied else (varied[0] if varied else None))
-    key_params = [p for p in importance.ranked() if p in varied][:3] or varied[:3]
+    key_params = [p for p in importance.ranked() if p in varied and p != METHOD][:3] or \
+        [p for p in varied if p != METHOD][:3]
     rungs = asha_rungs(sweep.meta)
     a = Analysis(sweep, "", study, importance, color_by, key_params, rungs, asha_review(sweep, rungs),
-                 [], verdict=load_verdict(path), methods=method_table(sweep), complete_importance=complete, notes=notes)
+                 [], verdict=load_verdict(path), methods=method_table(sweep), complete_importance=complete, notes=notes,
+                 method_importance=method_importances(astudy), dashboard_importance=dashboard_importances(study))
     a.next_steps = next_steps(sweep, importance, dists, a.asha, key_params)
     a.alerts = alerts(sweep, importance, dists, a.asha, key_params)  # next_steps starts with them
     output = None
@@ -314,7 +405,7 @@ def status_of(a: Analysis) -> str:
     from selftune.analysis.result import status_line
 
     s, t = a.sweep, a.trials
-    ok = t[~t["status"].isin(["diverged", "errored"]) & t[f"best.{s.metric}"].notna()]
+    ok = trials_that_count(t, s.metric)
     best = (f"best {s.metric} {ok.iloc[0][f'best.{s.metric}']:.4f} (trial {ok.iloc[0]['trial_id']})" if len(ok)
             else f"no {s.metric} yet")
     return f"{len(t)} trials: {status_line(a)}; {best}"

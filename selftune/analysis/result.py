@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from selftune.analysis.study import Importance
+from selftune.analysis.study import METHOD, Importance
 from selftune.analysis.tables import STATUS_ORDER, STATUS_WORDS, Sweep, _fmt
 from selftune.analysis.verdict import Verdict
 
@@ -38,7 +38,9 @@ class Analysis:
     next_steps: list[str]  # every advice line, the alerts first
     verdict: Verdict | None = None  # verdict.json: the best self-training trial against the supervised control
     methods: pd.DataFrame | None = None  # per method (param.method): trials and best value; None without methods
-    complete_importance: Importance | None = None  # the same evaluator over COMPLETE trials only (optuna-dashboard)
+    complete_importance: Importance | None = None  # the same evaluator over COMPLETE trials only (optuna.importance)
+    method_importance: dict[str, Importance] = field(default_factory=dict)  # per method: its knobs, its trials
+    dashboard_importance: Importance | None = None  # optuna-dashboard's own computation on the persisted study
     alerts: list[str] = field(default_factory=list)  # the failure signals next_steps starts with
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -65,15 +67,38 @@ class Analysis:
         return summary_text(self, top_k)
 
 
+def _has(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and pd.isna(v))
+
+
+def own_knobs(a: Analysis, row: pd.Series, top: int = 3) -> str:
+    """A trial's own knobs (its method's, not the key parameters), ranked by its method's importance: `k=v, ...`."""
+    method = row.get(f"param.{METHOD}")
+    imp = a.method_importance.get(str(method))
+    ranked = imp.ranked() if imp is not None else []
+    names = [c.removeprefix("param.") for c in row.index if c.startswith("param.") and _has(row[c])]
+    names = [n for n in names if n != METHOD and n not in a.key_params]
+    names = sorted(names, key=lambda n: ranked.index(n) if n in ranked else len(ranked))
+    return ", ".join(f"{n}={_fmt(row[f'param.{n}'])}" for n in names[:top]) or "-"
+
+
 def top_table(a: Analysis, top_k: int) -> pd.DataFrame:
+    """The best trials: their method (a sweep over methods), the key parameters every trial has, and each
+    trial's own knobs (the ones it has, most important for its method first)."""
     t, metric = a.trials, a.sweep.metric
+    methods = f"param.{METHOD}" in t and t[f"param.{METHOD}"].notna().any()
     rows = []
     for i, (_, r) in enumerate(t.head(top_k).iterrows(), 1):
-        row = {"rank": i, "trial": r["trial_id"], "status": r["status"], f"best {metric}": _fmt(r[f"best.{metric}"]),
-               "at iter": _fmt(r["best_iteration"]) if pd.notna(r["best_iteration"]) else "-",
-               "iters run": _fmt(r["iteration"]) if pd.notna(r["iteration"]) else "-"}
+        row = {"rank": i, "trial": r["trial_id"]}
+        if methods:
+            row[METHOD] = _fmt(r.get(f"param.{METHOD}"))
+        row.update({"status": r["status"], f"best {metric}": _fmt(r[f"best.{metric}"]),
+                    "at iter": _fmt(r["best_iteration"]) if pd.notna(r["best_iteration"]) else "-",
+                    "iters run": _fmt(r["iteration"]) if pd.notna(r["iteration"]) else "-"})
         for p in a.key_params:
             row[p] = _fmt(r.get(f"param.{p}"))
+        if methods:
+            row["its own knobs"] = own_knobs(a, r)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -102,7 +127,10 @@ def summary_text(a: Analysis, top_k: int = 5) -> str:
         c = a.complete_importance
         if c is not None and c.ok:
             ctop = ", ".join(f"{k} {v:.2f}" for k, v in list(c.values.items())[:5])
-            lines.append(f"  over COMPLETE trials only (what optuna-dashboard shows): {ctop}")
+            lines.append(f"  over COMPLETE trials only (as optuna.importance counts): {ctop}")
+    for method, imp in a.method_importance.items():
+        mtop = ", ".join(f"{k} {v:.2f}" for k, v in list(imp.values.items())[:4]) if imp.ok else imp.note
+        lines.append(f"  within {method} trials ({imp.n_trials}): {mtop}")
     if a.alerts:  # before the table: they say whether its ranking means anything
         lines += ["", "read this first:", *(f"  ! {x}" for x in a.alerts)]
     lines.append("")

@@ -13,9 +13,20 @@ they had shown when they were cut. Diverged, errored and running trials are left
 from the trials' result.json, so any reported metric works, not only the study's objective.
 
 `complete_importances(...)` runs the same evaluator over the COMPLETE trials of the analysis study only
-(completed and early-stopped ones): what `optuna.importance.get_param_importances` and optuna-dashboard
-compute on the persisted study, whose pruned trials they leave out. The report shows both side by
-side, so a ranking that differs from the dashboard's is explained by the trial set alone.
+(completed and early-stopped ones), as `optuna.importance.get_param_importances` counts the persisted study,
+whose pruned trials it leaves out. The report shows both side by side, so the two rankings differ by the trial
+set alone.
+
+A sweep over methods (the `methods` space) is a conditional space: each method has its own knobs, which only
+its trials have. Ranking those against the knobs every trial has compares a parameter seen in 3 trials with one
+seen in 12, so the ranking is split: `param_importances` ranks the method and the knobs every trial has, over
+all scored trials; `method_importances` ranks each method's knobs within that method's trials (one analysis
+study per method). A sweep that did not search `method` ranks every parameter at once, as Optuna does
+(PED-ANOVA ranks a conditional parameter over the trials that have it).
+
+`dashboard_importances(study)` is optuna-dashboard's own computation on the persisted study (PED-ANOVA at
+its default top 10%, COMPLETE trials, every parameter at once): it cannot split by method, so the report
+shows it on its own line and says how it differs.
 """
 
 from __future__ import annotations
@@ -33,11 +44,9 @@ import pandas as pd
 from selftune.analysis.tables import DEFAULT_METRIC, Sweep, load_sweep
 from selftune.errors import SelftuneError
 from selftune.sweepfolder import (
-    COMPLETED,
-    EARLY_STOPPED,
+    CUT,
+    FINISHED,
     JOURNAL_FILE,
-    STOPPED_BY_BUDGET,
-    STOPPED_BY_SCHEDULER,
     as_uri,
     filesystem,
     read_sweep_meta,
@@ -46,11 +55,12 @@ from selftune.sweepfolder.journal import repair_journal
 
 MIN_TRIALS_FOR_IMPORTANCE = 4  # scored trials; PED-ANOVA compares the top ones against all
 MIN_COMPLETE_FOR_IMPORTANCE = 2  # COMPLETE trials: where optuna-dashboard starts showing importances
-SCORED = (COMPLETED, EARLY_STOPPED, STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET)
-CUT = (STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET)  # judged by their last value, as Optuna saw them (PRUNED)
-COMPLETE = (COMPLETED, EARLY_STOPPED)  # told to Optuna as COMPLETE, with their best value
+SCORED = (*FINISHED, *CUT)  # CUT ones are judged by their last value, as Optuna saw them (PRUNED)
+COMPLETE = FINISHED  # told to Optuna as COMPLETE, with their best value
 SELFTUNE_COLUMN = "over completed + pruned trials (selftune)"
-COMPLETE_COLUMN = "over COMPLETE trials only (what optuna-dashboard shows)"
+COMPLETE_COLUMN = "over COMPLETE trials only (as optuna.importance counts)"
+METHOD = "method"  # the parameter that picks the method (the `methods` space); its other knobs depend on it
+DASHBOARD_QUANTILE = 0.1  # PedAnovaImportanceEvaluator's default, which optuna-dashboard uses
 
 
 def _study_from_storage(storage: Any, name: str) -> Any:
@@ -129,6 +139,7 @@ class Importance:
     evaluator: str = ""
     note: str = ""  # why importances are missing or rough
     quantile: float = 0.1  # PED-ANOVA's target quantile used
+    scope: str = "all trials"  # which trials it ranks over: all of them, or one method's ("method=rounds")
 
     @property
     def ok(self) -> bool:
@@ -217,30 +228,43 @@ def _quantile(n: int) -> float:
     return min(0.5, max(0.1, 5 / n))
 
 
-def _evaluate(study: Any, quantile: float, what: str) -> Importance:
-    """PED-ANOVA importances of `study`'s COMPLETE trials at `quantile`; `what` names those trials in notes."""
+def shared_params(study: Any) -> list[str] | None:
+    """The parameters to rank over all of `study`'s trials: for a sweep over methods, the method and the knobs
+    every trial has (in first-seen order); None (every parameter) for a sweep that did not search `method`."""
+    trials = study.trials
+    if not trials or not any(METHOD in t.params for t in trials):
+        return None
+    return [k for k in trials[0].distributions if all(k in t.params for t in trials)]
+
+
+def _evaluate(study: Any, quantile: float, what: str, params: list[str] | None = None,
+              scope: str = "all trials") -> Importance:
+    """PED-ANOVA importances of `params` (None: all) over `study`'s COMPLETE trials at `quantile`; `what` names
+    those trials in notes."""
     import optuna
     from optuna.importance import PedAnovaImportanceEvaluator
 
     n = len(study.trials)
-    varied = [k for k, d in study.trials[0].distributions.items() if not d.single()]
+    dists = {k: d for t in study.trials for k, d in t.distributions.items() if params is None or k in params}
+    varied = [k for k, d in dists.items() if not d.single()]
     if not varied:
         return Importance(n_trials=n, note="no parameter was searched (every distribution is a single value)",
-                          quantile=quantile)
+                          quantile=quantile, scope=scope)
     evaluator = PedAnovaImportanceEvaluator(target_quantile=quantile)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            values = optuna.importance.get_param_importances(study, evaluator=evaluator)
+            values = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-            return Importance(n_trials=n, note=f"Optuna could not compute importances: {exc}", quantile=quantile)
+            return Importance(n_trials=n, note=f"Optuna could not compute importances: {exc}", quantile=quantile,
+                              scope=scope)
     if not values or not any(v > 0 for v in values.values()):
         return Importance(n_trials=n, note=(
             f"PED-ANOVA found no parameter that separates the top {quantile:.0%} of the {n} {what} from the rest"
-        ), quantile=quantile)
+        ), quantile=quantile, scope=scope)
     note = f"rough: only {n} {what}" if n < 20 else ""
     return Importance({k: float(v) for k, v in values.items()}, n, f"PED-ANOVA (top {quantile:.0%} of {n} {what})",
-                      note, quantile)
+                      note, quantile, scope)
 
 
 def param_importances(sweep: Sweep | str | os.PathLike[str], study: Any | None = None, *,
@@ -265,7 +289,61 @@ def param_importances(sweep: Sweep | str | os.PathLike[str], study: Any | None =
             f"importance needs at least {MIN_TRIALS_FOR_IMPORTANCE} completed or ASHA-stopped trials with a "
             f"{sweep.metric} value; this sweep has {n}"
         )), astudy
-    return _evaluate(astudy, _quantile(n), "trials"), astudy
+    params = shared_params(astudy)
+    what = "trials, method and shared knobs" if params is not None else "trials"
+    return _evaluate(astudy, _quantile(n), what, params), astudy
+
+
+def method_importances(astudy: Any | None) -> dict[str, Importance]:
+    """Per method (a sweep over methods): its knobs ranked within its own trials, one analysis study per method,
+    the same evaluator as `param_importances`. Empty for a sweep that did not search `method`. The knobs every
+    method has (lr, warmup) are ranked too, as a yardstick: a method's own knob below them matters less."""
+    import optuna
+
+    if astudy is None or shared_params(astudy) is None:
+        return {}
+    groups: dict[str, list[Any]] = {}
+    for t in astudy.trials:
+        groups.setdefault(str(t.params.get(METHOD)), []).append(t)
+    out: dict[str, Importance] = {}
+    for method, trials in groups.items():
+        scope = f"{METHOD}={method}"
+        n = len(trials)
+        if n < MIN_TRIALS_FOR_IMPORTANCE:
+            out[method] = Importance(n_trials=n, scope=scope, note=(
+                f"needs at least {MIN_TRIALS_FOR_IMPORTANCE} scored {method} trials; this sweep has {n}"))
+            continue
+        sub = optuna.create_study(direction=astudy.direction, study_name=f"{astudy.study_name}:{scope}")
+        sub.add_trials(trials)
+        params = [k for k in dict.fromkeys(k for t in trials for k in t.params) if k != METHOD]
+        out[method] = _evaluate(sub, _quantile(n), f"{method} trials", params, scope)
+    return out
+
+
+def dashboard_importances(study: Any | None) -> Importance:
+    """What optuna-dashboard shows for the persisted study: PED-ANOVA at its default top 10% over the study's
+    COMPLETE trials (the best value each was told with), every parameter at once, conditional ones over the trials
+    that have them (optuna_dashboard/_importance.py)."""
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    if study is None:
+        return Importance(note="no persisted Optuna study", quantile=DASHBOARD_QUANTILE, scope="optuna-dashboard")
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    n = len(complete)
+    if n <= 1:
+        return Importance(n_trials=n, quantile=DASHBOARD_QUANTILE, scope="optuna-dashboard",
+                          note=f"optuna-dashboard needs 2 COMPLETE trials; the study has {n}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            values = optuna.importance.get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            return Importance(n_trials=n, quantile=DASHBOARD_QUANTILE, scope="optuna-dashboard",
+                              note=f"Optuna could not compute importances: {exc}")
+    return Importance({k: float(v) for k, v in values.items()}, n,
+                      f"PED-ANOVA (top 10% of {n} COMPLETE trials of the persisted study, every parameter)",
+                      quantile=DASHBOARD_QUANTILE, scope="optuna-dashboard")
 
 
 def complete_study(astudy: Any | None) -> Any | None:
@@ -280,14 +358,18 @@ def complete_study(astudy: Any | None) -> Any | None:
 
 
 def complete_importances(astudy: Any | None, quantile: float) -> Importance:
-    """The same evaluator (PED-ANOVA at `quantile`) over the COMPLETE trials only: what
-    `optuna.importance.get_param_importances` and optuna-dashboard compute, pruned trials left out."""
+    """The same evaluator (PED-ANOVA at `quantile`) and parameters as `param_importances`, over the COMPLETE
+    trials only: what `optuna.importance.get_param_importances` computes on the persisted study at that quantile,
+    pruned trials left out."""
     cstudy = complete_study(astudy)
     n = len(cstudy.trials) if cstudy is not None else 0
     if n < MIN_COMPLETE_FOR_IMPORTANCE:
         return Importance(n_trials=n, quantile=quantile, note=(
             f"needs at least {MIN_COMPLETE_FOR_IMPORTANCE} COMPLETE trials; this sweep has {n}"))
-    return _evaluate(cstudy, quantile, "COMPLETE trials")
+    params = shared_params(astudy)
+    if params is not None:
+        params = [p for p in params if any(p in t.params for t in cstudy.trials)]
+    return _evaluate(cstudy, quantile, "COMPLETE trials", params)
 
 
 def importance_table(selftune: Importance, complete: Importance) -> pd.DataFrame:
@@ -301,6 +383,16 @@ def importance_table(selftune: Importance, complete: Importance) -> pd.DataFrame
 
     return pd.DataFrame({"parameter": params, SELFTUNE_COLUMN: [cell(selftune, p) for p in params],
                          COMPLETE_COLUMN: [cell(complete, p) for p in params]})
+
+
+def method_importance_table(by_method: dict[str, Importance], top: int = 8) -> pd.DataFrame:
+    """One row per method: its scored trials and its knobs ranked within them (or why they are not)."""
+    rows = []
+    for method, imp in by_method.items():
+        ranking = ", ".join(f"{k} {v:.3f}" for k, v in list(imp.values.items())[:top]) if imp.ok else imp.note
+        rows.append({"method": method, "scored trials": imp.n_trials,
+                     "evaluator": imp.evaluator or "-", "knobs ranked within its trials": ranking})
+    return pd.DataFrame(rows)
 
 
 def why_they_differ(sweep: Sweep) -> str:
