@@ -1,10 +1,11 @@
-"""The sweep's verdict, as the report's first section shows it.
+"""The sweep's verdict, as the report, `analyze` and `compare` show it: read from verdict.json, never recomputed.
 
-When a sweep ends it trains a compute-matched supervised control and writes `verdict.json`
-(`selftune.search.verdict`; read here through `selftune.sweepfolder.read_verdict`): the best self-training
-trial and the control scored the same way on val and, when the dataset has one, on test, per class.
-The val comparison is selection-biased (the best of N trials against one control run); test was scored
-once and never used for any choice, so it decides. A sweep without verdict.json has no verdict.
+When a sweep ends it retrains its best self-training config and its best supervised config with fresh seeds and
+writes `verdict.json` (`selftune.search.verdict`; read here through `selftune.sweepfolder.read_verdict`): the
+answer (helps / hurts / no clear difference), the mean paired difference on test with its 95% interval, each
+arm, each confirmation run, per class, and the flags. Its `lines` are what the console printed: every view
+shows those words. Sweeps written before the confirmation (format 1: the best trial against one untuned
+control run, no interval) still read, labelled as such.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pandas as pd
 
 from selftune.sweepfolder import read_verdict
 
-SPLITS = ("val", "test")
+OLD_FORMAT = ("old verdict (before confirmation runs): the best trial against one untuned control run, no interval; "
+              "rerun the sweep's verdict to get one")
 
 
 def _num(v: Any) -> float:
@@ -25,100 +27,101 @@ def _num(v: Any) -> float:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else float("nan")
 
 
+def _pts(x: Any) -> str:
+    v = _num(x)
+    return "-" if not math.isfinite(v) else f"{v * 100:+.2f}"
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """verdict.json, read: the headline, both runs, and their scores on val and test."""
+    """verdict.json, read."""
 
     record: dict[str, Any]
+
+    @property
+    def current(self) -> bool:
+        """Written by the confirmation (format 2) rather than by the one-run comparison before it."""
+        return self.record.get("format") == 2
 
     @property
     def headline(self) -> str:
         return str(self.record.get("headline") or "VERDICT: (verdict.json has no headline)")
 
     @property
-    def best_trial(self) -> dict[str, Any] | None:
-        best = self.record.get("best_trial")
-        return best if isinstance(best, dict) else None
+    def outcome(self) -> str | None:
+        """helps | hurts | no clear difference; None without a comparison (or in an old verdict)."""
+        out = self.record.get("outcome") if self.current else None
+        return out if isinstance(out, str) else None
 
     @property
-    def control(self) -> dict[str, Any]:
-        control = self.record.get("control")
-        return control if isinstance(control, dict) else {}
+    def split(self) -> str | None:
+        if self.current:
+            return self.record.get("split")
+        scores = self.record.get("scores") or {}
+        return next((s for s in ("test", "val") if isinstance(scores.get(s), dict)), None)
 
     @property
-    def scores(self) -> dict[str, dict[str, Any]]:
-        scores = self.record.get("scores")
-        return {s: scores[s] for s in SPLITS if isinstance(scores, dict) and isinstance(scores.get(s), dict)}
+    def difference(self) -> dict[str, Any]:
+        d = self.record.get("difference") if self.current else None
+        return d if isinstance(d, dict) else {}
 
     @property
-    def decisive_split(self) -> str | None:
-        """test when the dataset has one (scored once, never chosen on), else val."""
-        return next((s for s in ("test", "val") if s in self.scores), None)
+    def flags(self) -> list[str]:
+        flags = [str(f) for f in self.record.get("flags") or []] if self.current else []
+        return flags if self.current else [OLD_FORMAT]
 
-    def split_note(self, split: str) -> str:
-        if split == "val":
-            n = self.record.get("self_training_trials", self.record.get("trials", "?"))
-            return f"selection-biased: the best of {n} trials against one control run, so biased up"
-        return "scored once, never used for any choice: this one decides"
+    def lines(self) -> list[str]:
+        """The terminal version, as the sweep printed it."""
+        lines = self.record.get("lines") if self.current else None
+        if isinstance(lines, list) and lines:
+            return [str(x) for x in lines]
+        return [self.headline, f"  note: {OLD_FORMAT}"]
 
-    def splits(self) -> pd.DataFrame:
-        """One row per split: images, best trial's mIoU, control's, best minus control (in IoU points)."""
+    def cell(self) -> str:
+        """The verdict in a few words (compare's overview): the answer, the difference and its interval."""
+        if not self.current:
+            return "old verdict, no interval"
+        d = self.difference
+        if self.outcome is None or not d:
+            return "no comparison"
+        return f"{self.outcome}: {_pts(d.get('mean'))} [{_pts(d.get('low'))}, {_pts(d.get('high'))}] on {self.split}"
+
+    def arms(self) -> pd.DataFrame:
+        """One row per arm: where its config came from, whether tuned, its mean score over the confirmation seeds."""
+        cols = ["arm", "method", "trial", "tuned", f"{self.split} mean", "per seed"]
+        if not self.current or self.outcome is None:
+            return pd.DataFrame(columns=cols)
         rows = []
-        for split, s in self.scores.items():
-            delta = _num(s.get("delta"))
-            rows.append({"split": split, "images": s.get("images"), "best trial mIoU": _num(s.get("best")),
-                         "control mIoU": _num(s.get("control")), "delta (points)": delta * 100,
-                         "note": self.split_note(split)})
-        return pd.DataFrame(rows, columns=["split", "images", "best trial mIoU", "control mIoU", "delta (points)",
-                                           "note"])
+        for arm in ("self_training", "supervised"):
+            a = self.record.get("arms", {}).get(arm, {})
+            per_seed = [_num(r.get(self.split)) for r in self.record.get("runs", []) if r.get("arm") == arm]
+            rows.append({"arm": arm.replace("_", "-"), "method": a.get("method"), "trial": a.get("trial_id") or
+                         "base config", "tuned": bool(a.get("tuned")), f"{self.split} mean": _num(a.get("mean")),
+                         "per seed": ", ".join(f"{x * 100:.1f}" for x in per_seed)})
+        return pd.DataFrame(rows, columns=cols)
+
+    def runs(self) -> pd.DataFrame:
+        """The confirmation runs: arm, seed, status, best val evaluation, the decisive split's score."""
+        rows = [{"arm": str(r.get("arm", "")).replace("_", "-"), "seed": r.get("seed"), "status": r.get("status"),
+                 "best val mIoU": _num(r.get("best_val_miou")), "best at": r.get("best_iteration"),
+                 "iterations": r.get("iterations"), str(self.split): _num(r.get(self.split))}
+                for r in (self.record.get("runs") or [] if self.current else [])]
+        return pd.DataFrame(rows)
 
     def per_class(self) -> pd.DataFrame:
-        """One row per class: best, control and delta (IoU points) on each split, sorted by the delta on the
-        decisive split, largest first; a class absent from a split (NaN IoU) sorts last."""
-        cols: dict[str, dict[str, float]] = {}
-        names: list[str] = []
-        for split, s in self.scores.items():
-            for name, d in (s.get("per_class") or {}).items():
-                if name not in names:
-                    names.append(name)
-                d = d if isinstance(d, dict) else {}
-                cols.setdefault(f"{split} best", {})[name] = _num(d.get("best"))
-                cols.setdefault(f"{split} control", {})[name] = _num(d.get("control"))
-                cols.setdefault(f"{split} delta (points)", {})[name] = _num(d.get("delta")) * 100
-        df = pd.DataFrame({"class": names, **{k: [v.get(n, float("nan")) for n in names] for k, v in cols.items()}})
-        key = f"{self.decisive_split} delta (points)"
-        if key in df:
-            df = df.sort_values(key, ascending=False, na_position="last", kind="stable")
-        return df.reset_index(drop=True)
-
-    def deltas(self, split: str | None = None) -> pd.Series:
-        """Best minus control IoU points per class on `split` (default: the decisive one), NaN dropped, sorted."""
-        split = split or self.decisive_split
-        df = self.per_class()
-        key = f"{split} delta (points)"
-        if key not in df:
-            return pd.Series(dtype=float)
-        s = df.set_index("class")[key]
-        return s[s.map(math.isfinite)].sort_values(ascending=False)
-
-    def lines(self, top: int = 3) -> list[str]:
-        """The terminal version: the headline, one line per split, and the `top` classes helped and hurt most."""
-        out = [self.headline]
-        for split, s in self.scores.items():
-            best, control, delta = _num(s.get("best")), _num(s.get("control")), _num(s.get("delta"))
-            note = f"; {self.split_note(split)}" if split == "val" else ""
-            out.append(f"  {split}: best trial {best:.4f} vs control {control:.4f} mIoU ({delta * 100:+.2f} points"
-                       f"{note})")
-        d = self.deltas()
-        if len(d):
-            helped = ", ".join(f"{n} {v:+.1f}" for n, v in d.head(top).items() if v > 0) or "none"
-            hurt = ", ".join(f"{n} {v:+.1f}" for n, v in d.tail(top)[::-1].items() if v < 0) or "none"
-            out.append(f"  per class on {self.decisive_split} (IoU points, best minus control): helped {helped}; "
-                       f"hurt {hurt}")
-        return out
+        """One row per class: the mean difference (IoU points), its interval, and helped / hurt where the interval
+        excludes 0; largest difference first."""
+        cols = ["class", "difference (points)", "low", "high", "word"]
+        if not self.current:
+            return pd.DataFrame(columns=cols)
+        rows = [{"class": n, "difference (points)": _num(d.get("mean")) * 100, "low": _num(d.get("low")) * 100,
+                 "high": _num(d.get("high")) * 100, "word": d.get("word", "")}
+                for n, d in (self.record.get("per_class") or {}).items() if isinstance(d, dict)]
+        df = pd.DataFrame(rows, columns=cols)
+        return df.sort_values("difference (points)", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def load_verdict(path: str) -> Verdict | None:
-    """The sweep's verdict, or None when the sweep has no verdict.json (control: false, or not finished)."""
+    """The sweep's verdict, or None when the sweep has no verdict.json (control: none, or not finished)."""
     record = read_verdict(path)
     return Verdict(record) if record is not None else None

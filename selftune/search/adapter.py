@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -58,12 +60,13 @@ def selftune_trial(
     import torch
 
     from selftune.trainable.loop import train
+    from selftune.trainable.methods import get_method
 
     threads = max(1, int(cpus))
     os.environ["OMP_NUM_THREADS"] = str(threads)  # the cluster launcher exports 1; trust our allocation
     torch.set_num_threads(threads)
     cfg = apply_params(TrainConfig.from_dict(base), params)
-    if stage_model is not None and cfg.method == "rounds":  # round 1 is the sweep's shared stage
+    if stage_model is not None and get_method(cfg.method).uses_shared_stage:  # its first stage is the shared one
         cfg = cfg.replace(teacher_checkpoint=stage_model)
     if cfg.num_threads == 0:
         cfg = cfg.replace(num_threads=threads)
@@ -232,6 +235,33 @@ def make_searcher(
 # ---------------------------------------------------------------------- the compute budget
 
 
+class TimeBudget(tune.Stopper):
+    """Stops the whole sweep when the time left is what the verdict's confirmation runs will take: `runs` runs of
+    `max_t` iterations, `concurrent` at a time, at the seconds per iteration the trials have shown so far (training
+    steps and their share of evaluations). Before the first report nothing is reserved."""
+
+    def __init__(self, budget_s: float, started: float, runs: int, concurrent: int, max_t: int,
+                 eval_every: int) -> None:
+        self.deadline = started + budget_s
+        self.eval_every = eval_every
+        self.waves = math.ceil(runs / max(1, concurrent)) if runs else 0
+        self.max_t = max_t
+        self.per_iter: list[float] = []
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        step, evals = result.get("step_seconds"), result.get("eval_seconds")
+        if isinstance(step, int | float) and math.isfinite(step):
+            per_eval = evals / self.eval_every if isinstance(evals, int | float) and self.eval_every else 0.0
+            self.per_iter.append(float(step) + float(per_eval))
+        return False
+
+    def reserve_s(self) -> float:
+        return self.waves * self.max_t * statistics.median(self.per_iter) if self.per_iter else 0.0
+
+    def stop_all(self) -> bool:
+        return time.monotonic() + self.reserve_s() >= self.deadline
+
+
 class IterationBudget(tune.Stopper):
     """Stops the whole sweep once the trials' iterations add up to `budget` (the sum over trials)."""
 
@@ -283,6 +313,9 @@ class TunerSpec:
     stage_model: str | None = None
     stage_iters: int = 0
     metric: str = METRIC  # the sweep's metric (sweep key metric): ASHA, Optuna and checkpoint ranking follow it
+    enqueue: tuple[dict[str, Any], ...] = ()  # partial params of the first trials of a new sweep (fair share)
+    confirm_runs: int = 0  # the verdict's confirmation runs, each max_t long: their compute is kept out of the budgets
+    started: float | None = None  # time.monotonic() when the sweep started: time_budget_s counts from there
 
 
 def _trainable(spec: TunerSpec) -> Any:
@@ -324,6 +357,35 @@ def _trial_dirname(trial: Any) -> str:
     return trial_dirname(int(head) if head.isdigit() else None, trial.trial_id, dict(trial.evaluated_params or {}))
 
 
+def _stoppers(spec: TunerSpec) -> Any:
+    """The sweep's budgets: iterations (the stage and the confirmation runs counted in) and time (the confirmation
+    runs' expected time kept free); None without either."""
+    from ray.tune.stopper import CombinedStopper
+
+    stoppers: list[Any] = []
+    if spec.budget_iters:
+        stoppers.append(IterationBudget(spec.budget_iters, spec.stage_iters + spec.confirm_runs * spec.max_t))
+    if spec.time_budget_s and spec.started is not None:
+        stoppers.append(TimeBudget(spec.time_budget_s, spec.started, spec.confirm_runs, spec.max_concurrent,
+                                   spec.max_t, int(spec.base.get("eval_every", 0))))
+    return None if not stoppers else stoppers[0] if len(stoppers) == 1 else CombinedStopper(*stoppers)
+
+
+def _enqueue(searcher: Any, trials: tuple[dict[str, Any], ...]) -> None:
+    """Fix the method of a new study's first trials (`TunerSpec.enqueue`); a study with trials is left alone."""
+    study = getattr(searcher.searcher, "_ot_study", None)
+    if study is None or not trials or study.get_trials(deepcopy=False):
+        return
+    for params in trials:
+        study.enqueue_trial(params)
+
+
+def largest_node_cpus(want: float) -> float:
+    """`want` CPUs, or the most one alive node of the Ray cluster has, whichever is fewer (at least 1)."""
+    most = max((n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=want)
+    return max(1.0, min(want, most))
+
+
 def build_tuner(spec: TunerSpec) -> tune.Tuner:
     searcher = make_searcher(
         spec.searcher, spec.space, spec.ctx, seed=spec.seed, num_samples=spec.num_samples,
@@ -332,6 +394,7 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
         rungs=asha_milestones(spec.grace_period, spec.max_t, spec.reduction_factor) if spec.scheduler == "asha" else [],
         metric=spec.metric,
     )
+    _enqueue(searcher, spec.enqueue)
     if spec.scheduler == "asha":
         scheduler: Any = ASHAScheduler(
             time_attr=TIME_ATTR, max_t=spec.max_t, grace_period=spec.grace_period,
@@ -347,11 +410,11 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
             # unlimited: Ray prints sys.maxsize as a number ("Number of trials 9223372036854775807"), one more as
             # "infinite"
             num_samples=spec.num_samples if spec.num_samples > 0 else sys.maxsize + 1,
-            time_budget_s=spec.time_budget_s, reuse_actors=spec.reuse_actors, trial_dirname_creator=_trial_dirname,
+            time_budget_s=None if spec.started is not None else spec.time_budget_s, reuse_actors=spec.reuse_actors, trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=spec.storage, verbose=spec.verbose, callbacks=_callbacks(spec),
-            stop=IterationBudget(spec.budget_iters, spec.stage_iters) if spec.budget_iters else None,
+            stop=_stoppers(spec),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=spec.metric, checkpoint_score_order="max"
             ),
@@ -361,8 +424,8 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
     )
 
 
-def run_task(fn: Any, *args: Any, cpus: float, gpus: float) -> Any:
-    """Run `fn(*args)` as one Ray task with a trial's resources (the control, the verdict's scoring)."""
+def _remote(fn: Any, cpus: float, gpus: float) -> Any:
+    """`fn` as a Ray task that holds a trial's resources and runs torch on exactly that many threads."""
     threads = max(1, int(cpus))
 
     def task(*a: Any) -> Any:
@@ -372,7 +435,31 @@ def run_task(fn: Any, *args: Any, cpus: float, gpus: float) -> Any:
         torch.set_num_threads(threads)
         return fn(*a)
 
-    return ray.get(ray.remote(num_cpus=cpus, num_gpus=gpus)(task).remote(*args))
+    return ray.remote(num_cpus=cpus, num_gpus=gpus)(task)
+
+
+def run_task(fn: Any, *args: Any, cpus: float, gpus: float) -> Any:
+    """Run `fn(*args)` as one Ray task with a trial's resources."""
+    return ray.get(_remote(fn, cpus, gpus).remote(*args))
+
+
+def run_tasks(calls: list[tuple[Any, tuple[Any, ...]]], *, cpus: float, gpus: float, desc: str = "",
+              progress: Any = None) -> list[Any]:
+    """Run every `fn(*args)` of `calls` as Ray tasks with a trial's resources each, as many at once as the cluster
+    holds (the stage, the confirmation runs, their scoring); results in the order of `calls`. `progress()`, when
+    given, returns (done, total) units of work for a progress bar shown while they run."""
+    from tqdm import tqdm
+
+    refs = [_remote(fn, cpus, gpus).remote(*args) for fn, args in calls]
+    pending = list(refs)
+    bar = tqdm(total=progress()[1] if progress else len(refs), desc=desc, unit="it" if progress else "run",
+               file=sys.stderr, disable=not desc, dynamic_ncols=True)
+    with bar:
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=2.0)
+            bar.n = progress()[0] if progress else len(refs) - len(pending)
+            bar.refresh()
+    return ray.get(refs)
 
 
 def can_restore(path: str) -> bool:

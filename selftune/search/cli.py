@@ -12,7 +12,7 @@ from selftune.trainable.config import parse_sets
 
 _FLAG_KEYS = ("data", "space", "searcher", "scheduler", "num_samples", "max_concurrent", "time_budget_s",
               "storage", "name", "address", "cpus_per_trial", "gpus_per_trial", "seed", "max_t", "num_cpus",
-              "budget_iters", "wandb_project", "mlflow_uri", "control")
+              "budget_iters", "wandb_project", "mlflow_uri", "control", "confirm_seeds")
 
 
 def register(sub: Any) -> None:
@@ -51,8 +51,12 @@ def register(sub: Any) -> None:
     p.add_argument("--budget-iters", type=int, help="compute budget: stop once all trials ran this many iterations")
     p.add_argument("--wandb-project", help="also log every trial to this W&B project (pip install wandb)")
     p.add_argument("--mlflow-uri", help="also log every trial to MLflow, e.g. sqlite:///mlflow.db")
-    p.add_argument("--no-control", dest="control", action="store_false", default=None,
-                   help="skip the compute-matched supervised control and the verdict (sweep key control: false)")
+    p.add_argument("--control", choices=["tuned", "base", "none"],
+                   help="the verdict's supervised arm: tuned (default: the best supervised trial, or a tuned "
+                   "supervised search when the space has none), base (the base config, untuned) or none (no verdict)")
+    p.add_argument("--no-control", dest="control", action="store_const", const="none",
+                   help="no verdict (same as --control none)")
+    p.add_argument("--confirm-seeds", type=int, help="fresh seeds per arm the verdict retrains with (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a train config key of the base config (repeatable), e.g. --set max_iters=600")
     p.set_defaults(func=run_sweep_cmd)
@@ -63,7 +67,8 @@ def register(sub: Any) -> None:
                        "takes it unchanged.")
     e.add_argument("path", help="the sweep folder (storage/name)")
     e.add_argument("--top-k", type=int, default=1, help="export the k best trials (default 1)")
-    e.add_argument("--out", type=Path, help="output file (k=1) or folder (k>1); default: print to stdout")
+    e.add_argument("--out", type=Path, help="output file (FILE.yaml: every exported config in it, separated by "
+                   "---) or, for k>1 and a name without .yaml, a folder of rank_<r>.yaml files; default: print to stdout")
     e.add_argument("--metric", help="the metric to rank trials by, as `selftune analyze` takes it (default: the "
                    "sweep's own, its selftune_sweep.yaml `metric`; val_miou when it records none)")
     e.add_argument("--mode", choices=["max", "min"],
@@ -99,20 +104,23 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary: Any) -> None:
-    if summary.verdict is not None:  # the one thing the sweep was for, first
-        print("\n" + summary.verdict["headline"])
+    from selftune.search.verdict import summary_lines
+
     print(f"\nsweep folder: {summary.experiment_dir} ({summary.trials} trials)")
     best = summary.best
     if best is None:
         print("no trial finished an evaluation; nothing to export")
         return
-    print(f"best trial:   {best['trial_id']}  val_mIoU {best['value']:.4f} at iteration {best['iteration']} "
+    print(f"best trial:   {best['trial_id']} ({best['config']['method']})  {best['metric']} {best['value']:.4f} at "
+          f"iteration {best['iteration']} "
           f"({best['outcome']})")
     print(f"best config:  {summary.best_config_path}")
     print(f"checkpoint:   {best['checkpoint']}")
     print(f"best model:   {best['best_model']}")
     print(f"retrain with: selftune train --config {summary.best_config_path} --data {best['data_root']}")
     print(f"analyse with: selftune analyze {summary.experiment_dir}")
+    if summary.verdict is not None:  # the one thing the sweep was for: once, last, where the eye lands
+        print("\n" + "\n".join(summary_lines(summary.verdict)))
 
 
 def export_cmd(args: argparse.Namespace) -> int:

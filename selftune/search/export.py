@@ -117,13 +117,17 @@ def export_best(path: str, top_k: int = 1, metric: str | None = None, mode: str 
     return chosen, "---\n".join(render(e) for e in chosen)
 
 
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
 def write_exports(path: str, out: Path, top_k: int, metric: str | None = None, mode: str | None = None
                   ) -> list[tuple[Path, dict[str, Any]]]:
-    """top_k == 1: one file at `out`; otherwise `out` is a folder of rank_<r>.yaml files. Returns (file, entry)."""
-    entries, _ = export_best(path, top_k, metric, mode)
-    if top_k == 1:
-        write_atomic(out, render(entries[0]))
-        return [(out, entries[0])]
+    """One file at `out` when top_k == 1 or `out` names a YAML file (the k configs in it, separated by ---);
+    otherwise `out` is a folder of rank_<r>.yaml files. Returns (file, entry)."""
+    entries, text = export_best(path, top_k, metric, mode)
+    if top_k == 1 or Path(out).suffix.lower() in YAML_SUFFIXES:
+        write_atomic(out, text)
+        return [(Path(out), e) for e in entries]
     written = []
     for e in entries:
         p = out / f"rank_{e['rank']}.yaml"

@@ -24,10 +24,12 @@ from selftune.errors import SelftuneError
 from selftune.fileio import write_atomic
 from selftune.search.study import close_open_trials
 from selftune.search.sweepfile import SweepConfig
+from selftune.search.verdict import self_training_methods
 from selftune.spaces import SpaceContext, check_space
 from selftune.sweepfolder import (
     BEST_CONFIG_FILE,
-    CONTROL_DIR,
+    CONFIRM_DIR,
+    CONTROL_SEARCH_DIR,
     JOURNAL_FILE,
     REMOTE_SCHEMES,
     STAGE_DIR,
@@ -57,6 +59,7 @@ class SweepPlan:
     optuna_storage: str
     stage_model: str | None = None  # the shared stage's best model, which every rounds trial starts from
     stage_iters: int = 0  # its iterations (0 for a given checkpoint), counted once toward budget_iters
+    methods: tuple[str, ...] = ()  # the methods the space's trials can run, in the space's order
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -97,7 +100,8 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
     ctx0 = SpaceContext(num_classes=len(base.thresholds), max_iters=max_t, eval_every=base.eval_every)
     report0 = check_space(sweep.space, base, ctx0)  # name and ranges first: cheap and most likely wrong
     methods = _methods_of(report0, base)
-    summary = validate_dataset(Path(data_root), need_unlabeled=methods != {"supervised"})
+    self_training = bool(set(methods) & set(self_training_methods()))
+    summary = validate_dataset(Path(data_root), need_unlabeled=self_training)
     k = len(summary.class_names)
     base = base.for_classes(k)
     sweep.check_metric(summary.class_names, base.binary or report0.constants.get("binary") is True)
@@ -110,7 +114,7 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
         grace = sweep.grace_period
     else:  # ASHA must not cut a trial before its self-training has begun
         late = report.upper("warmup_iters", base)
-        if methods != {"supervised"}:
+        if self_training:
             late = max(late, report.upper("st_start_iter", base) + report.upper("st_rampup_iters", base))
         grace = int(math.ceil(max(late, base.eval_every) / base.eval_every) * base.eval_every)
     grace = min(grace, max_t)
@@ -131,23 +135,42 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
     else:
         optuna_storage = "journal:" + str(Path(experiment_dir) / JOURNAL_FILE)
     stage_model, stage_iters = _check_shared_stage(sweep, base, methods, summary.class_names, experiment_dir)
+    _check_control(sweep, methods, experiment_dir)
     return SweepPlan(
         sweep=sweep, base=base.to_dict(), data_root=data_root, num_classes=k, class_names=list(summary.class_names),
         fingerprint=dataset_fingerprint(Path(data_root)), ctx=ctx, max_t=max_t, grace_period=grace,
         storage=storage, experiment_dir=experiment_dir, optuna_storage=optuna_storage, stage_model=stage_model,
-        stage_iters=stage_iters,
+        stage_iters=stage_iters, methods=tuple(methods),
     )
 
 
-def _methods_of(report: Any, base: Any) -> set[str]:
+def _methods_of(report: Any, base: Any) -> list[str]:
     """The methods a space's trials can run: the choices of its `method` parameter, its constant, or the base's."""
     info = report.params.get("method")
     if info is not None and info.choices:
-        return {str(c) for c in info.choices}
-    return {str(report.constants.get("method", base.method))}
+        return [str(c) for c in info.choices]
+    return [str(report.constants.get("method", base.method))]
 
 
-def _check_shared_stage(sweep: SweepConfig, base: Any, methods: set[str], class_names: Any, experiment_dir: str
+def _check_control(sweep: SweepConfig, methods: list[str], experiment_dir: str) -> None:
+    """The verdict's keys against what the space can serve; fails naming the key and value."""
+    if sweep.control == "none":
+        return
+    if not set(methods) & set(self_training_methods()):
+        raise SelftuneError(f"control {sweep.control!r}: space {sweep.space!r} has no self-training method (its "
+                            f"methods: {', '.join(methods)}), so there is nothing to compare with a control; set "
+                            "control: none (--control none)")
+    if experiment_dir.startswith(REMOTE_SCHEMES):
+        raise SelftuneError(f"control {sweep.control!r}: the verdict's confirmation runs train into the sweep folder, "
+                            f"which must be a local or shared (NFS) path, not {experiment_dir}; or set control: none")
+    if sweep.control_trials is not None and (sweep.control != "tuned" or "supervised" in methods):
+        why = (f"control is {sweep.control!r}" if sweep.control != "tuned" else
+               f"space {sweep.space!r} has supervised trials, and the best of them is the control")
+        raise SelftuneError(f"control_trials {sweep.control_trials}: only a tuned control search uses it, and {why}; "
+                            "drop control_trials")
+
+
+def _check_shared_stage(sweep: SweepConfig, base: Any, methods: list[str], class_names: Any, experiment_dir: str
                         ) -> tuple[str | None, int]:
     """(the shared stage's model file, its iterations) or (None, 0); fails naming the key and value."""
     from selftune.trainable.model import weights_from
@@ -249,10 +272,12 @@ def check_resources(sweep: SweepConfig) -> None:
     raise SelftuneError(f"cpus_per_trial is {sweep.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPUs")
 
 
-def _tuner_spec(plan: SweepPlan) -> Any:
-    from selftune.search.adapter import TunerSpec
+def _tuner_spec(plan: SweepPlan, started: float | None = None) -> Any:
+    from selftune.search.adapter import TunerSpec, startup_trials
 
     s = plan.sweep
+    verdict = s.control != "none" and bool(set(plan.methods) & set(self_training_methods()))
+    confirm_runs = 2 * s.confirm_seeds if verdict else 0
     return TunerSpec(
         name=s.name, storage=plan.storage, base=plan.base, data_root=plan.data_root, space=s.space, ctx=plan.ctx,
         searcher=s.searcher, seed=s.seed, scheduler=s.scheduler, max_t=plan.max_t, grace_period=plan.grace_period,
@@ -262,7 +287,19 @@ def _tuner_spec(plan: SweepPlan) -> Any:
         optuna_storage=plan.optuna_storage, keep_checkpoints=s.keep_checkpoints, max_failures=s.max_failures,
         reuse_actors=s.reuse_actors, wandb_project=s.wandb_project, mlflow_uri=s.mlflow_uri, verbose=s.verbose,
         stage_model=plan.stage_model, stage_iters=plan.stage_iters, metric=s.metric,
+        enqueue=fair_share(plan.methods, startup_trials(s.num_samples, s.budget_iters, plan.max_t)),
+        confirm_runs=confirm_runs, started=started,
     )
+
+
+def fair_share(methods: tuple[str, ...] | list[str], startup: int) -> tuple[dict[str, Any], ...]:
+    """The first trials of a space over several methods: the methods in turn, whole cycles covering TPE's random
+    start-up (at least one cycle), so every method is tried before TPE chooses (a categorical choice alone gave the
+    demo's 12 trials no rounds trial at all). Only the method is fixed; the other knobs are sampled as usual."""
+    if len(methods) < 2:
+        return ()
+    cycles = max(1, math.ceil(startup / len(methods)))
+    return tuple({"method": m} for _ in range(cycles) for m in methods)
 
 
 @dataclass
@@ -285,8 +322,10 @@ def run_sweep(sweep: SweepConfig) -> SweepSummary:
         write_atomic(Path(plan.experiment_dir) / SWEEP_FILE, yaml.safe_dump(plan.meta(), sort_keys=False))
     else:
         _write_remote(plan.experiment_dir + "/" + SWEEP_FILE, yaml.safe_dump(plan.meta(), sort_keys=False))
+    started = time.monotonic()  # time_budget_s counts the stage, the trials and the confirmation
     train_shared_stage(plan)
-    _out_of_space_is_a_message(plan, lambda: adapter.fit(adapter.build_tuner(_tuner_spec(plan)), sweep.metric))
+    _out_of_space_is_a_message(plan, lambda: adapter.fit(adapter.build_tuner(_tuner_spec(plan, started)),
+                                                         sweep.metric))
     close_open_trials(plan.optuna_storage, sweep.name)
     return _finish(plan)
 
@@ -308,10 +347,11 @@ def resume_sweep(path: str, *, restart_errored: bool = False, address: str | Non
 
     if not adapter.can_restore(path):
         raise SelftuneError(f"{path} has no Ray experiment state to resume from")
+    started = time.monotonic()  # a resumed sweep's time budget counts from the resume
     train_shared_stage(plan)  # nothing to do when it finished before the crash
     _out_of_space_is_a_message(
-        plan, lambda: adapter.fit(adapter.restore_tuner(path, _tuner_spec(plan), restart_errored=restart_errored),
-                                  sweep.metric))
+        plan, lambda: adapter.fit(adapter.restore_tuner(path, _tuner_spec(plan, started),
+                                                        restart_errored=restart_errored), sweep.metric))
     close_open_trials(plan.optuna_storage, sweep.name)
     return _finish(plan)
 
@@ -346,24 +386,46 @@ def _write_remote(uri: str, text: str) -> None:
 
 
 def train_shared_stage(plan: SweepPlan) -> None:
-    """Train the shared first stage into <sweep>/shared_stage before any trial (resumed if it was cut short)."""
+    """Train the shared first stage into <sweep>/shared_stage before any trial (resumed if it was cut short), as a
+    Ray task holding the CPUs (and GPUs) of the trials that will run at once, its torch threads set to match."""
     s = plan.sweep.shared_stage
     if not s or "max_iters" not in s:
         return
+    from selftune.search import adapter
     from selftune.search.verdict import train_run
     from selftune.trainable.config import TrainConfig
 
-    cfg = stage_config(TrainConfig.from_dict(plan.base), int(s["max_iters"]))
+    sw = plan.sweep
+    cpus = adapter.largest_node_cpus(sw.cpus_per_trial * sw.max_concurrent)
+    cfg = stage_config(TrainConfig.from_dict(plan.base), int(s["max_iters"])).replace(num_threads=max(1, int(cpus)))
     out = Path(plan.experiment_dir) / STAGE_DIR
-    print(f"selftune: shared first stage: {cfg.arch}/{cfg.encoder}, supervised, {cfg.max_iters} iterations -> {out}",
-          file=sys.stderr)
-    done = train_run(cfg.to_dict(), plan.data_root, str(out), progress=True)
+    print(f"selftune: shared first stage: {cfg.arch}/{cfg.encoder}, supervised, {cfg.max_iters} iterations, "
+          f"{cpus:g} CPUs -> {out}", file=sys.stderr)
+    [done] = adapter.run_tasks([(train_run, (cfg.to_dict(), plan.data_root, str(out)))], cpus=cpus,
+                               gpus=sw.gpus_per_trial, desc="shared stage",
+                               progress=lambda: (_iterations_done(out), cfg.max_iters))
     print(f"selftune: shared first stage {done['status']}: best val mIoU {done['best_val_miou']:.4f} at iteration "
           f"{done['best_iteration']}", file=sys.stderr)
 
 
+def _iterations_done(run_dir: Path) -> int:
+    """The last evaluated iteration in a run folder's metrics.jsonl (0 before its first evaluation)."""
+    import json
+
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line).get("iteration", 0))
+        except (ValueError, AttributeError):
+            continue
+    return 0
+
+
 def _finish(plan: SweepPlan) -> SweepSummary:
-    """Export the best trial; then the control and the verdict (unless `control: false`)."""
+    """Export the best trial; then the verdict (unless `control: none`)."""
     from selftune.search.export import export_best, rank_trials, render
 
     experiment_dir = plan.experiment_dir
@@ -374,10 +436,11 @@ def _finish(plan: SweepPlan) -> SweepSummary:
         print(f"selftune: no best config: {exc}", file=sys.stderr)
         return SweepSummary(experiment_dir, len(trials), None, None)
     _hparams(plan, trials)
-    ranked = rank_trials(experiment_dir, plan.sweep.metric, "max") if plan.sweep.control else []
-    verdict = run_control(plan, ranked, trials) if plan.sweep.control else None
+    verdict = None
+    if plan.sweep.control != "none":
+        verdict = run_verdict(plan, rank_trials(experiment_dir, plan.sweep.metric, "max"), trials)
     if verdict is not None:
-        entries[0]["verdict"] = {k: verdict[k] for k in ("headline", "scores", "control", "best_trial")}
+        entries[0]["verdict"] = {k: verdict.get(k) for k in ("headline", "outcome", "difference", "arms", "flags")}
         text = render(entries[0])
     out = experiment_dir + "/" + BEST_CONFIG_FILE
     if experiment_dir.startswith(REMOTE_SCHEMES):
@@ -396,42 +459,117 @@ def _hparams(plan: SweepPlan, trials: list[Any]) -> None:
     write_hparams(trials, rungs)
 
 
-def run_control(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]) -> dict[str, Any] | None:
-    """Train the compute-matched supervised control (on a Ray worker, like a trial), score it and the best
-    self-training trial on val and test, write verdict.json and return the verdict."""
+def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]) -> dict[str, Any] | None:
+    """The verdict (`selftune.search.verdict`): pick both arms' best configs by val, retrain them with fresh seeds
+    as Ray tasks (resumed run by run after a crash), score every run image by image, write verdict.json."""
     import json
 
     from selftune.search import adapter
-    from selftune.search.verdict import SELF_TRAINING, compare_models, control_config, summary_lines, verdict
+    from selftune.search.verdict import (
+        arm_summary,
+        build_verdict,
+        confirm_runs,
+        fresh_seeds,
+        no_verdict,
+        score_images,
+        self_training_methods,
+        train_run,
+    )
     from selftune.trainable.config import TrainConfig
 
-    if plan.experiment_dir.startswith(REMOTE_SCHEMES):
-        print("selftune: no control: it needs a local or shared (NFS) sweep folder", file=sys.stderr)
+    s, exp = plan.sweep, plan.experiment_dir
+    if exp.startswith(REMOTE_SCHEMES):
+        print("selftune: no verdict: its confirmation runs need a local or shared (NFS) sweep folder", file=sys.stderr)
         return None
-    longest = max((int(r.get("iteration", 0)) for t in trials for r in t.results), default=0)
-    if longest < 1:
-        return None
-    cfg = control_config(TrainConfig.from_dict(plan.base), longest, plan.stage_model)
-    out = Path(plan.experiment_dir) / CONTROL_DIR
-    stage = ", continued from the shared stage" if plan.stage_model else ""
-    print(f"selftune: supervised control: {cfg.arch}/{cfg.encoder}, {longest} iterations (the longest trial){stage}",
-          file=sys.stderr)
-    s = plan.sweep
-    control = adapter.run_task(_control_task, cfg.to_dict(), plan.data_root, str(out), cpus=s.cpus_per_trial,
-                               gpus=s.gpus_per_trial)
-    st_entries = [e for e in ranked if e["config"]["method"] in SELF_TRAINING]
-    best = st_entries[0] if st_entries else None
-    scores = {}
-    if best is not None:
-        scores = adapter.run_task(compare_models, best["best_model"], control["best_model"], plan.data_root,
-                                  cpus=s.cpus_per_trial, gpus=s.gpus_per_trial)
-    record = verdict(best, control, scores, len(ranked), len(st_entries))
-    write_atomic(Path(plan.experiment_dir) / VERDICT_FILE, json.dumps(record, indent=1))
-    print("\n" + "\n".join(summary_lines(record)))
+    st_methods = set(self_training_methods())
+    st_entries = [e for e in ranked if e["config"]["method"] in st_methods]
+    record: dict[str, Any] | None = None
+    if not st_entries:
+        record = no_verdict(f"no self-training trial finished an evaluation ({len(ranked)} trials)")
+    best_st = st_entries[0] if st_entries else None
+    sup_entry, tuned = None, s.control == "tuned"
+    if best_st is not None and tuned:
+        sup_entries = [e for e in ranked if e["config"]["method"] == "supervised"]
+        if not sup_entries:
+            n = s.control_trials or sum(1 for e in st_entries if e["config"]["method"] == best_st["config"]["method"])
+            sup_entries = run_control_search(plan, n)
+        sup_entry = sup_entries[0] if sup_entries else None
+        if sup_entry is None:
+            record = no_verdict("the tuned control search finished no evaluation")
+    if record is not None or best_st is None:
+        record = record or no_verdict("nothing to compare")
+        write_atomic(Path(exp) / VERDICT_FILE, json.dumps(record, indent=1))
+        return record
+
+    base = TrainConfig.from_dict(plan.base)
+    sup_config = sup_entry["config"] if sup_entry is not None else base.as_supervised().to_dict()
+    seeds = fresh_seeds(base.seed, s.confirm_seeds)
+    threads = max(1, int(s.cpus_per_trial))
+    runs = confirm_runs(best_st["config"], sup_config, seeds, plan.stage_model, Path(exp) / CONFIRM_DIR, threads)
+    iters = TrainConfig.from_dict(runs[0].config).max_iters
+    print(f"selftune: confirming: {best_st['config']['method']} (trial {best_st['trial_id']}) and "
+          f"{'tuned supervised (trial ' + sup_entry['trial_id'] + ')' if sup_entry else 'the untuned base config'}"
+          f", {len(seeds)} fresh seeds each, {iters} iterations per run", file=sys.stderr)
+    results = adapter.run_tasks(
+        [(train_run, (r.config, plan.data_root, r.out_dir)) for r in runs], cpus=s.cpus_per_trial,
+        gpus=s.gpus_per_trial, desc="confirmation",
+        progress=lambda: (sum(_iterations_done(Path(r.out_dir)) for r in runs), iters * len(runs)))
+    missing = [r.out_dir for r, res in zip(runs, results, strict=True) if not Path(res["best_model"]).is_file()]
+    if missing:
+        record = no_verdict(f"confirmation run(s) without a best model (diverged before any evaluation?): "
+                            f"{', '.join(missing)}")
+        write_atomic(Path(exp) / VERDICT_FILE, json.dumps(record, indent=1))
+        return record
+    from selftune.data import split_exists
+
+    split = "test" if split_exists(Path(plan.data_root), "test") else "val"
+    cms = adapter.run_tasks(
+        [(score_images, (res["best_model"], plan.data_root, split, base.point_radius, base.point_ring))
+         for res in results], cpus=s.cpus_per_trial, gpus=s.gpus_per_trial)
+    search_dir = Path(exp) / CONTROL_SEARCH_DIR
+    control_trials = read_trials(str(search_dir)) if (search_dir / SWEEP_FILE).is_file() else []
+    trial_iters, search_iters = _iterations(trials), _iterations(control_trials)
+    confirm_iters = sum(int(res["iterations"]) for res in results)
+    total = trial_iters + search_iters + plan.stage_iters + confirm_iters
+    compute = {"trials": trial_iters, "control_search": search_iters, "stage": plan.stage_iters,
+               "confirmation": confirm_iters, "confirmation_share": confirm_iters / max(1, total)}
+    best = ranked[0]
+    record = build_verdict(
+        st=arm_summary(best_st, "self-training", True),
+        sup=arm_summary(sup_entry, "supervised" if tuned else "supervised (untuned base config)", tuned),
+        runs=runs, results=results, cms=list(cms), split=split, class_names=plan.class_names, metric=s.metric,
+        best_by_val={"trial_id": best["trial_id"], "method": best["config"]["method"], "metric": best["metric"],
+                     "value": best["value"]},
+        compute=compute, stage_model=plan.stage_model, seed=s.seed)
+    write_atomic(Path(exp) / VERDICT_FILE, json.dumps(record, indent=1))
     return record
 
 
-def _control_task(config: dict[str, Any], data_root: str, out_dir: str) -> dict[str, Any]:
-    from selftune.search.verdict import train_run
+def _iterations(trials: list[Any]) -> int:
+    """Optimizer iterations the trials ran, in all (each trial's last evaluated iteration)."""
+    return sum(max((int(r.get("iteration", 0)) for r in t.results), default=0) for t in trials)
 
-    return train_run(config, data_root, out_dir)
+
+def run_control_search(plan: SweepPlan, trials: int) -> list[dict[str, Any]]:
+    """The tuned control of a space without supervised trials: `trials` trials of the `supervised` space (the shared
+    knobs) in <sweep>/control_search, its own Ray experiment and Optuna study, resumed after a crash; ranked."""
+    import dataclasses
+
+    from selftune.search import adapter
+    from selftune.search.export import rank_trials
+
+    path = Path(plan.experiment_dir) / CONTROL_SEARCH_DIR
+    print(f"selftune: tuned supervised control: {trials} trials of space 'supervised' -> {path}", file=sys.stderr)
+    meta = {**plan.meta(), "sweep": {**plan.sweep.to_dict(), "space": "supervised", "name": CONTROL_SEARCH_DIR,
+                                     "num_samples": trials}, "shared_stage_model": None, "shared_stage_iters": 0}
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / SWEEP_FILE).is_file():
+        write_atomic(path / SWEEP_FILE, yaml.safe_dump(meta, sort_keys=False))
+    spec = dataclasses.replace(_tuner_spec(plan), name=CONTROL_SEARCH_DIR, storage=plan.experiment_dir,
+                               space="supervised", num_samples=trials, time_budget_s=None, budget_iters=None,
+                               stage_model=None, stage_iters=0, enqueue=())
+    tuner = (adapter.restore_tuner(str(path), spec, restart_errored=False) if adapter.can_restore(str(path))
+             else adapter.build_tuner(spec))
+    adapter.fit(tuner, plan.sweep.metric)
+    close_open_trials(plan.optuna_storage, CONTROL_SEARCH_DIR)
+    return rank_trials(str(path), plan.sweep.metric, "max")

@@ -16,6 +16,7 @@ from selftune.trainable.config import TrainConfig, demo_config, read_yaml_mappin
 SEARCHERS = ("tpe", "tpe-stock", "random")
 SCHEDULERS = ("asha", "fifo")
 SHARED_STAGE_KEYS = ("max_iters", "checkpoint")
+CONTROL_MODES = ("tuned", "base", "none")  # sweep key control
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,12 @@ class SweepConfig:
     shared_stage: dict[str, Any] | None = None  # round 1 trained once for every `rounds` trial, before the trials:
     # {max_iters: N} trains it (supervised, the base config) into <sweep>/shared_stage; {checkpoint: PATH} takes an
     # earlier run's model instead. Its iterations count once toward budget_iters
-    control: bool = True  # after the trials, train a compute-matched supervised control and print the verdict
+    control: str = "tuned"  # the verdict's supervised arm: tuned (the best supervised trial; a space without
+    # supervised trials gets a tuned supervised control search first) | base (the base config, untuned, labelled
+    # so) | none (no verdict). true / false are read as tuned / none
+    confirm_seeds: int = 3  # the verdict retrains both arms' best configs with this many fresh seeds each
+    control_trials: int | None = None  # trials of the tuned control search (a space without supervised trials);
+    # None: as many as the best self-training method got
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> SweepConfig:
@@ -87,6 +93,8 @@ class SweepConfig:
         return dataclasses.asdict(self)
 
     def __post_init__(self) -> None:
+        if isinstance(self.control, bool):  # control: true / false, as sweeps before the tuned control wrote it
+            object.__setattr__(self, "control", "tuned" if self.control else "none")
         for f in fields(self):  # YAML reads "maybe" or "yes please" as a string, which would count as true
             if f.type in (bool, "bool") and not isinstance(getattr(self, f.name), bool):
                 raise ConfigError(f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
@@ -140,6 +148,13 @@ class SweepConfig:
                 raise ConfigError(f"shared_stage max_iters must be an integer >= 1, got {n!r}")
             if "checkpoint" in stage and not (isinstance(stage["checkpoint"], str) and stage["checkpoint"].strip()):
                 raise ConfigError(f"shared_stage checkpoint must be a path, got {stage['checkpoint']!r}")
+        if self.control not in CONTROL_MODES:
+            raise ConfigError(f"control must be one of {', '.join(CONTROL_MODES)} (or true / false), got "
+                              f"{self.control!r}")
+        for key in ("confirm_seeds", "control_trials"):
+            v = getattr(self, key)
+            if (v is not None or key == "confirm_seeds") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{key} must be an integer >= 1, got {v!r}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}")
 

@@ -1,28 +1,85 @@
-"""The supervised control and the verdict: does self-training beat supervised training given the same compute?
+"""The verdict: does self-training help, hurt, or make no clear difference, against supervised training tuned as hard?
 
-After the trials, the sweep trains one compute-matched control: the base config's model, supervised,
-for as many iterations as the longest trial ran (continued from the shared stage when there is one,
-as the rounds trials are), patience off, its best val evaluation kept. Then the best self-training
-trial's best model and the control's are scored the same way on val and, when the dataset has one,
-on test (scored once here, never used for any choice). The val comparison is selection-biased: it
-is the best of N trials against one control run. No Ray here; `adapter.run_task` runs these on a node.
+After the search the sweep takes two configs, each the best of its arm by the sweep's metric on val:
+- self-training: the best trial of a self-training method;
+- supervised: the best supervised trial (of the space, or of the tuned control search when the space has no
+  supervised method; `control: base` takes the base config untuned instead, and says so).
+It retrains both with `confirm_seeds` fresh seeds (seeds no trial used): the same start (the shared stage when
+the self-training trial used it), the same iterations (the self-training trial's run length), patience off,
+each run's best val evaluation kept. Retraining removes the best-of-N bias of the trials' own scores. Every
+run's model is then scored once on test (val when the dataset has none, and labelled so), image by image,
+against the dataset's own masks, and `selftune.search.intervals` turns the paired runs into a mean difference
+with a 95% interval: "helps" / "hurts" only when the interval excludes 0.
+
+No Ray here: `selftune.search.run` hands these functions to `adapter.run_task(s)`.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from selftune.search import intervals
 from selftune.trainable.config import TrainConfig
 
-SELF_TRAINING = ("ema_self_training", "rounds", "s4gan")
+CONTROL_MODES = ("tuned", "base", "none")  # sweep key control
+FRESH_SEED_OFFSET = 1000  # confirmation seed i is base seed + 1000 + i: no trial trains with it
 
 
-def control_config(base: TrainConfig, iterations: int, stage_model: str | None) -> TrainConfig:
-    """The control: `base`'s model, supervised, `iterations` steps, patience off; from the shared stage if given."""
-    return base.as_supervised(max_iters=iterations, patience=0, init_checkpoint=stage_model, log_images=False,
-                              report_test=False)
+def self_training_methods() -> tuple[str, ...]:
+    """The methods that self-train (everything but supervised), from the method registry."""
+    try:
+        from selftune.trainable.methods import self_training_methods as registered
+    except ImportError:  # the registry predates this name
+        from selftune.trainable.config import METHODS
+
+        return tuple(m for m in METHODS if m != "supervised")
+    return tuple(registered())
+
+
+def fresh_seeds(base_seed: int, n: int, offset: int = FRESH_SEED_OFFSET) -> list[int]:
+    """`n` seeds no trial trained with (trials keep the base config's seed)."""
+    return [base_seed + offset + i for i in range(n)]
+
+
+def self_training_starts(cfg: TrainConfig) -> int:
+    """The first iteration at which `cfg`'s pseudo-labels can change the model: the ST start of the mean teacher
+    and s4GAN; for rounds the first pseudo-labelled round's start (0 when round 1 is a given checkpoint)."""
+    if cfg.method == "rounds":
+        return 0 if cfg.teacher_checkpoint is not None else int(cfg.round_lengths()[0])
+    return int(cfg.st_start_iter)
+
+
+@dataclass(frozen=True)
+class ConfirmRun:
+    """One confirmation run: arm (self_training | supervised), seed, its config and folder."""
+
+    arm: str
+    seed: int
+    config: dict[str, Any]
+    out_dir: str
+
+
+def confirm_runs(st_config: dict[str, Any], sup_config: dict[str, Any], seeds: list[int], stage_model: str | None,
+                 folder: Path, threads: int) -> list[ConfirmRun]:
+    """Both arms on every seed: the self-training config as its trial ran; the supervised one with its own knobs
+    from the same start (the shared stage when the self-training trial started from it) for the same iterations.
+    Patience off, the runs' threads set to their allocation, no images or test scores logged."""
+    st = TrainConfig.from_dict(st_config)
+    from_stage = stage_model is not None and stage_model in (st.teacher_checkpoint, st.init_checkpoint)
+    start = stage_model if from_stage else st.init_checkpoint
+    common = {"patience": 0, "log_images": False, "report_test": False, "num_threads": threads}
+    runs = []
+    for seed in seeds:
+        a = st.replace(seed=seed, **common)
+        b = TrainConfig.from_dict(sup_config).as_supervised(seed=seed, max_iters=st.max_iters, init_checkpoint=start,
+                                                             **common)
+        runs.append(ConfirmRun("self_training", seed, a.to_dict(), str(folder / f"self_training_seed{seed}")))
+        runs.append(ConfirmRun("supervised", seed, b.to_dict(), str(folder / f"supervised_seed{seed}")))
+    return runs
 
 
 def train_run(config: dict[str, Any], data_root: str, out_dir: str, progress: bool = False) -> dict[str, Any]:
@@ -38,66 +95,129 @@ def train_run(config: dict[str, Any], data_root: str, out_dir: str, progress: bo
             "iterations": result.iterations, "best_model": str(out / ckpt.BEST_FILE), "message": result.message}
 
 
-def compare_models(best_model: str, control_model: str, data_root: str) -> dict[str, Any]:
-    """Both models scored on val and (if the dataset has it) test: mIoU and per-class IoU, best minus control."""
-    from selftune.data import split_exists
-    from selftune.trainable.evaluation import score_model_file
+def score_images(model_file: str, data_root: str, split: str, point_radius: float, point_ring: float) -> np.ndarray:
+    """int64 [images, K, K]: `model_file` scored image by image on `split`, against the dataset's masks (point
+    labels drawn with the sweep base's radius and ring, whatever the run trained with)."""
+    from selftune.data.points import PointTargets
+    from selftune.trainable.evaluation import confusions_per_image
 
-    out: dict[str, Any] = {}
-    for split in ("val", "test"):
-        if split == "test" and not split_exists(Path(data_root), "test"):
-            continue
-        a, b = score_model_file(best_model, data_root, split), score_model_file(control_model, data_root, split)
-        out[split] = {
-            "images": a.images, "best": a.miou, "control": b.miou, "delta": a.miou - b.miou,
-            "per_class": {name: {"best": x, "control": y, "delta": x - y}
-                          for name, x, y in zip(a.class_names, a.iou, b.iou, strict=True)},
-        }
-    return out
+    _, cms = confusions_per_image(model_file, data_root, split, points=PointTargets(point_radius, point_ring))
+    return cms.numpy()
 
 
-def verdict(best: dict[str, Any] | None, control: dict[str, Any], scores: dict[str, Any], n_trials: int,
-            n_self_training: int) -> dict[str, Any]:
-    """The verdict record (verdict.json): `best` is the best self-training trial's export entry (or None)."""
-    record: dict[str, Any] = {"trials": n_trials, "self_training_trials": n_self_training, "control": control,
-                              "best_trial": None, "scores": scores}
-    if best is not None:
-        record["best_trial"] = {k: best[k] for k in ("trial_id", "value", "iteration", "outcome", "best_model")}
-        record["best_trial"]["method"] = best["config"]["method"]
+def arm_summary(entry: dict[str, Any] | None, label: str, tuned: bool) -> dict[str, Any]:
+    """Where an arm's config came from: its trial (id, method, val score) or the base config."""
+    if entry is None:
+        return {"label": label, "tuned": tuned, "trial_id": None, "method": "supervised"}
+    return {"label": label, "tuned": tuned, "trial_id": entry["trial_id"], "method": entry["config"]["method"],
+            "metric": entry["metric"], "value": entry["value"], "iteration": entry["iteration"],
+            "trial_path": entry.get("trial_path"), "params": entry.get("params", {})}
+
+
+def build_verdict(*, st: dict[str, Any], sup: dict[str, Any], runs: list[ConfirmRun], results: list[dict[str, Any]],
+                  cms: list[np.ndarray], split: str, class_names: list[str], metric: str,
+                  best_by_val: dict[str, Any] | None, compute: dict[str, int], stage_model: str | None,
+                  seed: int = 0) -> dict[str, Any]:
+    """verdict.json: the arms, every confirmation run, the difference with its interval, per class, the flags."""
+    st_cfg = TrainConfig.from_dict(next(r.config for r in runs if r.arm == "self_training"))
+    seeds = sorted({r.seed for r in runs})
+    by = {(r.arm, r.seed): (r, res, cm) for r, res, cm in zip(runs, results, cms, strict=True)}
+    a = np.stack([by[("self_training", s)][2] for s in seeds])
+    b = np.stack([by[("supervised", s)][2] for s in seeds])
+    stat_name, stat = intervals.statistic_for(metric, class_names)
+    diff = intervals.paired_difference(a, b, stat, seed=seed)
+    per_class = intervals.per_class_differences(a, b, class_names, seed=seed)
+    run_rows = []
+    for s in seeds:
+        for arm, arr in (("self_training", a), ("supervised", b)):
+            r, res, _ = by[(arm, s)]
+            i = seeds.index(s)
+            run_rows.append({"arm": arm, "seed": s, "out_dir": r.out_dir, **{k: res.get(k) for k in (
+                "status", "best_val_miou", "best_iteration", "iterations", "message")},
+                split: float(stat(arr[i].sum(0)))})
+    st_start = self_training_starts(st_cfg)
+    flags = []
+    early = [r["seed"] for r in run_rows if r["arm"] == "self_training" and (r["best_iteration"] or 0) <= st_start]
+    if early:
+        flags.append(f"the self-training arm's best checkpoint predates self-training (iteration <= {st_start}) on "
+                     f"seed {', '.join(map(str, early))}: that run's score is its supervised part")
+    diverged = sorted({r["arm"] for r in run_rows if r["status"] == "diverged"})
+    if diverged:
+        flags.append(f"diverged: the {' and '.join(a.replace('_', '-') for a in diverged)} arm on some seed")
+    if len(seeds) == 1:
+        flags.append("one seed per arm: the interval covers the test images only, not seed-to-seed variance")
+    if not sup.get("tuned", True):
+        flags.append("the supervised arm is the UNTUNED base config (control: base): the difference includes tuning")
+    if best_by_val is not None and best_by_val.get("method") == "supervised":
+        flags.append(f"the sweep's best trial by val is supervised ({best_by_val['trial_id']}, "
+                     f"{best_by_val['metric']} {best_by_val['value']:.4f})")
+    record: dict[str, Any] = {
+        "format": 2, "outcome": diff.outcome, "split": split, "statistic": stat_name, "metric": metric,
+        "split_note": ("test: scored once, after every choice" if split == "test" else
+                       "val: the split the trials were selected on (the dataset has no test split)"),
+        "difference": diff.to_dict(), "seeds": seeds,
+        "arms": {"self_training": {**st, "mean": float(np.nanmean([stat(x.sum(0)) for x in a]))},
+                 "supervised": {**sup, "mean": float(np.nanmean([stat(x.sum(0)) for x in b]))}},
+        "iterations": st_cfg.max_iters, "start": "the shared stage" if stage_model and stage_model in (
+            st_cfg.teacher_checkpoint, st_cfg.init_checkpoint) else (st_cfg.init_checkpoint or "scratch"),
+        "runs": run_rows, "best_trial_by_val": best_by_val, "flags": flags, "compute": compute,
+        "per_class": {n: {**d.to_dict(), "word": {"helps": "helped", "hurts": "hurt"}.get(d.outcome, "")}
+                      for n, d in per_class.items()},
+    }
     record["headline"] = headline(record)
+    record["lines"] = summary_lines(record)  # what the console, the report and compare print, word for word
     return record
 
 
+def _pts(x: float) -> str:
+    return f"{x * 100:+.2f}"
+
+
 def headline(v: dict[str, Any]) -> str:
-    """The verdict's first line, plain: does the best self-training trial beat the control?"""
-    if v.get("best_trial") is None:
-        return (f"VERDICT: no self-training trial finished an evaluation ({v['trials']} trials); nothing to compare "
-                "with the supervised control")
-    val, test = v["scores"].get("val"), v["scores"].get("test")
-    decisive = test if test is not None else val
-    where = "test" if test is not None else "val (no test split)"
-    wins = decisive is not None and math.isfinite(decisive["delta"]) and decisive["delta"] > 0
-    method = v["best_trial"]["method"]
-    words = "beats" if wins else "does NOT beat"
-    line = (f"VERDICT: self-training ({method}, trial {v['best_trial']['trial_id']}) {words} the compute-matched "
-            f"supervised control on {where}: {decisive['best']:.4f} vs {decisive['control']:.4f} mIoU "
-            f"({decisive['delta'] * 100:+.2f} points)")
-    if test is not None and val is not None:
-        line += f"; val {val['delta'] * 100:+.2f} (best of {v['self_training_trials']} trials vs one run: biased up)"
-    return line
+    """The verdict's first line: the answer, the difference and its interval, what was compared, how long."""
+    d, arms = v["difference"], v["arms"]
+    st, sup = arms["self_training"], arms["supervised"]
+    answer = {"helps": "self-training HELPS", "hurts": "self-training HURTS",
+              "no clear difference": "NO CLEAR DIFFERENCE between self-training and supervised"}[d["outcome"]]
+    sup_name = f"tuned supervised (trial {sup['trial_id']})" if sup.get("tuned") else "UNTUNED supervised (base config)"
+    return (f"VERDICT: {answer}: {st['method']} (trial {st['trial_id']}) vs {sup_name}, {v['split']} "
+            f"{v['statistic']} {_pts(d['mean'])} points, 95% CI [{_pts(d['low'])}, {_pts(d['high'])}]; "
+            f"{len(v['seeds'])} fresh seed{'s' if len(v['seeds']) != 1 else ''} per arm, {v['iterations']} "
+            f"iterations each from {v['start']}")
 
 
 def summary_lines(v: dict[str, Any], top: int = 3) -> list[str]:
-    """The headline, then the classes self-training helps and hurts most."""
+    """The headline, each arm's mean, the classes helped and hurt (interval excluding 0 only), the flags."""
+    if v.get("format") != 2 or v.get("outcome") is None:
+        return [v.get("headline", "VERDICT: (no headline)")]
     lines = [v["headline"]]
-    split = "test" if "test" in v["scores"] else "val"
-    per_class = v["scores"].get(split, {}).get("per_class", {})
-    ranked = sorted(((d["delta"], n) for n, d in per_class.items() if math.isfinite(d["delta"])), reverse=True)
-    if ranked:
-        helped = ", ".join(f"{n} {d * 100:+.1f}" for d, n in ranked[:top] if d > 0) or "none"
-        hurt = ", ".join(f"{n} {d * 100:+.1f}" for d, n in reversed(ranked[-top:]) if d < 0) or "none"
-        lines.append(f"per class on {split} (IoU points, best trial minus control): helped {helped}; hurt {hurt}")
+    for arm in ("self_training", "supervised"):
+        a = v["arms"][arm]
+        per_seed = ", ".join(f"{r[v['split']] * 100:.1f}" for r in v["runs"] if r["arm"] == arm)
+        lines.append(f"  {arm.replace('_', '-')}: {v['split']} {v['statistic']} {a['mean'] * 100:.2f} (per seed "
+                     f"{per_seed})")
+    helped = [(n, d) for n, d in v["per_class"].items() if d["word"] == "helped"]
+    hurt = [(n, d) for n, d in v["per_class"].items() if d["word"] == "hurt"]
+    fmt = lambda items: ", ".join(f"{n} {_pts(d['mean'])} [{_pts(d['low'])}, {_pts(d['high'])}]"  # noqa: E731
+                                  for n, d in sorted(items, key=lambda x: -abs(x[1]["mean"]))[:top]) or "none"
+    lines.append(f"  per class ({v['split']} IoU points, intervals excluding 0 only): helped {fmt(helped)}; "
+                 f"hurt {fmt(hurt)}")
+    c = v.get("compute") or {}
+    if c:
+        search = f", control search {c['control_search']}" if c.get("control_search") else ""
+        lines.append(f"  compute (iterations): trials {c.get('trials', 0)}{search}, shared stage {c.get('stage', 0)}, "
+                     f"confirmation {c.get('confirmation', 0)} ({c.get('confirmation_share', 0) * 100:.0f}% of the "
+                     "sweep)")
+    lines += [f"  note: {f}" for f in v["flags"]]
     return lines
 
 
-__all__ = ["compare_models", "control_config", "headline", "summary_lines", "train_run", "verdict"]
+def no_verdict(reason: str) -> dict[str, Any]:
+    """verdict.json when there is nothing to compare (no self-training trial, no supervised arm)."""
+    line = f"VERDICT: none: {reason}"
+    return {"format": 2, "outcome": None, "headline": line, "lines": [line], "flags": [], "reason": reason}
+
+
+__all__ = ["CONTROL_MODES", "ConfirmRun", "arm_summary", "build_verdict", "confirm_runs", "fresh_seeds", "headline",
+           "no_verdict", "score_images", "self_training_methods", "self_training_starts", "summary_lines",
+           "train_run"]

@@ -118,16 +118,23 @@ def wide(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     return {}
 
 
-def supervised(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
-    """The supervised-only baseline, tuned as hard: LR, warmup, patience, losses, weighting, scale."""
+def _shared_training(trial: Trial, ctx: SpaceContext) -> None:
+    """The knobs every method has, searched for every method alike (issue 27: equal tuning): LR, warmup, the loss
+    weights, class weighting and the labelled images' scale augmentation."""
     trial.suggest_float("lr", 1e-4, 3e-3, log=True)
     trial.suggest_int("warmup_iters", 0, max(1, ctx.max_iters // 20))
-    evals = max(2, ctx.max_iters // ctx.eval_every)
-    trial.suggest_int("patience", max(1, evals // 8), max(2, evals // 2))
     trial.suggest_float("dice_weight", 0.0, 1.0)
     trial.suggest_categorical("class_weighting", ["none", "inverse_freq"])
     trial.suggest_float("scale_min", 0.75, 1.0)
     trial.suggest_float("scale_max", 1.0, 1.5)
+
+
+def supervised(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
+    """The supervised-only baseline, tuned as hard: the shared knobs (LR, warmup, losses, weighting, scale) and
+    patience."""
+    _shared_training(trial, ctx)
+    evals = max(2, ctx.max_iters // ctx.eval_every)
+    trial.suggest_int("patience", max(1, evals // 8), max(2, evals // 2))
     return {"method": "supervised"}
 
 
@@ -164,20 +171,18 @@ def s4gan(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
 
 
 def methods(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
-    """The method first (supervised, the mean teacher, self-training in rounds, or s4GAN), then its own knobs.
+    """The method first (supervised, the mean teacher, self-training in rounds, or s4GAN), then the knobs every
+    method shares (`_shared_training`: LR, warmup, dice weight, class weighting, scale), then its own.
 
-    Every method shares LR and warmup; patience is not searched (ASHA stops trials that plateau, and a
-    small patience ends trials in the dip after self-training starts). Rounds also search how many
-    rounds (2-3, the first supervised or the sweep's shared stage) and whether each round's student
-    starts from the last round's model. s4GAN searches its own knobs (`_s4gan`), not the pixel thresholds,
-    acceptance floor or strong augmentation, which it does not use.
+    Patience is not searched (ASHA stops trials that plateau, and a small patience ends trials in the dip after
+    self-training starts). Rounds also search how many rounds (2-3, the first supervised or the sweep's shared
+    stage) and whether each round's student starts from the last round's model. s4GAN searches its own knobs
+    (`_s4gan`), not the pixel thresholds, acceptance floor or strong augmentation, which it does not use. The
+    sweep gives every method a fair share of the first trials (`search.run.fair_share`).
     """
-    method = trial.suggest_categorical("method", ["supervised", "ema_self_training", "rounds", "s4gan"])
-    trial.suggest_float("lr", 1e-4, 3e-3, log=True)
-    trial.suggest_int("warmup_iters", 0, max(1, ctx.max_iters // 20))
+    method = trial.suggest_categorical("method", list(method_choices()))
+    _shared_training(trial, ctx)
     if method == "supervised":
-        trial.suggest_float("dice_weight", 0.0, 1.0)
-        trial.suggest_categorical("class_weighting", ["none", "inverse_freq"])
         return {}
     if method == "s4gan":
         _s4gan(trial, ctx)
@@ -185,10 +190,21 @@ def methods(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     _self_training(trial, ctx)
     if method == "ema_self_training":
         trial.suggest_float("ema_decay", 0.99, 0.9995)
-    else:
+    elif method == "rounds":
         trial.suggest_int("rounds", 2, 3)
         trial.suggest_categorical("round_init", ["warm", "fresh"])
     return {}
+
+
+def method_choices() -> tuple[str, ...]:
+    """The methods `methods` chooses from: every registered method (`selftune.trainable.methods`)."""
+    try:
+        from selftune.trainable.methods import method_names
+    except ImportError:
+        from selftune.trainable.config import METHODS as names
+    else:
+        names = tuple(method_names())
+    return tuple(names)
 
 
 def binary(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:

@@ -44,8 +44,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.=+\-]")  # kept out of folder names
 
 
 def _short_value(v: Any) -> str:
+    """A value as a folder name shows it: strings whole (a cut `ema_self_train` would read as another method),
+    floats to 3 significant digits."""
     if isinstance(v, bool) or not isinstance(v, int | float):
-        return str(v)[:14]
+        return str(v)
     return str(v) if isinstance(v, int) else f"{v:.3g}"
 
 
@@ -58,7 +60,7 @@ def trial_dirname(number: int | None, trial_id: str, params: dict[str, Any]) -> 
     for k in keys:  # whole key=value parts only: a value cut short would read as another value
         part = _UNSAFE.sub("", f"{k.rsplit('/', 1)[-1]}={_short_value(params[k])}")
         if len(name) + 1 + len(part) > TRIAL_DIR_MAX:
-            break
+            continue  # left out whole; a shorter one after it may still fit
         name += "_" + part
     return name
 

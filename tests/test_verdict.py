@@ -1,0 +1,256 @@
+"""The verdict: the interval from paired seeds and test images, its three words, the confirmation runs' configs,
+the keys that control it, and a real tiny sweep in which supervised training is best, killed while it confirms."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from selftune.errors import ConfigError, SelftuneError
+from selftune.search import intervals
+from selftune.search.adapter import TimeBudget
+from selftune.search.run import fair_share, plan_sweep
+from selftune.search.sweepfile import SweepConfig
+from selftune.search.verdict import ConfirmRun, build_verdict, confirm_runs
+from selftune.sweepfolder import read_verdict
+from selftune.trainable.config import TrainConfig
+from tests.helpers import tiny_config
+
+# ---------------------------------------------------------------------- made-up per-image scores
+
+
+def runs_scoring(acc: list[float], images: int = 40, pixels: int = 100, k: int = 3, seed: int = 0) -> np.ndarray:
+    """Per-image confusion matrices [seeds, images, K, K] of runs whose pixel accuracy is `acc[s]` on average,
+    with image-to-image spread (some images are harder), errors spread over the other classes."""
+    hard = np.random.default_rng(99).uniform(-0.1, 0.1, size=images)  # the same images are hard for every run
+    rng = np.random.default_rng(seed)  # each run's own noise
+    out = np.zeros((len(acc), images, k, k), dtype=np.int64)
+    for s, a in enumerate(acc):
+        for i in range(images):
+            truth = i % k
+            right = round(pixels * float(np.clip(a + hard[i] + rng.normal(0, 0.01), 0, 1)))
+            out[s, i, truth, truth] = right
+            out[s, i, truth, (truth + 1) % k] = pixels - right
+    return out
+
+
+def test_helps_hurts_and_no_clear_difference_from_made_up_scores() -> None:
+    better, worse = runs_scoring([0.80, 0.82, 0.81]), runs_scoring([0.60, 0.61, 0.59])
+    helps = intervals.paired_difference(better, worse)
+    assert helps.outcome == "helps" and 0 < helps.low < helps.mean < helps.high
+    assert intervals.paired_difference(worse, better).outcome == "hurts"
+    # seeds that disagree: +4, -3, +1 points of accuracy: the interval spans 0
+    a, b = runs_scoring([0.74, 0.67, 0.71], seed=1), runs_scoring([0.70, 0.70, 0.70], seed=2)
+    unclear = intervals.paired_difference(a, b)
+    assert unclear.outcome == "no clear difference" and unclear.low < 0 < unclear.high
+    assert unclear.seed_half_width > 0 and len(unclear.per_seed) == 3
+
+
+def test_one_seed_still_gets_an_interval_from_the_images() -> None:
+    d = intervals.paired_difference(runs_scoring([0.8]), runs_scoring([0.6]))
+    assert d.seeds == 1 and np.isnan(d.seed_half_width) and d.low < d.mean < d.high and d.outcome == "helps"
+    same = intervals.paired_difference(runs_scoring([0.70], images=6, seed=1), runs_scoring([0.70], images=6, seed=2))
+    assert same.outcome == "no clear difference" and same.low < 0 < same.high  # equal runs, their own noise
+
+
+def test_the_statistic_follows_the_sweep_metric() -> None:
+    cm = np.array([[8, 2], [1, 9]])
+    assert intervals.statistic_for("val_miou", ["bg", "fg"])[0] == "mIoU"
+    name, f1 = intervals.statistic_for("val_f1", ["bg", "fg"])
+    assert name == "f1" and f1(cm) == pytest.approx(18 / 21)
+    name, iou = intervals.statistic_for("val_iou/fg", ["bg", "fg"])
+    assert name == "IoU of fg" and iou(cm) == pytest.approx(9 / 12)
+    assert intervals.statistic_for("val_auc", ["bg", "fg"])[0] == "mIoU"  # no AUC from a confusion matrix
+
+
+def _verdict(st_acc: list[float], sup_acc: list[float], **kw: object) -> dict:
+    seeds = list(range(1000, 1000 + len(st_acc)))
+    cfg = TrainConfig.from_dict(tiny_config(method="ema_self_training", st_start_iter=10)).to_dict()
+    runs, results, cms = [], [], []
+    a, b = runs_scoring(st_acc, seed=1), runs_scoring(sup_acc, seed=2)
+    for i, s in enumerate(seeds):
+        for arm, arr in (("self_training", a), ("supervised", b)):
+            runs.append(ConfirmRun(arm, s, cfg, f"/x/{arm}_seed{s}"))
+            results.append({"status": "completed", "best_val_miou": 0.5, "best_iteration": 30, "iterations": 40})
+            cms.append(arr[i])
+    st = {"label": "self-training", "tuned": True, "trial_id": "st1", "method": "ema_self_training"}
+    sup = {"label": "supervised", "tuned": True, "trial_id": "sup1", "method": "supervised"}
+    args = dict(st=st, sup=sup, runs=runs, results=results, cms=cms, split="test", class_names=["a", "b", "c"],
+                metric="val_miou", best_by_val={"trial_id": "sup1", "method": "supervised", "metric": "val_miou",
+                                                "value": 0.6}, compute={"trials": 100, "confirmation": 240},
+                stage_model=None)
+    return build_verdict(**{**args, **kw})
+
+
+def test_the_headline_says_the_three_words_with_the_interval() -> None:
+    helps, hurts = _verdict([0.80, 0.82, 0.81], [0.60, 0.61, 0.59]), _verdict([0.60, 0.61, 0.59], [0.8, 0.82, 0.81])
+    unclear = _verdict([0.74, 0.67, 0.71], [0.70, 0.70, 0.70])
+    assert helps["headline"].startswith("VERDICT: self-training HELPS: ema_self_training (trial st1) vs tuned "
+                                        "supervised (trial sup1), test mIoU +")
+    assert hurts["headline"].startswith("VERDICT: self-training HURTS")
+    assert unclear["headline"].startswith("VERDICT: NO CLEAR DIFFERENCE between self-training and supervised")
+    for v in (helps, hurts, unclear):
+        d = v["difference"]
+        assert f"95% CI [{d['low'] * 100:+.2f}, {d['high'] * 100:+.2f}]" in v["headline"]
+        assert "3 fresh seeds per arm, 40 iterations each from scratch" in v["headline"]
+        assert v["lines"][0] == v["headline"] and any("best trial by val is supervised" in f for f in v["flags"])
+    # per class: words only where the class's own interval excludes 0
+    for v in (helps, hurts, unclear):
+        for d in v["per_class"].values():
+            assert d["word"] == {"helps": "helped", "hurts": "hurt"}.get(d["outcome"], "")
+            assert (d["word"] == "helped") == (d["low"] > 0)
+    assert "helped none; hurt none" not in helps["lines"][3]
+
+
+def test_flags_one_seed_an_untuned_control_and_a_best_checkpoint_before_self_training() -> None:
+    v = _verdict([0.8], [0.6], sup={"label": "x", "tuned": False, "trial_id": None, "method": "supervised"})
+    flags = " | ".join(v["flags"])
+    assert "one seed per arm" in flags and "UNTUNED" in flags and "UNTUNED supervised (base config)" in v["headline"]
+    early = _verdict([0.8, 0.8], [0.6, 0.6], results=[
+        {"status": "completed", "best_val_miou": 0.5, "best_iteration": it, "iterations": 40}
+        for it in (10, 40, 40, 40)])
+    assert any("predates self-training (iteration <= 10) on seed 1000" in f for f in early["flags"])
+
+
+# ---------------------------------------------------------------------- the confirmation's configs
+
+
+def test_both_arms_start_alike_and_run_alike(tmp_path: Path) -> None:
+    stage = str(tmp_path / "shared_stage" / "best_model_ema.pt")
+    rounds = TrainConfig.from_dict(tiny_config(method="rounds", teacher_checkpoint=stage, max_iters=30,
+                                               patience=3)).to_dict()
+    sup = TrainConfig.from_dict(tiny_config(method="supervised", lr=2e-3, dice_weight=0.5, max_iters=30)).to_dict()
+    runs = confirm_runs(rounds, sup, [1000, 1001], stage, tmp_path / "confirm", threads=1)
+    assert [(r.arm, r.seed) for r in runs] == [("self_training", 1000), ("supervised", 1000),
+                                               ("self_training", 1001), ("supervised", 1001)]
+    st, su = TrainConfig.from_dict(runs[0].config), TrainConfig.from_dict(runs[1].config)
+    assert st.method == "rounds" and st.teacher_checkpoint == stage and st.patience == 0 and st.seed == 1000
+    assert su.method == "supervised" and su.init_checkpoint == stage and su.max_iters == st.max_iters == 30
+    assert su.lr == 2e-3 and su.dice_weight == 0.5 and su.patience == 0  # its own tuned knobs
+    mt = TrainConfig.from_dict(tiny_config(method="ema_self_training", max_iters=30)).to_dict()
+    [_, b] = confirm_runs(mt, sup, [7], stage, tmp_path / "confirm", threads=1)
+    assert TrainConfig.from_dict(b.config).init_checkpoint is None  # the mean teacher started from scratch
+
+
+def test_every_method_gets_a_fair_share_of_the_first_trials() -> None:
+    methods = ("supervised", "ema_self_training", "rounds", "s4gan")
+    assert [p["method"] for p in fair_share(methods, 4)] == list(methods)
+    assert [p["method"] for p in fair_share(methods, 6)] == list(methods) * 2  # whole cycles over the start-up
+    assert fair_share(("rounds",), 4) == ()
+
+
+def test_the_time_budget_keeps_the_confirmation_s_time_free() -> None:
+    now = time.monotonic()
+    b = TimeBudget(100.0, now, runs=4, concurrent=2, max_t=40, eval_every=10)
+    assert b.reserve_s() == 0 and not b.stop_all()  # nothing measured yet: nothing reserved
+    b("t1", {"step_seconds": 0.5, "eval_seconds": 5.0})  # 0.5 + 5/10 = 1 s per iteration
+    assert b.reserve_s() == pytest.approx(2 * 40 * 1.0) and not b.stop_all()
+    b("t1", {"step_seconds": 1.0, "eval_seconds": 10.0})
+    assert b.stop_all()  # 2 waves x 40 x 1.5 s > the 100 s left
+
+
+# ---------------------------------------------------------------------- bad input, before any trial
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("confirm_seeds", -1, "confirm_seeds must be an integer >= 1, got -1"),
+    ("confirm_seeds", "3", "confirm_seeds must be an integer >= 1, got '3'"),
+    ("confirm_seeds", 2.5, "confirm_seeds must be an integer >= 1, got 2.5"),
+    ("confirm_seeds", True, "confirm_seeds must be an integer >= 1, got True"),
+    ("control", "maybe", "control must be one of tuned, base, none (or true / false), got 'maybe'"),
+    ("control_trials", 0, "control_trials must be an integer >= 1, got 0"),
+])
+def test_bad_verdict_keys_fail_by_name(key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SweepConfig.from_dict({key: value})
+
+
+def test_control_true_and_false_still_read() -> None:
+    assert SweepConfig.from_dict({"control": True}).control == "tuned"
+    assert SweepConfig.from_dict({"control": False}).control == "none"
+
+
+def test_a_control_the_space_cannot_serve_fails_before_any_trial(tiny_data: Path, tmp_path: Path) -> None:
+    base = tiny_config()
+    with pytest.raises(SelftuneError, match="control 'tuned': space 'supervised' has no self-training method"):
+        plan_sweep(SweepConfig(data=str(tiny_data), base=base, space="supervised", storage=str(tmp_path)))
+    with pytest.raises(SelftuneError, match="control_trials 4: only a tuned control search uses it, and space "
+                                            "'methods' has supervised trials"):
+        plan_sweep(SweepConfig(data=str(tiny_data), base=base, space="methods", control_trials=4,
+                               storage=str(tmp_path)))
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+# ---------------------------------------------------------------------- a real tiny sweep, killed while it confirms
+
+SPACE = '''
+def crippled_self_training(trial, ctx):
+    """Supervised at a working LR against a mean teacher that cannot learn (LR 1e-7): supervised is best."""
+    method = trial.suggest_categorical("method", ["supervised", "ema_self_training"])
+    trial.suggest_float("lr", 3e-3, 3e-3) if method == "supervised" else trial.suggest_float("lr", 1e-7, 1e-7)
+    return {}
+'''
+
+
+def test_supervised_best_a_kill_while_confirming_and_the_answer_is_not_helps(tiny_data: Path, tmp_path: Path
+                                                                            ) -> None:
+    (tmp_path / "verdict_test_spaces.py").write_text(SPACE)
+    storage = tmp_path / "results"
+    base = tiny_config(max_iters=20, eval_every=5, st_start_iter=5, st_rampup_iters=5, log_images=False)
+    script = textwrap.dedent(f"""
+        from selftune.search import SweepConfig, run_sweep
+        run_sweep(SweepConfig(name="confirm", data={str(tiny_data)!r}, base={base!r},
+                              space="verdict_test_spaces:crippled_self_training", num_samples=2, max_concurrent=1,
+                              scheduler="fifo", storage={str(storage)!r}, num_cpus=2, verbose=0, confirm_seeds=2))
+    """)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, start_new_session=True, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    exp = storage / "confirm"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:  # kill once a confirmation run has evaluated, before the verdict
+            if any((exp / "confirm").glob("*/metrics.jsonl")):
+                break
+            assert driver.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the sweep never reached its confirmation")
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert read_verdict(str(exp)) is None
+    cut = {p.parent.name: len(p.read_text().splitlines()) for p in (exp / "confirm").glob("*/metrics.jsonl")}
+
+    import ray
+
+    from selftune.search import resume_sweep
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        summary = resume_sweep(str(exp), num_cpus=2)
+    finally:
+        ray.shutdown()
+        sys.path.remove(str(tmp_path))
+    v = read_verdict(str(exp))
+    assert v is not None and summary.verdict == v and v["format"] == 2
+    for name, n in cut.items():  # resumed from its checkpoint: no evaluation twice, none lost
+        its = [json.loads(line)["iteration"] for line in (exp / "confirm" / name / "metrics.jsonl").read_text()
+               .splitlines()]
+        assert its == [5, 10, 15, 20], (name, n, its)
+    assert v["best_trial_by_val"]["method"] == "supervised"
+    assert any("best trial by val is supervised" in f for f in v["flags"])
+    assert v["outcome"] != "helps"  # a mean teacher at LR 1e-7 against supervised at 3e-3
+    assert (v["outcome"] == "hurts") == (v["difference"]["high"] < 0)
