@@ -7,7 +7,9 @@ on s3:// or gs:// reads the same as one on disk.
 
 from selftune.sweepfolder.layout import (
     BEST_CONFIG_FILE,
+    CONFIRM_DIR,
     CONTROL_DIR,
+    CONTROL_SEARCH_DIR,
     ERROR_FILES,
     JOURNAL_FILE,
     METRIC,
@@ -56,7 +58,9 @@ from selftune.sweepfolder.trials import (
 __all__ = [
     "BEST_CONFIG_FILE",
     "COMPLETED",
+    "CONFIRM_DIR",
     "CONTROL_DIR",
+    "CONTROL_SEARCH_DIR",
     "CUT",
     "DIVERGED",
     "EARLY_STOPPED",
