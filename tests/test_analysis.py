@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from selftune.analysis import analyze, load_history, load_study, load_trials, read_trials
+from selftune.analysis.page import report_html
 from selftune.analysis.report import Analysis
 from selftune.cli import main
 from selftune.errors import SelftuneError
@@ -287,7 +288,7 @@ def test_cli_prints_the_summary_and_writes_to_out(sweep_dir: Path, tmp_path: Pat
     assert rc == 0
     assert "sweep tiny: 6 trials:" in printed and "stopped by ASHA" in printed
     assert "what to run next:" in printed and "most important:" in printed
-    assert "  over COMPLETE trials only (what optuna-dashboard shows): " in printed
+    assert "  over COMPLETE trials only (as optuna.importance counts): " in printed
     assert printed.index("read this first:\n  ! ") < printed.index(" rank ") < printed.index("what to run next:")
     assert printed.startswith("VERDICT: ")  # the sweep trained its control: the verdict comes first
     table = next(b for b in printed.split("\n\n") if b.lstrip().startswith("rank")).splitlines()
@@ -579,7 +580,8 @@ def test_watch_rewrites_a_self_refreshing_report_and_prints_a_line_a_round(sweep
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] round 1: 6 trials: \d+ completed, .*; best val_miou "
                         rf"{best['best.val_miou']:.4f} \(trial {best['trial_id']}\)", lines[0]), lines[0]
     assert lines[1:] == [f"report: {out}/report.html"]
-    assert "<meta http-equiv='refresh' content='5'>" in (out / "report.html").read_text()
+    assert "http-equiv" not in (out / "report.html").read_text()  # the final page stays put
+    assert "<meta http-equiv='refresh' content='5'>" in report_html(analysis, 5, refresh=5)  # the live ones reload
     assert "http-equiv" not in (Path(analysis.out) / "report.html").read_text()  # only in watch mode
 
 

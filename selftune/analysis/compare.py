@@ -72,6 +72,7 @@ class Comparison:
     png: bytes | None = None
     has_html: bool = False
     files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. one sweep folder given twice
 
     def summary(self) -> str:
         return summary_text(self)
@@ -91,6 +92,8 @@ def load_comparison(paths: list[str], metric: str | None = None, mode: str | Non
     if len(paths) < 2:
         raise SelftuneError(f"compare needs at least two sweep folders, got {len(paths)}")
     paths = [str(p) if "://" in str(p) else str(Path(p).expanduser().resolve()) for p in paths]
+    warnings = [f"{p} is given {paths.count(p)} times: its columns below are one sweep, not {paths.count(p)}"
+                for p in dict.fromkeys(paths) if paths.count(p) > 1]
     if metric is None:
         own = {read_sweep_meta(p).get("metric") for p in paths}
         metric = own.pop() if len(own) == 1 and isinstance(next(iter(own)), str) else DEFAULT_METRIC
@@ -103,7 +106,7 @@ def load_comparison(paths: list[str], metric: str | None = None, mode: str | Non
             study = None  # ranges are then inferred from the trials
         importance, _ = param_importances(s, study)
         out.append(Compared(label, s, importance, load_verdict(s.path)))
-    return Comparison(out, metric, sweeps[0].mode)
+    return Comparison(out, metric, sweeps[0].mode, warnings=warnings)
 
 
 # ---------------------------------------------------------------------- the tables
@@ -224,6 +227,7 @@ def compare_html(c: Comparison) -> str:
              f"<h1>Compare {len(c.sweeps)} sweeps</h1>",
              f"<p class='sub'>metric {e(c.metric)} ({c.mode}) &middot; analysed {now}</p><ul>",
              *[f"<li><b>{e(x.label)}</b>: <code>{e(x.sweep.path)}</code></li>" for x in c.sweeps], "</ul>",
+             *[f"<p class='note'>warning: {e(w)}</p>" for w in c.warnings],
              "<h2>Overview</h2>", _table(overview(c))]
     verdicts = verdict_table(c)
     if verdicts is not None:
@@ -250,7 +254,7 @@ def compare_html(c: Comparison) -> str:
 
 
 def summary_text(c: Comparison) -> str:
-    lines = [f"compare {len(c.sweeps)} sweeps on {c.metric} ({c.mode})", ""]
+    lines = [f"compare {len(c.sweeps)} sweeps on {c.metric} ({c.mode})", *(f"warning: {w}" for w in c.warnings), ""]
     lines.append(overview(c).drop(columns="statuses").to_string(index=False))
     lines += ["", "trials per status:", status_table(c).to_string(index=False), "", "incumbents:",
               incumbents(c).to_string(index=False)]

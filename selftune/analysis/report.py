@@ -415,6 +415,7 @@ def watch(path: str, out: str | None = None, *, every: float = 30.0, rounds: int
           **kw: Any) -> int:
     """Analyse the sweep every `every` seconds while it runs, rewriting the report (which reloads itself as
     often), and print one status line a round; `rounds` ends it after that many, Ctrl-C at any time (exit 0).
+    The last page written is rewritten without the reload, so it stays put once watching ends.
     A sweep with no evaluation yet is waited for; any other error ends it as analyze's would."""
     import time
 
@@ -423,14 +424,14 @@ def watch(path: str, out: str | None = None, *, every: float = 30.0, rounds: int
     if rounds is not None and rounds < 1:
         raise SelftuneError(f"--watch-rounds must be >= 1, got {rounds}")
     file = file or sys.stdout
-    done, last = 0, None
+    done, last, final = 0, None, None
     try:
         while True:
             done += 1
             stamp = time.strftime("%H:%M:%S")
             try:
                 a = analyze(path, out, refresh=every, **kw)
-                last = a.out
+                last, final = a.out, a
                 print(f"[{stamp}] round {done}: {status_of(a)}", file=file, flush=True)
             except NoResultsYet as exc:
                 print(f"[{stamp}] round {done}: waiting: {exc}", file=file, flush=True)
@@ -439,7 +440,8 @@ def watch(path: str, out: str | None = None, *, every: float = 30.0, rounds: int
             time.sleep(every)
     except KeyboardInterrupt:
         print("\nstopped watching", file=file)
-    if last:
+    if final is not None and last:  # the final page: the same report, without the auto-reload
+        Output(last).write("report.html", report_html(final, kw.get("top_k", 5), None))
         print(f"report: {last}/report.html", file=file)
     return 0
 
