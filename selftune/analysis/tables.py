@@ -28,13 +28,10 @@ import pyarrow.fs as pafs
 
 from selftune.errors import SelftuneError
 from selftune.sweepfolder import (
-    COMPLETED,
-    DIVERGED,
-    EARLY_STOPPED,
     ERRORED,
     METRIC,
+    OUTCOME_WORDS,
     OUTCOMES,
-    RUNNING,
     STOPPED_BY_BUDGET,
     STOPPED_BY_SCHEDULER,
     TrialRecord,
@@ -52,11 +49,7 @@ from selftune.sweepfolder import (
 DEFAULT_METRIC = METRIC
 
 STATUS_ORDER = OUTCOMES
-STATUS_WORDS = {
-    COMPLETED: "completed", EARLY_STOPPED: "stopped by patience", STOPPED_BY_SCHEDULER: "stopped by ASHA",
-    STOPPED_BY_BUDGET: "stopped by the sweep budget", DIVERGED: "diverged", ERRORED: "errored",
-    RUNNING: "running or pending",
-}
+STATUS_WORDS = OUTCOME_WORDS
 
 # Ray's bookkeeping in every report: not metrics of the loop.
 RAY_KEYS = frozenset({

@@ -24,6 +24,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from selftune.search.progress import ProgressLines, ray_verbosity
 from selftune.search.study import open_optuna_storage
 from selftune.spaces import SpaceContext, apply_params, call_space, get_space
 from selftune.sweepfolder import (
@@ -328,10 +329,14 @@ def _trainable(spec: TunerSpec) -> Any:
 
 def _callbacks(spec: TunerSpec) -> list[Any]:
     """Ray's JSON and CSV loggers (result.json is what analysis reads); not its TensorBoard logger, which wrote
-    every metric again under ray/tune/ on a second step axis (the loop's own events are the record)."""
+    every metric again under ray/tune/ on a second step axis (the loop's own events are the record). At the
+    default verbose 1, selftune's one-line progress (`progress`) instead of Ray's boxed tables."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback()]
+    if spec.verbose == 1:
+        rungs = asha_milestones(spec.grace_period, spec.max_t, spec.reduction_factor) if spec.scheduler == "asha" else []
+        callbacks.append(ProgressLines(spec.metric, rungs=rungs))
     if spec.wandb_project:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
@@ -413,7 +418,7 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
             time_budget_s=None if spec.started is not None else spec.time_budget_s, reuse_actors=spec.reuse_actors, trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=spec.storage, verbose=spec.verbose, callbacks=_callbacks(spec),
+            name=spec.name, storage_path=spec.storage, verbose=ray_verbosity(spec.verbose), callbacks=_callbacks(spec),
             stop=_stoppers(spec),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=spec.metric, checkpoint_score_order="max"

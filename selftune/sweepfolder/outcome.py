@@ -21,6 +21,11 @@ OUTCOMES = (COMPLETED, EARLY_STOPPED, STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET, D
 FAILED = (DIVERGED, ERRORED)  # ended without a value worth ranking, whatever they reported before
 FINISHED = (COMPLETED, EARLY_STOPPED)  # ended on their own: told to Optuna as COMPLETE
 CUT = (STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET)  # ended from outside: told to Optuna as PRUNED
+OUTCOME_WORDS = {  # how the report, the summary and the console say each outcome
+    COMPLETED: "completed", EARLY_STOPPED: "stopped by patience", STOPPED_BY_SCHEDULER: "stopped by ASHA",
+    STOPPED_BY_BUDGET: "stopped by the sweep budget", DIVERGED: "diverged", ERRORED: "errored",
+    RUNNING: "running or pending",
+}
 
 
 def trial_outcome(last_result: dict[str, Any] | None, *, errored: bool, finished: bool = True) -> str:
