@@ -15,7 +15,7 @@ from selftune.search.sweepfile import SweepConfig, demo_sweep
 from selftune.spaces import SpaceContext, check_space
 from selftune.sweepfolder import read_trials, read_verdict
 from selftune.trainable.config import TrainConfig
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 BASE = tiny_config(max_iters=20, eval_every=5, warmup_iters=2, st_start_iter=0, st_rampup_iters=5, log_images=False)
 SPACES = '''
@@ -46,7 +46,7 @@ def staged_sweep(tiny_data: Path, spaces_module: str, tmp_path_factory: pytest.T
     sweep = SweepConfig(
         name="staged", data=str(tiny_data), base=BASE, space=f"{spaces_module}:rounds_only", searcher="random",
         num_samples=2, max_concurrent=1, scheduler="fifo", storage=str(tmp_path_factory.mktemp("results")),
-        num_cpus=2, verbose=0, shared_stage={"max_iters": 10},
+        num_cpus=2, verbose=0, shared_stage={"max_iters": 10}, confirm_seeds=2,
     )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -76,35 +76,50 @@ def test_rounds_trials_start_from_the_shared_stage(staged_sweep: Path) -> None:
     assert best["config"]["teacher_checkpoint"] == str(stage / "best_model_ema.pt")  # export: what the trial ran
 
 
-def test_the_control_is_compute_matched_and_the_verdict_is_written(staged_sweep: Path) -> None:
-    control = staged_sweep / "control"
-    cfg = TrainConfig.from_yaml(control / "config.yaml")
-    assert cfg.method == "supervised" and cfg.max_iters == 20 and cfg.patience == 0
-    assert cfg.init_checkpoint == str(staged_sweep / "shared_stage" / "best_model_ema.pt")
-    assert max(m["iteration"] for m in _metrics(control)) == 20
+def test_the_confirmation_runs_are_compute_matched_and_the_verdict_is_written(staged_sweep: Path) -> None:
+    """rounds_only has no supervised trial: a tuned control search ran; both arms were retrained with fresh seeds
+    from the shared stage for the rounds trial's 20 iterations, patience off."""
+    stage = str(staged_sweep / "shared_stage" / "best_model_ema.pt")
+    assert len(read_trials(str(staged_sweep / "control_search"))) == 2  # as many as the rounds trials
+    runs = sorted((staged_sweep / "confirm").iterdir())
+    assert [r.name for r in runs] == ["self_training_seed1000", "self_training_seed1001", "supervised_seed1000",
+                                      "supervised_seed1001"]
+    for run in runs:
+        cfg = TrainConfig.from_yaml(run / "config.yaml")
+        assert cfg.max_iters == 20 and cfg.patience == 0 and cfg.seed in (1000, 1001)
+        assert max(m["iteration"] for m in _metrics(run)) == 20
+        if run.name.startswith("supervised"):
+            assert cfg.method == "supervised" and cfg.init_checkpoint == stage
+        else:
+            assert cfg.method == "rounds" and cfg.teacher_checkpoint == stage
     verdict = read_verdict(str(staged_sweep))
-    assert verdict is not None and verdict["headline"].startswith("VERDICT: self-training (rounds")
-    assert ("beats" in verdict["headline"]) == (verdict["scores"]["test"]["delta"] > 0)
-    for split in ("val", "test"):
-        s = verdict["scores"][split]
-        assert len(s["per_class"]) == 7
-        assert s["delta"] == pytest.approx(s["best"] - s["control"])
+    assert verdict is not None and verdict["format"] == 2 and verdict["split"] == "test"
+    d = verdict["difference"]
+    assert d["low"] <= d["mean"] <= d["high"] and d["seeds"] == 2 and d["images"] == 4
+    word = {"helps": "HELPS", "hurts": "HURTS", "no clear difference": "NO CLEAR DIFFERENCE"}[verdict["outcome"]]
+    assert word in verdict["headline"] and "rounds (trial" in verdict["headline"]
+    assert (verdict["outcome"] == "helps") == (d["low"] > 0) and (verdict["outcome"] == "hurts") == (d["high"] < 0)
+    assert len(verdict["runs"]) == 4 and verdict["compute"]["confirmation"] == 80
+    assert verdict["arms"]["supervised"]["tuned"] is True
     best = yaml.safe_load((staged_sweep / "best_config.yaml").read_text())
     assert best["provenance"]["verdict"]["headline"] == verdict["headline"]
 
 
-def test_resume_does_not_train_the_stage_or_the_control_again(staged_sweep: Path) -> None:
+def test_resume_does_not_train_the_stage_or_the_confirmation_again(staged_sweep: Path) -> None:
     import ray
 
     from selftune.search import resume_sweep
 
-    states = [staged_sweep / name / "checkpoint" / "state.pt" for name in ("shared_stage", "control")]
+    states = [p / "checkpoint" / "state.pt" for p in [staged_sweep / "shared_stage",
+                                                      *(staged_sweep / "confirm").iterdir()]]
     before = {p: p.stat().st_mtime_ns for p in states}  # a run trained again writes its checkpoint again
+    verdict = read_verdict(str(staged_sweep))
     try:
         resume_sweep(str(staged_sweep), num_cpus=2)
     finally:
         ray.shutdown()
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert read_verdict(str(staged_sweep))["difference"] == verdict["difference"]  # the same runs, the same answer
 
 
 def test_the_methods_space_covers_every_method_with_its_own_knobs() -> None:

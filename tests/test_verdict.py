@@ -197,7 +197,7 @@ SPACE = '''
 def crippled_self_training(trial, ctx):
     """Supervised at a working LR against a mean teacher that cannot learn (LR 1e-7): supervised is best."""
     method = trial.suggest_categorical("method", ["supervised", "ema_self_training"])
-    trial.suggest_float("lr", 3e-3, 3e-3) if method == "supervised" else trial.suggest_float("lr", 1e-7, 1e-7)
+    trial.suggest_float("lr", 2e-3, 3e-3) if method == "supervised" else trial.suggest_float("lr", 1e-7, 2e-7)
     return {}
 '''
 

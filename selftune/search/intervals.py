@@ -17,6 +17,7 @@ the interval excludes 0, else "no clear difference" (../docs/methods.md#the-verd
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -133,7 +134,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray, statistic: Statistic = miou,
     boot_a = np.einsum("dm,smx->dsx", weights, flat_a).reshape(draws, n, k, k)
     boot_b = np.einsum("dm,smx->dsx", weights, flat_b).reshape(draws, n, k, k)
     diffs = statistic(boot_a) - statistic(boot_b)  # [draws, seeds]
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # a draw without a class (its IoU NaN on every seed) is dropped below
+        warnings.simplefilter("ignore", RuntimeWarning)
         boot = np.nanmean(np.where(np.isfinite(diffs), diffs, np.nan), axis=1)
     boot = boot[np.isfinite(boot)]
     alpha = (1 - CONFIDENCE) / 2
