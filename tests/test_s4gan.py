@@ -17,10 +17,10 @@ from torch import nn
 
 from selftune.errors import ConfigError
 from selftune.spaces import SPACES, SpaceContext, call_space, check_space
-from selftune.trainable import loop, s4gan
+from selftune.trainable import loop
 from selftune.trainable.config import TrainConfig, demo_config
-from selftune.trainable.methods import METHODS, PseudoBatch, Supervised, create_method
-from tests.conftest import tiny_config
+from selftune.trainable.methods import PseudoBatch, Supervised, create_method, get_method, s4gan
+from tests.helpers import crash_and_resume, read_metrics, same, same_weights, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 3  # classes in the tiny-tensor tests
@@ -184,7 +184,7 @@ def test_other_methods_hooks_are_no_ops() -> None:
     logits = torch.randn(2, 7, 4, 4)
     assert method.extra_loss(torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4), logits, None, None, 0).item() == 0.0
     assert method.after_step(0) is None and method.window_metrics() == {}
-    assert METHODS["s4gan"].needs_unlabeled
+    assert get_method("s4gan").needs_unlabeled
 
 
 def test_state_round_trips_through_a_weights_only_load() -> None:
@@ -376,20 +376,6 @@ TINY = tiny_config(method="s4gan", max_iters=12, eval_every=4, st_start_iter=2, 
                    threshold_st=0.4, st_weight_start=0.1, teacher_tta="flip", d_width=8)
 
 
-def _read(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
-        return True
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a if not k.endswith("_seconds"))
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
-
-
 @needs_hooks
 def test_end_to_end_with_exact_resume(tiny_data: Path, tmp_path: Path) -> None:
     """A run logs s4GAN's metrics; stopped after the checkpoint at 8 and resumed, it ends bit for bit the same,
@@ -398,7 +384,7 @@ def test_end_to_end_with_exact_resume(tiny_data: Path, tmp_path: Path) -> None:
     unbroken = tmp_path / "unbroken"
     result = loop.train(cfg, tiny_data, unbroken, progress=False)
     assert result.status == "completed" and result.iterations == 12
-    rows = _read(unbroken)
+    rows = read_metrics(unbroken)
     for row in rows:
         assert {"loss_fm", "loss_d", "st_images", "d_confidence", "threshold_st", "lr_d", "loss_sup", "loss_st",
                 "lr"} <= row.keys()
@@ -406,21 +392,11 @@ def test_end_to_end_with_exact_resume(tiny_data: Path, tmp_path: Path) -> None:
     state = torch.load(unbroken / "checkpoint" / "state.pt", weights_only=True)
     assert state["method"].keys() == {"discriminator", "optimizer"}
 
-    class Crash(Exception):
-        pass
-
-    def crash_at_8(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        if metrics["iteration"] == 8:
-            raise Crash
-
     run = tmp_path / "run"
-    with pytest.raises(Crash):
-        loop.train(cfg, tiny_data, run, reporter=crash_at_8, progress=False)
-    assert loop.train(cfg, tiny_data, run, resume_from=run / "checkpoint", progress=False).status == "completed"
-    assert _same(_read(run), rows)
+    assert crash_and_resume(cfg, tiny_data, run, at=8).status == "completed"
+    assert same(read_metrics(run), rows)
+    assert same_weights(run, unbroken)
     resumed = torch.load(run / "checkpoint" / "state.pt", weights_only=True)
-    for part in ("ema", "model"):
-        assert all(torch.equal(resumed[part][k], state[part][k]) for k in state[part])
     disc_a, disc_b = state["method"]["discriminator"], resumed["method"]["discriminator"]
     assert all(torch.equal(disc_a[k], disc_b[k]) for k in disc_a)
     opt_a, opt_b = state["method"]["optimizer"]["state"], resumed["method"]["optimizer"]["state"]

@@ -29,6 +29,8 @@ def rank_trials(path: str, metric: str | None = None, mode: str | None = None) -
     """Trials with at least one evaluation, best `metric` first (highest, or lowest for a loss: `mode` from the
     name unless given); each with provenance and resolved config, at its best evaluation by `metric`.
     Without `metric`, the sweep's own (`metric` in selftune_sweep.yaml; val_miou when it records none)."""
+    from selftune.trainable.methods import get_method  # imports torch: here, not at `selftune --help`
+
     meta = read_sweep_meta(path)
     if metric is None:
         metric = meta.get("metric") if isinstance(meta.get("metric"), str) and meta.get("metric") else METRIC
@@ -50,7 +52,7 @@ def rank_trials(path: str, metric: str | None = None, mode: str | None = None) -
         ck_name = best.get("checkpoint_dir_name")
         checkpoint = f"{t.path}/{ck_name}" if ck_name and f"{t.path}/{ck_name}" in t.checkpoints else None
         config = apply_params(base, t.params)
-        if config.method == "rounds" and meta.get("shared_stage_model"):  # as the trial ran: from the shared stage
+        if meta.get("shared_stage_model") and get_method(config.method).uses_shared_stage:  # as the trial ran
             config = config.replace(teacher_checkpoint=meta["shared_stage_model"])
         entries.append({
             "trial_id": t.trial_id,

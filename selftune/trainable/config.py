@@ -6,7 +6,8 @@ jitter 256-320 px on 256 px crops (factors 1.0-1.25). `demo_config()` scales the
 counts down for the built-in demo data; docs/data.md says how.
 
 Build one from a dict with `TrainConfig.from_dict`: unknown keys and bad values fail with a
-`ConfigError` naming the key and the value.
+`ConfigError` naming the key and the value. The `method` choices and each method's own checks come from
+the registry, `selftune.trainable.methods` (docs/methods.md); this module checks every field's range.
 """
 
 from __future__ import annotations
@@ -28,11 +29,8 @@ ARCHS = (
     "Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "PAN", "DeepLabV3",
     "DeepLabV3Plus", "UPerNet", "Segformer", "DPT",
 )
-METHODS = ("supervised", "ema_self_training", "rounds", "s4gan")
 ROUND_INITS = ("warm", "fresh")
 CHECKPOINT_KEYS = ("teacher_checkpoint", "init_checkpoint")  # paths to earlier runs' weights
-S4GAN_KNOBS = ("lambda_fm", "threshold_st", "threshold_st_schedule", "threshold_st_start", "lr_d", "d_width",
-               "d_warmup_iters", "st_weight_start")  # used by method s4gan only
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "poly", "constant")
 THRESHOLD_SCHEDULES = ("constant", "linear")
@@ -226,12 +224,12 @@ class TrainConfig:
 
     def as_supervised(self, **changes: Any) -> TrainConfig:
         """This config's model and data, method supervised (a shared stage, a control): no teacher, no rounds, the
-        knobs only s4gan uses back at their defaults; then `changes`."""
-        defaults = {k: _field_default(k) for k in S4GAN_KNOBS}
+        knobs only one method uses (`Method.own_knobs`, e.g. s4gan's) back at their defaults; then `changes`."""
+        defaults = {k: _field_default(k) for cls in _registry().REGISTRY.values() for k in cls.own_knobs}
         return self.replace(**{"method": "supervised", "teacher_checkpoint": None, "round_iters": [], **defaults,
                                **changes})
 
-    def _first_changed(self, keys: tuple[str, ...]) -> str | None:
+    def first_changed(self, keys: tuple[str, ...]) -> str | None:
         """The first of `keys` not at its default, or None."""
         return next((k for k in keys if getattr(self, k) != _field_default(k)), None)
 
@@ -252,7 +250,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _choice("arch", self.arch, ARCHS)
-        _choice("method", self.method, METHODS)
         _choice("round_init", self.round_init, ROUND_INITS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -314,45 +311,26 @@ class TrainConfig:
         for name in CHECKPOINT_KEYS:
             if getattr(self, name) is not None and not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name} must be null or a path, got {getattr(self, name)!r}")
-        self._check_rounds()
-        self._check_s4gan()
-        self._check_binary()
-        if self.teacher_checkpoint is not None and self.method == "supervised":
-            raise ConfigError("teacher_checkpoint labels unlabelled images, but method is 'supervised'; "
-                              "use a self-training method or drop the key")
-
-    def trained_rounds(self) -> int:
-        """Rounds this run trains (method rounds): all of them, or all but the first given by teacher_checkpoint."""
-        return self.rounds - (1 if self.teacher_checkpoint is not None else 0)
-
-    def round_lengths(self) -> tuple[int, ...]:
-        """Iterations of each round this run trains (one entry for methods without rounds)."""
-        if self.method != "rounds":
-            return (self.max_iters,)
-        if self.round_iters:
-            return self.round_iters
-        n = self.trained_rounds()
-        return (self.max_iters // n,) * (n - 1) + (self.max_iters - (n - 1) * (self.max_iters // n),)
-
-    def _check_rounds(self) -> None:
         _at_least("rounds", self.rounds, 1)
         for i, n in enumerate(self.round_iters):
             _at_least(f"round_iters[{i}]", n, 1)
-        if self.method != "rounds":
-            return
-        n = self.trained_rounds()
-        if n < 1:
-            raise ConfigError(f"rounds is {self.rounds} and teacher_checkpoint gives the first round: nothing is left "
-                              "to train; set rounds >= 2")
-        if self.rounds > self.max_iters:
-            raise ConfigError(f"rounds {self.rounds} needs at least one iteration per round, max_iters is {self.max_iters}")
-        if self.round_iters:
-            if len(self.round_iters) != n:
-                raise ConfigError(f"round_iters lists {len(self.round_iters)} rounds but the run trains {n} "
-                                  f"(rounds {self.rounds}{', the first from teacher_checkpoint' if n < self.rounds else ''})")
-            if sum(self.round_iters) != self.max_iters:
-                raise ConfigError(f"round_iters {list(self.round_iters)} adds up to {sum(self.round_iters)}, but max_iters "
-                                  f"is {self.max_iters}; make them agree, or leave round_iters empty to split max_iters evenly")
+        self._check_s4gan_ranges()
+        self._check_method()
+        self._check_binary()
+
+    def round_lengths(self) -> tuple[int, ...]:
+        """Iterations of each round this run trains (`Method.stage_lengths`: one entry for methods without rounds)."""
+        return _registry().get_method(self.method).stage_lengths(self)
+
+    def _check_method(self) -> None:
+        """The method is a registered one; no other method's own knobs are changed; then the method's own checks."""
+        registry = _registry()
+        method = registry.get_method(self.method)
+        for other in registry.REGISTRY.values():
+            if other is not method and (key := self.first_changed(other.own_knobs)):
+                raise ConfigError(f"{key} is {getattr(self, key)!r}, but only method {other.name} uses it (method is "
+                                  f"{self.method!r}); set method {other.name} or drop {key}")
+        method.check_config(self)
 
     def for_classes(self, num_classes: int) -> TrainConfig:
         """This config fitted to a dataset of `num_classes` classes: a one-value `thresholds` (or explicit
@@ -372,9 +350,8 @@ class TrainConfig:
         fitted.check_num_classes(num_classes)
         return fitted
 
-    def _check_s4gan(self) -> None:
-        """s4GAN's knobs; with method s4gan, the run must let the discriminator train, and the knobs of the other
-        methods' pixel thresholds (which s4gan does not use) must be off."""
+    def _check_s4gan_ranges(self) -> None:
+        """s4GAN's knobs in range (what method s4gan refuses besides is `S4GAN.check_config`)."""
         _choice("threshold_st_schedule", self.threshold_st_schedule, THRESHOLD_SCHEDULES)
         _at_least("d_warmup_iters", self.d_warmup_iters, 0)
         _at_least("d_width", self.d_width, 1)
@@ -385,27 +362,6 @@ class TrainConfig:
         for name in ("threshold_st", "threshold_st_start", "st_weight_start"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if self.method != "s4gan":
-            if key := self._first_changed(S4GAN_KNOBS):
-                raise ConfigError(f"{key} is {getattr(self, key)!r}, but only method s4gan uses it (method is "
-                                  f"{self.method!r}); set method s4gan or drop {key}")
-            return
-        if key := self._first_changed(("rounds", "round_iters")):
-            raise ConfigError(f"{key} is {getattr(self, key)!r}, but method s4gan trains in one run, not in rounds; "
-                              f"drop {key} or choose method rounds")
-        if self.teacher_checkpoint is not None:
-            raise ConfigError("teacher_checkpoint is set, but method s4gan pseudo-labels with its own network (gated by "
-                              "the discriminator); drop teacher_checkpoint or choose another method")
-        if self.d_warmup_iters >= self.max_iters:
-            raise ConfigError(f"d_warmup_iters {self.d_warmup_iters} is not shorter than the run (max_iters "
-                              f"{self.max_iters}): the discriminator would never train; lower d_warmup_iters")
-        unused = {"min_accept_ratio": (self.min_accept_ratio, 0.0), "distribution_alignment":
-                  (self.distribution_alignment, False), "fp_weight": (self.fp_weight, 0.0),
-                  "strong_aug": (self.strong_aug, False), "threshold_schedule": (self.threshold_schedule, "constant")}
-        for key, (value, off) in unused.items():
-            if value != off:
-                raise ConfigError(f"{key} is {value!r}, but method s4gan does not use it (the discriminator gates whole "
-                                  f"images with threshold_st); set {key} to {off!r} or choose another method")
 
     def _check_binary(self) -> None:
         """Binary mode's knobs (and the point labels' radius and ring): in range; neg_threshold below pos_threshold;
@@ -427,13 +383,16 @@ class TrainConfig:
         if not 0 <= self.threshold_decay <= 0.5:
             raise ConfigError(f"threshold_decay must be in [0, 0.5], got {self.threshold_decay!r}")
         if not self.binary:
-            if key := self._first_changed(("pos_threshold", "neg_threshold", "threshold_decay", "pos_weight")):
+            if key := self.first_changed(("pos_threshold", "neg_threshold", "threshold_decay", "pos_weight")):
                 raise ConfigError(f"{key} is {getattr(self, key)!r}, but it is a knob of binary mode and binary is "
                                   f"false; set binary: true (a 2-class dataset) or drop {key}")
             return
-        if self.method == "s4gan":
-            raise ConfigError("binary mode works with methods supervised, ema_self_training and rounds, not s4gan "
-                              "(its discriminator reads K class probabilities); set binary: false or another method")
+        registry = _registry()
+        if not registry.get_method(self.method).binary:
+            able = [name for name, cls in registry.REGISTRY.items() if cls.binary]
+            names = " and ".join([", ".join(able[:-1]), able[-1]] if len(able) > 1 else able)
+            raise ConfigError(f"binary mode works with methods {names}, not "
+                              f"{self.method}; set binary: false or another method")
         unused = {"min_accept_ratio": (self.min_accept_ratio, 0.0), "distribution_alignment":
                   (self.distribution_alignment, False), "threshold_schedule": (self.threshold_schedule, "constant")}
         for key, (value, off) in unused.items():
@@ -584,6 +543,14 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _registry() -> Any:
+    """`selftune.trainable.methods`, imported when a config is first checked: the methods import this module
+    (and torch), so importing it here at the top would be a cycle and would slow every import of the config."""
+    from selftune.trainable import methods
+
+    return methods
 
 
 def _field_default(name: str) -> Any:

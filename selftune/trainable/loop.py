@@ -4,7 +4,8 @@
 folder) -> one loop over optimizer steps -> at every `eval_every` steps and at the end: evaluate,
 write metrics, checkpoint, report. Its parts live beside it: the model (`model.py`), the device
 (`device.py`), scoring (`evaluation.py`), metrics.jsonl and TensorBoard (`records.py`), the
-training state's save and restore (`checkpoint.py`), the methods (`methods.py`).
+training state's save and restore (`checkpoint.py`), the methods (`methods/`, one module each, behind the
+interface in `methods/base.py`: the loop never asks which method runs).
 
 Step numbering: `it` is the 0-based index of the optimizer step being taken; `iteration` (in
 metrics, checkpoints and reports) is the number of steps completed, so the evaluation after step
@@ -77,7 +78,7 @@ from selftune.trainable.device import (
 )
 from selftune.trainable.evaluation import EvalBatches, evaluate, load_eval_batches
 from selftune.trainable.functional import Loss, class_weights_for, loss_from_config
-from selftune.trainable.methods import METHODS, Method, create_method
+from selftune.trainable.methods import Method, NextRound, create_method, get_method
 from selftune.trainable.model import build_model, build_optimizer, load_weights, weights_from
 from selftune.trainable.records import (
     Window,
@@ -202,7 +203,7 @@ def train(
             val_miou = metrics["val_miou"]
             keep_best(run, val_miou, it)  # best_model_ema.pt, the round's best, patience
             if method.round_over(p.iteration, p.bad_evals) and not method.is_last():
-                next_round(run)  # the round's best EMA model labels the next one
+                next_round(run, method.next_round(p.iteration))  # the round's best EMA model labels the next one
             p.status = _finished_status(p.iteration, method, p.bad_evals) or "running"
             metrics.update(best_val_miou=p.best_or_nan, best_iteration=p.best_iteration, status=p.status)
             st.window = Window.empty(run.classes.num_classes, device)
@@ -266,7 +267,7 @@ def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | 
     """Check the data, config and earlier runs' weights, then build the models, optimizer, loss and state
     (restored from `resume_from` when given). Raises DataError / ConfigError; writes nothing."""
     _check_out_dir(out_dir)
-    summary = validate_dataset(data_root, need_unlabeled=METHODS[cfg.method].needs_unlabeled,
+    summary = validate_dataset(data_root, need_unlabeled=get_method(cfg.method).needs_unlabeled,
                                points=point_targets(cfg))
     classes = read_classes(data_root)
     k = classes.num_classes
@@ -294,7 +295,7 @@ def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | 
         frozen = build_model(labeller_weights.config.replace(encoder_weights=None), k)
         load_weights(frozen, labeller_weights, "teacher_checkpoint", "the architecture its config names")
         labeller = frozen.to(device, memory_format=memory_format).eval().requires_grad_(False)
-        if saved is None and init is None and cfg.method == "rounds" and cfg.round_init == "warm":  # from round 1
+        if saved is None and init is None and method.student_from_labeller():  # rounds: from round 1
             load_weights(model, labeller_weights, "teacher_checkpoint", f"this run's {cfg.arch}/{cfg.encoder} "
                          "(round_init warm starts the student from the first round; round_init fresh does not)")
             teacher.load_state_dict(model.state_dict())
@@ -306,7 +307,7 @@ def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | 
         ckpt.restore_state(saved, st, device)
         for group in st.optimizer.param_groups:  # max_iters may have changed: use the schedule's value now
             group["lr"] = group["initial_lr"] * method.lr_factor(st.scheduler.last_epoch)
-        if getattr(method, "labeller_weights", None) is not None:  # a later round: the last round's best labels
+        if method.labeller_weights is not None:  # a later round: the last round's best labels
             labeller = frozen_model(cfg, k, method.labeller_weights, device, memory_format)
     weights = class_weights_for(cfg.class_weighting, k, explicit=cfg.class_weights,
                                 suggested=summary.suggested_weights)
@@ -510,14 +511,14 @@ def _finished_status(iteration: int, method: Method, bad_evals: int) -> str | No
     return None
 
 
-def next_round(run: Run) -> None:
-    """Rounds: the finished round's best EMA model becomes the frozen labeller; the student starts from it
-    (round_init warm) or afresh; the EMA copy, optimizer and LR schedule start over."""
+def next_round(run: Run, switch: NextRound) -> None:
+    """A method's next round (`Method.next_round`): its labeller becomes the frozen labeller; the student starts
+    from `switch.student` or afresh; the EMA copy, optimizer and LR schedule start over."""
     st, cfg, method = run.st, run.cfg, run.st.method
-    weights = method.advance(st.progress.iteration)
-    run.labeller = frozen_model(cfg, run.classes.num_classes, weights, run.device, memory_format_for(cfg, run.device))
-    if cfg.round_init == "warm":
-        st.model.load_state_dict(weights)
+    run.labeller = frozen_model(cfg, run.classes.num_classes, switch.labeller, run.device,
+                                memory_format_for(cfg, run.device))
+    if switch.student is not None:
+        st.model.load_state_dict(switch.student)
     else:  # a fresh init, seeded by the round (Noisy Student)
         torch.manual_seed(derive_seed(cfg.seed, STREAM_ROUND_INIT, method.round))
         st.model.load_state_dict(build_model(cfg, run.classes.num_classes).state_dict())

@@ -1,4 +1,4 @@
-"""s4GAN (Mittal, Tatarchenko and Brox, 2019; the users' V1 and V2, seeds 001-002) as one unit.
+"""Method s4gan (Mittal, Tatarchenko and Brox, 2019; the users' V1 and V2, seeds 001-002) as one unit.
 
 A discriminator sees an image concatenated with a class-probability map: real = image + one-hot
 ground truth, fake = image + the segmentation network's softmax. It is trained with binary
@@ -18,23 +18,28 @@ before it), `threshold_st_schedule` linear (from `threshold_st_start` at `st_sta
 gradient clipping, the EMA model and poly or cosine decay are the loop's own (`grad_clip`,
 `ema_decay`, `lr_schedule`).
 
-Here: the discriminator, the losses and schedules as small pure functions, and `Adversary`, the
-discriminator with its optimizer and what it decides; `methods.S4GAN` routes the loop's hooks to it.
-This module imports nothing from `methods`, which imports it (no import cycle).
+Here: the discriminator, the losses and schedules as small pure functions; `Adversary`, the
+discriminator with its optimizer and what it decides; and `S4GAN`, the method, which routes the loop's
+hooks to it and owns s4GAN's knobs (`own_knobs`, `check_config`).
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from selftune.data import derive_seed
+from selftune.errors import ConfigError
 from selftune.trainable import functional
-from selftune.trainable.config import TrainConfig
+from selftune.trainable.methods.base import Method
+
+if TYPE_CHECKING:
+    from selftune.trainable.config import TrainConfig
 
 # The rest of the discriminator and its optimizer are s4GAN's (its width is `d_width`): 4x4 stride-2
 # convolutions, LeakyReLU 0.2, channel dropout 0.5 after the first three, Adam with betas (0.9, 0.99).
@@ -299,6 +304,77 @@ class Adversary:
             self.discriminator(device)
 
 
+class S4GAN(Method):
+    """s4GAN (the users' V1 and V2, seeds 001-002): a discriminator gates whole unlabelled images and adds feature
+    matching. Its parts (the discriminator, its optimizer and schedule, the losses and the gate) are `Adversary`;
+    this class routes the loop's hooks to it. Pseudo-labels are the labeller's argmax (with `teacher_tta`), not the
+    per-class pixel thresholds: `thresholds_at` reports the image gate for every class."""
+
+    name = "s4gan"
+    self_training = True
+    needs_unlabeled = True
+    binary = False  # its discriminator reads K class probabilities, not one sigmoid channel
+    own_knobs = ("lambda_fm", "threshold_st", "threshold_st_schedule", "threshold_st_start", "lr_d", "d_width",
+                 "d_warmup_iters", "st_weight_start")
+
+    def __init__(self, cfg: TrainConfig, num_classes: int, class_prior: Sequence[float] | None = None):
+        super().__init__(cfg, num_classes, class_prior)
+        self.adversary = Adversary(cfg, num_classes)
+
+    @classmethod
+    def check_config(cls, cfg: TrainConfig) -> None:
+        """One run (no rounds), its own labeller, a discriminator that gets to train, and none of the other
+        methods' pixel-threshold knobs."""
+        if key := cfg.first_changed(("rounds", "round_iters")):
+            raise ConfigError(f"{key} is {getattr(cfg, key)!r}, but method s4gan trains in one run, not in rounds; "
+                              f"drop {key} or choose method rounds")
+        if cfg.teacher_checkpoint is not None:
+            raise ConfigError("teacher_checkpoint is set, but method s4gan pseudo-labels with its own network (gated by "
+                              "the discriminator); drop teacher_checkpoint or choose another method")
+        if cfg.d_warmup_iters >= cfg.max_iters:
+            raise ConfigError(f"d_warmup_iters {cfg.d_warmup_iters} is not shorter than the run (max_iters "
+                              f"{cfg.max_iters}): the discriminator would never train; lower d_warmup_iters")
+        unused = {"min_accept_ratio": (cfg.min_accept_ratio, 0.0), "distribution_alignment":
+                  (cfg.distribution_alignment, False), "fp_weight": (cfg.fp_weight, 0.0),
+                  "strong_aug": (cfg.strong_aug, False), "threshold_schedule": (cfg.threshold_schedule, "constant")}
+        for key, (value, off) in unused.items():
+            if value != off:
+                raise ConfigError(f"{key} is {value!r}, but method s4gan does not use it (the discriminator gates whole "
+                                  f"images with threshold_st); set {key} to {off!r} or choose another method")
+
+    def st_weight(self, it: int) -> float:
+        c = self.cfg
+        return st_weight_at(it, weight=c.st_weight, start_iter=c.st_start_iter, rampup_iters=c.st_rampup_iters,
+                            start_fraction=c.st_weight_start)
+
+    def thresholds_at(self, it: int) -> list[float]:
+        return [self.adversary.threshold_at(it)] * self.num_classes
+
+    def patience_counts(self, it: int) -> bool:
+        return super().patience_counts(it) and it + 1 >= self.cfg.d_warmup_iters
+
+    @torch.no_grad()
+    def label(self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, *, update: bool = True
+              ) -> functional.PseudoLabels:
+        return self.adversary.label(teacher, images_u, it, update=update)
+
+    def extra_loss(self, images_l: torch.Tensor, masks: torch.Tensor, logits_l: torch.Tensor,
+                   images_u: torch.Tensor | None, logits_u: torch.Tensor | None, it: int) -> torch.Tensor:
+        return self.adversary.feature_matching(images_l, masks, logits_l, images_u, logits_u, it)
+
+    def after_step(self, it: int) -> None:
+        self.adversary.step(it)
+
+    def window_metrics(self) -> dict[str, float]:
+        return self.adversary.window_metrics()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.adversary.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.adversary.load_state_dict(state)
+
+
 def _to_cpu(obj: Any) -> Any:
     """A copy of nested dicts, lists and tuples with every tensor on the CPU."""
     if isinstance(obj, torch.Tensor):
@@ -311,6 +387,7 @@ def _to_cpu(obj: Any) -> Any:
 
 
 __all__ = [
+    "S4GAN",
     "Adversary",
     "Discriminator",
     "d_lr_at",

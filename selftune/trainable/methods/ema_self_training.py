@@ -1,0 +1,71 @@
+"""Method ema_self_training: the mean teacher, with per-class confidence thresholds (the users' V3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from selftune.trainable import augment, functional
+from selftune.trainable.methods.base import Method
+
+if TYPE_CHECKING:
+    from selftune.trainable.config import TrainConfig
+
+
+class EmaSelfTraining(Method):
+    """Mean-teacher self-training with per-class confidence thresholds (the users' V3).
+
+    The EMA teacher labels the (weakly augmented) unlabelled batch; pixels below the threshold of
+    their predicted class are ignored. With `strong_aug`, the student sees the batch with colour
+    jitter, optionally hue, greyscale and blur (UniMatch's set), and CutMix (boxes pasted from a
+    shuffled copy of the batch, labels pasted alike).
+    Two class-balancing options change what passes the thresholds: `distribution_alignment` rescales the
+    teacher's probabilities towards the labelled class frequencies, and `min_accept_ratio` keeps the
+    most confident share of every predicted class.
+    """
+
+    name = "ema_self_training"
+    self_training = True
+    needs_unlabeled = True
+
+    def __init__(self, cfg: TrainConfig, num_classes: int, class_prior: Sequence[float] | None = None):
+        super().__init__(cfg, num_classes, class_prior)
+        self.predicted_mean: torch.Tensor | None = None  # running mean of teacher probabilities (alignment)
+
+    def align(self, probs: torch.Tensor, *, update: bool) -> torch.Tensor:
+        """With `distribution_alignment`: `probs` scaled by the labelled class frequencies over the running mean of
+        the teacher's (updated unless `update` is False)."""
+        if not self.cfg.distribution_alignment:
+            return probs
+        batch_mean = probs.mean(dim=(0, 2, 3))
+        m = self.cfg.da_momentum
+        mean = batch_mean if self.predicted_mean is None else (
+            m * self.predicted_mean.to(batch_mean) + (1 - m) * batch_mean)
+        if update:
+            self.predicted_mean = mean
+        return functional.align_distribution(probs, self.class_prior, mean)
+
+    def student_view(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """With `strong_aug`: colour jitter, UniMatch's photometric set, then CutMix of images and labels alike."""
+        c = self.cfg
+        if not c.strong_aug:
+            return images, labels
+        b, _, h, w = images.shape
+        images = augment.color_jitter(images, c.color_jitter, generator)
+        images = augment.photometric(images, generator, hue=c.hue_jitter, grayscale_prob=c.grayscale_prob,
+                                     blur_prob=c.blur_prob, blur_sigma=c.blur_sigma)
+        box = augment.cutmix_boxes(b, h, w, c.cutmix_prob, generator)
+        perm = torch.randperm(b, generator=generator)
+        return augment.apply_cutmix(images, box, perm), augment.apply_cutmix(labels, box, perm)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"predicted_mean": None if self.predicted_mean is None else self.predicted_mean.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.predicted_mean = state.get("predicted_mean")
+
+
+__all__ = ["EmaSelfTraining"]
