@@ -25,7 +25,7 @@ from selftune.analysis.report import Analysis
 from selftune.cli import main
 from selftune.errors import SelftuneError
 from selftune.sweepfolder import optuna_state
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BASE = tiny_config(log_images=True, num_threads=0)
@@ -57,7 +57,7 @@ def sweep_dir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     sweep = SweepConfig(
         name="tiny", data=str(tiny_data), base=TINY_BASE, space="analysis_test_spaces:tiny", searcher="random", seed=17,
         num_samples=6, max_concurrent=1, reduction_factor=2, storage=str(tmp_path_factory.mktemp("results")),
-        num_cpus=2, verbose=0,
+        num_cpus=2, verbose=0, confirm_seeds=2, control_trials=2,
     )
     try:
         summary = run_sweep(sweep)

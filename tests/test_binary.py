@@ -21,9 +21,7 @@ from selftune.trainable.config import TrainConfig
 from selftune.trainable.loop import train
 from selftune.trainable.methods import create_method
 from selftune.trainable.model import build_model
-from tests.conftest import tiny_config
-from tests.test_loop import Reports, read_metrics, same
-from tests.test_points import TINY_PARTICLES
+from tests.helpers import TINY_PARTICLES, Reports, crash_and_resume, read_metrics, same, tiny_config, train_once
 
 BINARY: dict[str, Any] = tiny_config(
     binary=True, method="rounds", rounds=3, max_iters=12, eval_every=2, st_start_iter=0, st_rampup_iters=1,
@@ -194,11 +192,7 @@ def test_binary_model_has_one_output_channel() -> None:
 
 @pytest.fixture(scope="module")
 def unbroken(particles: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Reports]:
-    run = tmp_path_factory.mktemp("binary") / "run"
-    reports = Reports()
-    result = train(binary(), particles, run, reporter=reports, progress=False)
-    assert result.status == "completed" and result.iterations == 12
-    return run, reports
+    return train_once(binary(), particles, tmp_path_factory.mktemp("binary") / "run")
 
 
 def test_binary_rounds_report_the_binary_metrics_everywhere(unbroken: tuple[Path, Reports]) -> None:
@@ -221,17 +215,8 @@ def test_binary_rounds_report_the_binary_metrics_everywhere(unbroken: tuple[Path
 
 
 def test_binary_rounds_resume_exactly(unbroken: tuple[Path, Reports], particles: Path, tmp_path: Path) -> None:
-    class Crash(Exception):
-        pass
-
-    def crash_at_6(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        if metrics["iteration"] == 6:
-            raise Crash
-
     run = tmp_path / "run"
-    with pytest.raises(Crash):
-        train(binary(), particles, run, reporter=crash_at_6, progress=False)
-    train(binary(), particles, run, resume_from=run / "checkpoint", progress=False)
+    crash_and_resume(binary(), particles, run, at=6)
     assert same(read_metrics(run), read_metrics(unbroken[0]))
 
 

@@ -3,65 +3,13 @@ experiment state, one folder per trial with params.json and result.json): no Ray
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from selftune.analysis.compare import compare, importance_table, incumbents, overview, status_table
 from selftune.cli import main
-
-CLASSES = ["background", "road"]
-
-
-def make_sweep(root: Path, name: str, trials: list[dict[str, Any]], *, method: str = "ema_self_training",
-               verdict: dict[str, Any] | None = None, metric: str | None = None) -> Path:
-    """A sweep folder: each trial is {id, params, curve: [(iteration, val_miou)], status (the last report's),
-    ray: Ray's status}."""
-    path = root / name
-    path.mkdir(parents=True)
-    meta = {"sweep": {"name": name, "space": "hand", "scheduler": "asha", "cpus_per_trial": 1.0},
-            "base": {"method": method}, "class_names": CLASSES, "max_t": 40, "grace_period": 10, "data_root": "/d"}
-    if metric is not None:
-        meta["metric"] = metric  # the sweep's own metric, as selftune_sweep.yaml records it
-    (path / "selftune_sweep.yaml").write_text(yaml.safe_dump(meta))
-    state = []
-    for n, t in enumerate(trials, 1):
-        folder = f"selftune_trial_{t['id']}_{n}_x"
-        (path / folder).mkdir()
-        (path / folder / "params.json").write_text(json.dumps(t["params"]))
-        lines = []
-        for k, (it, v) in enumerate(t["curve"]):
-            last = k == len(t["curve"]) - 1
-            lines.append(json.dumps({"trial_id": t["id"], "iteration": it, "training_iteration": k + 1,
-                                     "val_miou": v, "val_loss": 1 - v, "val_iou/background": v + 0.1,
-                                     "val_iou/road": v - 0.1, "timestamp": 1_700_000_000 + 60 * n + k,
-                                     "time_total_s": 10.0 * (k + 1), "time_this_iter_s": 10.0,
-                                     "status": t["status"] if last else "running"}))
-        (path / folder / "result.json").write_text("\n".join(lines) + "\n")
-        state.append([json.dumps({"trial_id": t["id"], "status": t.get("ray", "TERMINATED"),
-                                  "relative_logdir": folder, "experiment_tag": f"{n}_x"}), {}])
-    (path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": state}))
-    if verdict is not None:
-        (path / "verdict.json").write_text(json.dumps(verdict))
-    return path
-
-
-def trials(n: int, lift: float = 0.0) -> list[dict[str, Any]]:
-    """n trials, every third cut by ASHA at its rung at iteration 30; values rise with the trial's lr."""
-    out = []
-    for i in range(n):
-        lr = 0.001 * (i + 1)
-        top = 0.2 + 0.05 * i + lift
-        cut = i % 3 == 2
-        curve = [(10, top / 2), (20, top * 0.8)] + ([(30, top * 0.85)] if cut else [(30, top * 0.9), (40, top)])
-        out.append({"id": f"t{i}", "params": {"lr": lr, "st_weight": 0.5 + i / 10, "method": "rounds" if i % 2
-                                              else "ema_self_training"},
-                    "curve": curve, "status": "running" if cut else "completed"})
-    return out
-
+from tests.helpers import make_sweep, sweep_trials
 
 VERDICT = {"trials": 5, "self_training_trials": 5, "control": {"iterations": 40}, "best_trial": {
     "trial_id": "t4", "method": "ema_self_training"}, "scores": {
@@ -73,8 +21,8 @@ VERDICT = {"trials": 5, "self_training_trials": 5, "control": {"iterations": 40}
 
 @pytest.fixture
 def two(tmp_path: Path) -> tuple[Path, Path]:
-    a = make_sweep(tmp_path, "wide", trials(6), verdict=VERDICT)
-    b = make_sweep(tmp_path, "narrow", trials(3, lift=0.2), method="rounds")
+    a = make_sweep(tmp_path, "wide", sweep_trials(6), verdict=VERDICT)
+    b = make_sweep(tmp_path, "narrow", sweep_trials(3, lift=0.2), method="rounds")
     return a, b
 
 
@@ -125,18 +73,18 @@ def test_the_tables_side_by_side(two: tuple[Path, Path]) -> None:
 
 
 def test_the_default_metric_is_the_one_every_sweep_recorded(tmp_path: Path) -> None:
-    a = make_sweep(tmp_path / "a", "a", trials(3), metric="val_loss")
-    b = make_sweep(tmp_path / "b", "b", trials(3), metric="val_loss")
-    other = make_sweep(tmp_path / "c", "c", trials(3), metric="val_miou")
+    a = make_sweep(tmp_path / "a", "a", sweep_trials(3), metric="val_loss")
+    b = make_sweep(tmp_path / "b", "b", sweep_trials(3), metric="val_loss")
+    other = make_sweep(tmp_path / "c", "c", sweep_trials(3), metric="val_miou")
     assert (compare([str(a), str(b)], write=False).metric, compare([str(a), str(b)], write=False).mode) == \
         ("val_loss", "min")
     assert compare([str(a), str(other)], write=False).metric == "val_miou"  # they differ: the default one
 
 
 def test_same_names_are_told_apart_and_bad_input_is_one_message(tmp_path: Path, capsys) -> None:
-    a = make_sweep(tmp_path / "x", "s", trials(3))
-    b = make_sweep(tmp_path / "y", "s", trials(3))
-    b2 = make_sweep(tmp_path / "z", "other", trials(3))
+    a = make_sweep(tmp_path / "x", "s", sweep_trials(3))
+    b = make_sweep(tmp_path / "y", "s", sweep_trials(3))
+    b2 = make_sweep(tmp_path / "z", "other", sweep_trials(3))
     c = compare([str(a), str(b), str(b2)], write=False)
     assert [e.label for e in c.sweeps] == ["s (1)", "s (2)", "other"]  # same name, same folder name: numbered
     assert main(["compare", str(a)]) == 2

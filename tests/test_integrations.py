@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from selftune.analysis import read_trials
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 BASE = tiny_config(max_iters=20, num_threads=0)
 ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}

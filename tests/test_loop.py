@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +12,7 @@ import torch
 from selftune.errors import ConfigError
 from selftune.trainable.config import TrainConfig
 from selftune.trainable.loop import train
-from tests.conftest import tiny_config
-
-TINY: dict[str, Any] = tiny_config(
-    max_iters=12, eval_every=4, st_start_iter=2, st_rampup_iters=2, thresholds=[0.0] * 7, strong_aug=True, lr=1e-3,
-    distribution_alignment=True,  # its running mean is method state: the exact-resume test covers it
-    fp_weight=1.0, hue_jitter=0.1, grayscale_prob=0.5, blur_prob=0.5,  # they draw from the step generator: ditto
-)
+from tests.helpers import Reports, crash_and_resume, read_metrics, same, same_weights, tiny, train_once
 
 REQUIRED_KEYS = {
     "iteration", "val_miou", "val_miou_raw", "val_loss", "train_miou", "train_val_gap", "best_val_miou",
@@ -28,41 +21,10 @@ REQUIRED_KEYS = {
 }
 
 
-def tiny(**changes: Any) -> TrainConfig:
-    return TrainConfig.from_dict({**TINY, **changes})
-
-
-class Reports(list):
-    """A reporter that keeps what it is given."""
-
-    def __call__(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        self.append((dict(metrics), checkpoint_dir))
-
-
-def read_metrics(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equality where NaN equals NaN (IoU of a class absent from truth and prediction), ignoring the
-    wall-clock timings (step_seconds, eval_seconds)."""
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a if not k.endswith("_seconds"))
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
-
-
 @pytest.fixture(scope="module")
 def unbroken(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Reports]:
     """One uninterrupted self-training run with strong augmentation, shared by several tests."""
-    run = tmp_path_factory.mktemp("unbroken") / "run"
-    reports = Reports()
-    result = train(tiny(), tiny_data, run, reporter=reports, progress=False)
-    assert result.status == "completed" and result.iterations == 12
-    return run, reports
+    return train_once(tiny(), tiny_data, tmp_path_factory.mktemp("unbroken") / "run")
 
 
 def test_reports_once_per_evaluation_with_the_final_status_last(unbroken: tuple[Path, Reports]) -> None:
@@ -88,27 +50,17 @@ def test_reports_once_per_evaluation_with_the_final_status_last(unbroken: tuple[
 
 def test_resume_is_exact(unbroken: tuple[Path, Reports], tiny_data: Path, tmp_path: Path) -> None:
     """Stopped right after the checkpoint at 8 (a crash), then resumed: same metrics, bit for bit."""
-    class Crash(Exception):
-        pass
 
-    def crash_at_8(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        if metrics["iteration"] == 8:
-            raise Crash
+    def stray_line(run: Path) -> None:  # written after the checkpoint by the crashed attempt: must not survive
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"iteration": 10, "val_miou": 0.5}) + "\n")
 
-    run = tmp_path / "run"
-    with pytest.raises(Crash):
-        train(tiny(), tiny_data, run, reporter=crash_at_8, progress=False)
-    # a line written after the checkpoint by the crashed attempt must not survive the resume
-    with open(run / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"iteration": 10, "val_miou": 0.5}) + "\n")
-    reports = Reports()
-    result = train(tiny(), tiny_data, run, resume_from=run / "checkpoint", reporter=reports, progress=False)
+    run, reports = tmp_path / "run", Reports()
+    result = crash_and_resume(tiny(), tiny_data, run, at=8, reporter=reports, between=stray_line)
     assert result.status == "completed"
     assert [m["iteration"] for m, _ in reports] == [12]
     assert same(read_metrics(run), read_metrics(unbroken[0]))
-    a = torch.load(run / "checkpoint" / "state.pt", weights_only=True)
-    b = torch.load(unbroken[0] / "checkpoint" / "state.pt", weights_only=True)
-    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    assert same_weights(run, unbroken[0], ("ema",))
 
 
 def test_resume_of_a_finished_run_and_a_longer_run(unbroken: tuple[Path, Reports], tiny_data: Path,

@@ -14,13 +14,13 @@ from selftune.cli import main
 from selftune.data import LabeledDataset, read_classes, validate_dataset
 from selftune.data.cli import format_summary
 from selftune.data.format import ClassTable, label_kind
-from selftune.data.particles import ParticleSpec, generate_particles, image_rng, render_micrograph
+from selftune.data.particles import generate_particles, image_rng, render_micrograph
 from selftune.data.points import Point, PointTargets, point_targets, read_points
 from selftune.errors import ConfigError, DataError
 from selftune.trainable.config import TrainConfig
+from tests.helpers import TINY_PARTICLES
 
 CLASSES = ClassTable(("background", "particle"))
-TINY_PARTICLES = ParticleSpec(size=32, n_train=3, n_val=2, n_test=2, n_unlabeled=8)
 
 
 @pytest.fixture(scope="module")

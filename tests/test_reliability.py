@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from selftune.cli import main
-from tests.test_train_cli import TINY_SETS, sets
+from tests.helpers import TINY_SETS, Reports, crash_and_resume, read_metrics, same, sets, tiny
 
 
 def files_under(root: Path) -> dict[Path, bytes]:
@@ -148,8 +148,6 @@ def test_a_truncated_state_falls_back_to_the_previous_checkpoint(tiny_data: Path
     import torch
 
     from selftune.trainable.loop import train
-    from tests.test_loop import Reports, read_metrics, tiny
-
     run = tmp_path / "run"
     cfg = tiny(max_iters=4, eval_every=2, log_images=False, fp_weight=0.0, strong_aug=False)
     train(cfg, tiny_data, run, progress=False)
@@ -212,8 +210,6 @@ def test_a_metrics_line_lost_after_its_checkpoint_comes_back_on_resume(tiny_data
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from selftune.trainable.loop import train
-    from tests.test_loop import read_metrics, same, tiny
-
     def drop_last_line(path: Path) -> None:
         path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
 
@@ -242,8 +238,6 @@ def test_unreadable_pool_images_are_skipped_counted_and_resume_stays_exact(tiny_
     from selftune.data import unlabeled_index
     from selftune.data.validate import UNLABELED_SAMPLE
     from selftune.trainable.loop import train
-    from tests.test_loop import read_metrics, same, tiny
-
     root = tmp_path / "data"
     shutil.copytree(tiny_data, root)
     index = unlabeled_index(root)
@@ -253,13 +247,6 @@ def test_unreadable_pool_images_are_skipped_counted_and_resume_stays_exact(tiny_
     assert main(["data", "check", str(root)]) == 0
     capsys.readouterr()
 
-    class Crash(Exception):
-        pass
-
-    def crash_at_4(metrics: dict, checkpoint_dir: Path | None) -> None:
-        if metrics["iteration"] == 4:
-            raise Crash
-
     cfg = tiny(max_iters=8, log_images=False, fp_weight=0.0, strong_aug=False)
     skipped = r"unlabelled image skipped at step \d+: cannot decode .*: corrupt or not an image"
     with pytest.warns(UserWarning, match=skipped):
@@ -267,10 +254,8 @@ def test_unreadable_pool_images_are_skipped_counted_and_resume_stays_exact(tiny_
     assert result.status == "completed"
     full = read_metrics(tmp_path / "full")
     assert sum(m["unlabeled_skipped"] for m in full) > 0
-    with pytest.warns(UserWarning), pytest.raises(Crash):
-        train(cfg, root, tmp_path / "resumed", reporter=crash_at_4, progress=False)
     with pytest.warns(UserWarning):
-        train(cfg, root, tmp_path / "resumed", resume_from=tmp_path / "resumed" / "checkpoint", progress=False)
+        crash_and_resume(cfg, root, tmp_path / "resumed", at=4)
     assert same(read_metrics(tmp_path / "resumed"), full)  # batch t is still a pure function of t
 
 

@@ -17,7 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from selftune.analysis import figures as F
 from selftune.analysis.tables import Sweep
-from tests.test_compare import make_sweep, trials
+from tests.helpers import make_sweep, sweep_trials
 
 M = "val_miou"
 NAN = float("nan")
@@ -123,7 +123,7 @@ def test_learning_curves_twin_has_the_pngs_star_annotation_rungs_and_st_start() 
 def test_the_report_writes_the_parcoords_twin(tmp_path: Path) -> None:
     from selftune.analysis.report import analyze
 
-    a = analyze(str(make_sweep(tmp_path, "s", trials(6))), str(tmp_path / "out"))
+    a = analyze(str(make_sweep(tmp_path, "s", sweep_trials(6))), str(tmp_path / "out"))
     html = (tmp_path / "out" / "parallel_coordinates.html").read_text()
     assert '"type":"parcoords"' in html and '"colorscale":[[0.0,"#440154"]' in html  # viridis, as the PNG
     labels = re.findall(r'"label":"([^"]+)"', html)

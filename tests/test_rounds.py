@@ -10,7 +10,7 @@ import torch
 
 from selftune.errors import ConfigError, DataError
 from selftune.trainable.loop import train
-from tests.test_loop import Reports, tiny
+from tests.helpers import Reports, crash_and_resume, read_metrics, same, same_weights, tiny, train_once
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +93,7 @@ def rounds_cfg(**changes: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def rounds_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Reports]:
-    run = tmp_path_factory.mktemp("rounds") / "run"
-    reports = Reports()
-    result = train(rounds_cfg(), tiny_data, run, reporter=reports, progress=False)
-    assert result.status == "completed" and result.iterations == 12
-    return run, reports
+    return train_once(rounds_cfg(), tiny_data, tmp_path_factory.mktemp("rounds") / "run")
 
 
 def test_rounds_run_supervised_then_self_train_from_the_last_rounds_best(rounds_run: tuple[Path, Reports]) -> None:
@@ -113,25 +109,11 @@ def test_rounds_run_supervised_then_self_train_from_the_last_rounds_best(rounds_
 def test_rounds_resume_exactly_across_a_round_boundary(rounds_run: tuple[Path, Reports], tiny_data: Path,
                                                        tmp_path: Path) -> None:
     """Killed at iteration 6 (in round 2, after the boundary at 4), resumed: the same metrics, bit for bit."""
-    from tests.test_loop import read_metrics, same
-
-    class Crash(Exception):
-        pass
-
-    def crash_at_6(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        if metrics["iteration"] == 6:
-            raise Crash
-
-    run = tmp_path / "run"
-    with pytest.raises(Crash):
-        train(rounds_cfg(), tiny_data, run, reporter=crash_at_6, progress=False)
-    reports = Reports()
-    train(rounds_cfg(), tiny_data, run, resume_from=run / "checkpoint", reporter=reports, progress=False)
+    run, reports = tmp_path / "run", Reports()
+    crash_and_resume(rounds_cfg(), tiny_data, run, at=6, reporter=reports)
     assert [(m["iteration"], m["round"]) for m, _ in reports] == [(8, 2), (10, 3), (12, 3)]
     assert same(read_metrics(run), read_metrics(rounds_run[0]))
-    a = torch.load(run / "checkpoint" / "state.pt", weights_only=True)
-    b = torch.load(rounds_run[0] / "checkpoint" / "state.pt", weights_only=True)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert same_weights(run, rounds_run[0], ("model",))
 
 
 def test_rounds_from_a_first_stage_checkpoint_train_the_later_rounds(tiny_data: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from selftune.cli import main
 from selftune.search.sweepfile import SweepConfig
 from selftune.sweepfolder import COMPLETED, DIVERGED, EARLY_STOPPED, STOPPED_BY_SCHEDULER, read_trials
 from selftune.trainable.config import TrainConfig
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 SEED = 1
 TINY_BASE = tiny_config(log_images=True)

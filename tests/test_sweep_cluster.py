@@ -15,7 +15,7 @@ import optuna
 import yaml
 
 from selftune.sweepfolder import read_trials
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = tiny_config(max_iters=60, log_images=False)

@@ -8,19 +8,7 @@ from pathlib import Path
 import pytest
 
 from selftune.cli import main
-
-TINY_SETS = [
-    "encoder=tu-mobilenetv3_small_050", "arch=Unet", "crop_size=32", "batch_size=4", "unlabeled_batch_size=4",
-    "train_eval_size=4", "warmup_iters=2", "st_start_iter=2", "st_rampup_iters=2", "eval_every=3",
-    "thresholds=[0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]", "log_images=false", "num_threads=1",
-]
-
-
-def sets(*extra: str) -> list[str]:
-    out: list[str] = []
-    for item in (*TINY_SETS, *extra):
-        out += ["--set", item]
-    return out
+from tests.helpers import sets
 
 
 def test_train_then_resume_then_evaluate(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from selftune.search import adapter
 from selftune.trainable import loop
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 BLOCK = 8192  # above pymalloc's 512 bytes and below malloc's mmap threshold: these live in a malloc arena
 BLOCKS = 10_000  # about 80 MB
