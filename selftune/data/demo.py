@@ -24,8 +24,6 @@ import functools
 import json
 import math
 import os
-import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -33,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from selftune.errors import DataError
+from selftune.fileio import write_folder
 
 DEMO_VERSION = 6  # bump when the generator's output changes: ensure_demo then rebuilds its cache
 MARKER = ".selftune_demo.json"
@@ -645,39 +644,8 @@ def generate_demo(
     `workers` > 1 renders in forked processes (Linux; the files are the same either way);
     None picks the CPU count when that is safe (a process without other Python threads).
     """
-    root = Path(root).expanduser()
-    if root.exists() and not root.is_dir():
-        raise DataError(f"demo destination {root} exists and is not a folder")
-    replace = _is_nonempty_dir(root)
-    if replace and not overwrite:
-        raise DataError(f"demo destination {root} is not empty; pass overwrite=True (--overwrite) to replace it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    stage = root.parent / f".{root.name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
-    stage.mkdir()  # not mkdtemp: that makes the folder private (0700), and it becomes ROOT
-    try:
-        _write_all(stage, spec, progress, _pick_workers(workers))
-        if replace:
-            for name in _OWNED:
-                p = root / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-            for item in sorted(stage.iterdir(), key=lambda p: p.name == MARKER):  # marker last
-                os.replace(item, root / item.name)
-            stage.rmdir()
-        else:
-            try:
-                os.rename(stage, root)  # atomic; also onto an empty folder
-            except OSError:
-                if (root / MARKER).is_file():  # another process generated it meanwhile
-                    shutil.rmtree(stage, ignore_errors=True)
-                    return root
-                raise DataError(f"demo destination {root} was filled by something else while generating") from None
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return root
+    return write_folder(root, lambda stage: _write_all(stage, spec, progress, _pick_workers(workers)), owned=_OWNED,
+                        marker=MARKER, overwrite=overwrite, what="demo destination")
 
 
 def _pick_workers(workers: int | None) -> int:

@@ -22,15 +22,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from selftune.errors import DataError
+from selftune.fileio import write_folder
 
 PARTICLES_VERSION = 1  # bump when the generator's output changes
 MARKER = ".selftune_demo.json"  # the same marker file as the plantation demo, with "task": "particles"
@@ -220,33 +218,8 @@ def generate_particles(root: Path, spec: ParticleSpec = ParticleSpec(), *, overw
     is written into a staging folder beside ROOT and moved into place at the end, so an interrupted run
     never leaves a half-written dataset.
     """
-    root = Path(root).expanduser()
-    if root.exists() and not root.is_dir():
-        raise DataError(f"demo destination {root} exists and is not a folder")
-    replace = root.is_dir() and any(root.iterdir())
-    if replace and not overwrite:
-        raise DataError(f"demo destination {root} is not empty; pass overwrite=True (--overwrite) to replace it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    stage = root.parent / f".{root.name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
-    stage.mkdir()
-    try:
-        _write_all(stage, spec, progress)
-        if replace:
-            for name in _OWNED:
-                p = root / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-            for item in sorted(stage.iterdir(), key=lambda p: p.name == MARKER):  # marker last
-                os.replace(item, root / item.name)
-            stage.rmdir()
-        else:
-            os.rename(stage, root)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return root
+    return write_folder(root, lambda stage: _write_all(stage, spec, progress), owned=_OWNED, marker=MARKER,
+                        overwrite=overwrite, what="demo destination")
 
 
 __all__ = ["CLASS_NAMES", "PARTICLES_VERSION", "ParticleSpec", "generate_particles", "image_rng",
