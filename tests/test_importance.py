@@ -5,16 +5,11 @@ the Optuna journal), so no Ray and no training: seconds."""
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-import yaml
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 
 from selftune.analysis import load_sweep, param_importances
 from selftune.analysis.study import (
@@ -24,87 +19,7 @@ from selftune.analysis.study import (
     method_importances,
     shared_params,
 )
-
-METHOD_BASE = {"supervised": 0.30, "ema_self_training": 0.40, "rounds": 0.35}
-SHARED = {"method", "lr", "warmup_iters"}
-
-
-def methods_space(trial: optuna.Trial) -> None:
-    """Like the `methods` space: the method, the knobs every method has, then each method's own."""
-    method = trial.suggest_categorical("method", list(METHOD_BASE))
-    trial.suggest_float("lr", 1e-4, 3e-3, log=True)
-    trial.suggest_int("warmup_iters", 0, 10)
-    if method == "supervised":
-        trial.suggest_float("dice_weight", 0.0, 1.0)
-        return
-    trial.suggest_float("st_weight", 0.25, 3.0, log=True)
-    if trial.suggest_categorical("strong_aug", [False, True]):
-        trial.suggest_float("cutmix_prob", 0.0, 1.0)
-    if method == "rounds":
-        trial.suggest_int("rounds", 2, 3)
-    else:
-        trial.suggest_float("ema_decay", 0.99, 0.9995)
-
-
-def flat_space(trial: optuna.Trial) -> None:
-    """Like the `thresholds` space: no method, every knob in every trial."""
-    trial.suggest_float("lr", 1e-4, 3e-3, log=True)
-    trial.suggest_float("threshold_base", 0.3, 0.95)
-    trial.suggest_float("st_weight", 0.25, 3.0, log=True)
-
-
-def objective(params: dict[str, Any]) -> float:
-    """Only lr (best at 1e-3, on a log scale) and the method matter."""
-    base = METHOD_BASE.get(params.get("method", "ema_self_training"), 0.4)
-    return base - 0.12 * (math.log10(params["lr"]) + 3.0) ** 2
-
-
-def write_sweep(root: Path, name: str, space: Any, n: int = 72, seed: int = 0, cut_every: int = 4) -> Path:
-    """A finished sweep folder of `n` random trials of `space`; every `cut_every`-th one stopped by ASHA at its
-    rung (iteration 20, told to Optuna as PRUNED), the others completed at iteration 40."""
-    path = root / name
-    path.mkdir(parents=True)
-    meta = {"sweep": {"name": name, "space": space.__name__, "scheduler": "asha", "reduction_factor": 2.0,
-                      "cpus_per_trial": 1.0},
-            "base": {"method": "ema_self_training", "st_start_iter": 10}, "class_names": ["background", "road"],
-            "max_t": 40, "grace_period": 10, "data_root": "/d", "metric": "val_miou"}
-    (path / "selftune_sweep.yaml").write_text(yaml.safe_dump(meta))
-    storage = JournalStorage(JournalFileBackend(str(path / "optuna_journal.log")))
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=seed))
-    state = []
-    for i in range(n):
-        trial = study.ask()
-        space(trial)
-        params = dict(trial.params)
-        top = objective(params)
-        cut = i % cut_every == cut_every - 1
-        curve = [(10, top * 0.6), (20, top * 0.9)] + ([] if cut else [(30, top * 0.97), (40, top)])
-        supervised = params.get("method") == "supervised"
-        tid = f"{i:05d}abc"
-        folder = f"trial_{i + 1:03d}_{tid}"
-        (path / folder).mkdir()
-        (path / folder / "params.json").write_text(json.dumps(params))
-        lines = []
-        for k, (it, v) in enumerate(curve):
-            lines.append(json.dumps({
-                "trial_id": tid, "iteration": it, "training_iteration": k + 1, "val_miou": v, "val_loss": 1 - v,
-                "val_iou/background": v + 0.1, "val_iou/road": v - 0.1, "timestamp": 1_700_000_000 + 60 * i + k,
-                "time_total_s": 10.0 * (k + 1), "time_this_iter_s": 10.0,
-                "st_ratio": 0.0 if supervised else min(1.0, 0.1 * (k + 1)),
-                "st_ratio/background": 0.0 if supervised else 0.12 * (k + 1),
-                "st_ratio/road": 0.0 if supervised else 0.05 * (k + 1),
-                "status": ("running" if cut else "completed") if k == len(curve) - 1 else "running"}))
-        (path / folder / "result.json").write_text("\n".join(lines) + "\n")
-        state.append([json.dumps({"trial_id": tid, "status": "TERMINATED", "relative_logdir": folder,
-                                  "experiment_tag": f"{i + 1}_x", "evaluated_params": params}), {}])
-        if cut:
-            trial.report(curve[-1][1], curve[-1][0])
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, top)
-    (path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": state}))
-    return path
+from tests.helpers import METHOD_BASE, SHARED, flat_space, methods_space, write_sweep
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import yaml
 from selftune.cli import main
 from selftune.sweepfolder import read_trials, trial_dirname
 from selftune.sweepfolder.layout import TRIAL_DIR_MAX
-from tests.test_importance import flat_space, methods_space, write_sweep
+from tests.helpers import flat_space, methods_space, write_sweep
 
 
 def test_trial_folder_names_keep_whole_values() -> None:
