@@ -78,17 +78,24 @@ FAKES = {
     """,
     "bin/srun": """
         log srun "$@"
-        node=""
+        node="" every=""
         while (($#)); do
             case "$1" in
                 -w|--nodelist) node="$2"; shift 2 ;;
                 --nodelist=*) node="${1#*=}"; shift ;;
+                --ntasks-per-node=1) every=1; shift ;;
                 -N|-n|-c) shift 2 ;;
                 --*=*|--overlap|--exact) shift ;;
                 -*) echo "fake srun: unexpected option $1" >&2; exit 2 ;;
                 *) break ;;
             esac
         done
+        if [[ -n "$every" && -z "$node" ]]; then  # one task on every node of the job, as srun runs them
+            pids=() rc=0
+            for n in $FAKE_NODES; do FAKE_NODE="$n" "$@" & pids+=("$!"); done
+            for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
+            exit "$rc"
+        fi
         [[ " $FAKE_NODES " == *" $node "* ]] || { echo "fake srun: not a node of the job: '$node'" >&2; exit 2; }
         FAKE_NODE="$node" exec "$@"
     """,
@@ -115,11 +122,18 @@ FAKES = {
                 [[ " $* " == *" --address="* && "$FAKE_NODE" == "${FAKE_BROKEN_NODE:-}" ]] && exit 1
                 printf 'joined %s\\n' "$FAKE_NODE" >> "$FAKE_LOG"
                 [[ " $* " == *" --block "* ]] && exec sleep 60 ;;
+            symmetric-run)  # the head (the first node) runs the command after --, the others only join
+                printf 'joined %s\\n' "$FAKE_NODE" >> "$FAKE_LOG"
+                [[ "$FAKE_NODE" == "${FAKE_NODES%% *}" ]] || exit 0
+                while [[ "$1" != -- ]]; do shift; done
+                shift
+                exec "$@" ;;
         esac
         exit 0
     """,
     "venv/bin/python": """
         log python "${@: -1}"
+        [[ "${@: -1}" == "${FAKE_BUSY_PORT:-}" ]] && exit 1  # the head's port check: that port is taken
         grep -c '^joined ' "$FAKE_LOG" || true
     """,
     "venv/bin/selftune": """
@@ -185,11 +199,12 @@ def test_slurm_script_starts_a_head_one_worker_per_node_then_the_sweep(tmp_path:
     starts = ray_starts(calls)
     [head] = [c for c in starts if "--head" in c["argv"]]
     assert head["node"] == nodes[0]  # srun -w puts the head on the first node
-    assert {"--node-ip-address=10.0.0.1", "--port=6379", "--block", "--num-gpus=2", "--num-cpus=16",
-            "--dashboard-host=127.0.0.1"} <= set(head["argv"])
+    assert {"--node-ip-address=10.0.0.1", "--port=10000", "--block", "--num-gpus=2", "--num-cpus=16",
+            "--dashboard-host=127.0.0.1", "--dashboard-port=10001", "--min-worker-port=10100"} <= set(head["argv"])
     workers = [c for c in starts if "--head" not in c["argv"]]
     assert sorted(c["node"] for c in workers) == nodes[1:]  # exactly one worker on every other node
-    assert all({"--address=10.0.0.1:6379", "--block", "--num-gpus=2"} <= set(c["argv"]) for c in workers)
+    assert all({"--address=10.0.0.1:10000", "--block", "--num-gpus=2", "--max-worker-port=10399"} <= set(c["argv"])
+               for c in workers)
     assert all(c["auth"] == "token" for c in starts)
     assert (tmp_path / "home" / ".ray" / "auth_token").stat().st_mode & 0o077 == 0  # the token is yours only
 
@@ -197,16 +212,16 @@ def test_slurm_script_starts_a_head_one_worker_per_node_then_the_sweep(tmp_path:
     check, sweep = sweeps  # the sweep file is checked before Ray starts, then the sweep runs
     assert check["argv"] == ["sweep", str(tmp_path / "sweep.yaml"), "--check", "--storage",
                              str(tmp_path / "shared" / "results"), "--num-samples", "64"]
-    assert sweep["argv"] == ["sweep", str(tmp_path / "sweep.yaml"), "--address", "auto", "--storage",
+    assert sweep["argv"] == ["sweep", str(tmp_path / "sweep.yaml"), "--address", "10.0.0.1:10000", "--storage",
                              str(tmp_path / "shared" / "results"), "--num-samples", "64"]
-    assert sweep["node"] == "-" and sweep["address"] == "10.0.0.1:6379" and sweep["auth"] == "token"
+    assert sweep["node"] == "-" and sweep["address"] == "10.0.0.1:10000" and sweep["auth"] == "token"
     order = [id(c) for c in calls]
     assert order.index(id(check)) < order.index(id(head))
     assert max(order.index(id(c)) for c in starts) < order.index(id(sweep))  # every node started first
     polls = [c for c in calls if c["name"] == "python"]
-    assert polls and all(c["argv"] == ["10.0.0.1:6379"] for c in polls)
-    stops = [c for c in calls if c["name"] == "ray" and c["argv"] == ["stop"]]
-    assert len(stops) == 1 and order.index(id(stops[0])) > order.index(id(sweep))
+    assert polls and all(c["argv"] == ["10.0.0.1:10000"] for c in polls if c["argv"] != ["10000"])
+    # no `ray stop`: it would stop every Ray of the user's on the node, another job's too
+    assert not [c for c in calls if c["name"] == "ray" and c["argv"] == ["stop"]]
     assert not [c["pid"] for c in starts if is_running(c["pid"])]  # the blocking Ray steps were ended
 
 
@@ -215,13 +230,12 @@ def test_slurm_script_never_gives_workers_a_loopback_head_address(tmp_path: Path
     rc, calls, out = run_sbatch(tmp_path, ["gpu01", "gpu02"], **env)
     assert rc == 0, out
     [head, worker] = ray_starts(calls)
-    assert f"--node-ip-address={head_ip}" in head["argv"] and f"--address={head_ip}:6379" in worker["argv"]
+    assert f"--node-ip-address={head_ip}" in head["argv"] and f"--address={head_ip}:10000" in worker["argv"]
 
 
 def test_slurm_script_passes_the_sweeps_failure_on_and_still_stops_ray(tmp_path: Path) -> None:
     rc, calls, out = run_sbatch(tmp_path, ["gpu01", "gpu02"], FAKE_SWEEP_RC="3")
     assert rc == 3, out
-    assert [c["argv"] for c in calls if c["name"] == "ray"][-1] == ["stop"]
     assert not [c["pid"] for c in ray_starts(calls) if is_running(c["pid"])]
 
 
@@ -229,7 +243,6 @@ def test_slurm_script_fails_when_a_worker_never_joins(tmp_path: Path) -> None:
     rc, calls, out = run_sbatch(tmp_path, ["gpu01", "gpu02", "gpu03"], FAKE_BROKEN_NODE="gpu03", RAY_WAIT_S="3")
     assert rc != 0 and "only 2 of 3 Ray nodes joined" in out, out
     assert [c["argv"][1:3] for c in calls if c["name"] == "selftune"] == [[str(tmp_path / "sweep.yaml"), "--check"]]
-    assert [c["argv"] for c in calls if c["name"] == "ray"][-1] == ["stop"]
     assert not [c["pid"] for c in ray_starts(calls) if is_running(c["pid"])]
 
 
