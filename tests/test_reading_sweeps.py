@@ -104,3 +104,29 @@ def test_hparams_declares_every_trials_knobs(tmp_path: Path) -> None:
         assert declared == union, t.trial_id
         assert session == set(t.params) | {"status", "trial_id"}  # each trial reports only what it has
     assert json.loads((Path(records[0].path) / "params.json").read_text())  # untouched
+
+
+def test_the_notebook_finds_the_demo_sweep_from_notebooks_and_shows_only_filled_columns(tmp_path: Path) -> None:
+    """Jupyter (and nbconvert) run a notebook in its own folder: notebooks/, under the folder the demo ran in."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    write_sweep(tmp_path / "selftune_results", "demo", methods_space, n=24)
+    (tmp_path / "notebooks").mkdir()
+    nb = nbformat.read(Path(__file__).parents[1] / "notebooks" / "sweep_analysis.ipynb", as_version=4)
+    env = os.environ.pop("SELFTUNE_SWEEP", None)
+    try:
+        NotebookClient(nb, timeout=180, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path / "notebooks")}}).execute()
+    finally:
+        if env is not None:
+            os.environ["SELFTUNE_SWEEP"] = env
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"], [o.get("evalue") for o in outputs]
+    table = next(o for o in nb.cells[4].outputs if "text/html" in o.get("data", {}))["data"]["text/plain"]
+    header = table.splitlines()[0].split()
+    assert header[5] == "param.method"  # the method first, then the knobs most of the rows have
+    text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
+    assert "knobs ranked within its trials" in text and "optuna-dashboard shows:" in text

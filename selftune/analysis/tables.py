@@ -34,6 +34,7 @@ from selftune.sweepfolder import (
     OUTCOMES,
     STOPPED_BY_BUDGET,
     STOPPED_BY_SCHEDULER,
+    SWEEP_FILE,
     TrialRecord,
     asha_milestones,
     counts_mask,
@@ -137,6 +138,26 @@ class Sweep:
     def compute_column(self) -> str:
         """gpu_hours when the sweep used GPUs, else cpu_hours."""
         return "gpu_hours" if self.gpus_per_trial > 0 else "cpu_hours"
+
+
+def locate_sweep(path: str, start: str | None = None) -> str:
+    """A sweep folder given relative to where the sweep ran: `path` itself when it is a sweep folder (or a URI),
+    else `path` under the nearest parent of `start` (default: the working folder) that holds it. So the notebook,
+    which Jupyter runs in notebooks/, finds `selftune_results/demo`, which `selftune sweep --demo` wrote in the
+    folder it ran from. Raises SelftuneError naming where it looked."""
+    from pathlib import Path
+
+    if "://" in path or Path(path).expanduser().is_absolute():
+        return path
+    here = Path(start or ".").resolve()
+    looked = []
+    for folder in (here, *here.parents):
+        candidate = folder / path
+        looked.append(str(candidate))
+        if (candidate / SWEEP_FILE).is_file():
+            return str(candidate)
+    raise SelftuneError(f"no sweep folder {path} in {here} or any folder above it (looked at: {', '.join(looked[:4])}"
+                        f"{', ...' if len(looked) > 4 else ''}); run `selftune sweep --demo` or set SELFTUNE_SWEEP")
 
 
 def load_sweep(path: str, metric: str = DEFAULT_METRIC, mode: str | None = None) -> Sweep:
