@@ -7,8 +7,10 @@ Each subcommand module exposes `register(subparsers)`, which adds its parser and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from selftune import __version__
 from selftune.errors import SelftuneError
@@ -38,10 +40,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
-        return int(args.func(args) or 0)
+        with _one_writer(args):
+            return int(args.func(args) or 0)
     except SelftuneError as exc:
         print(f"selftune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("selftune: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_writer(args: argparse.Namespace) -> Any:
+    """`train --out DIR`: DIR is held against a second writer for the command's life (`fileio.folder_lock`; a
+    second `selftune train --out DIR` is refused naming this one's pid). Sweeps hold their sweep folder in
+    `selftune.search.run`."""
+    if args.command == "train" and getattr(args, "out", None) is not None:
+        from selftune.fileio import folder_lock
+
+        return folder_lock(args.out, "run folder", "choose another --out")
+    return contextlib.nullcontext()
