@@ -290,8 +290,10 @@ def param_importances(sweep: Sweep | str | os.PathLike[str], study: Any | None =
             f"{sweep.metric} value; this sweep has {n}"
         )), astudy
     params = shared_params(astudy)
-    what = "trials, method and shared knobs" if params is not None else "trials"
-    return _evaluate(astudy, _quantile(n), what, params), astudy
+    imp = _evaluate(astudy, _quantile(n), "trials", params)
+    if params is not None and imp.ok:
+        imp.evaluator = imp.evaluator.removesuffix(")") + "; the method and the knobs every trial has)"
+    return imp, astudy
 
 
 def method_importances(astudy: Any | None) -> dict[str, Importance]:
