@@ -275,3 +275,27 @@ def test_analyze_defaults_to_the_sweep_metric(tmp_path: Path) -> None:
     assert sweep_metric(str(tmp_path)) == "val_f1"
     (tmp_path / "selftune_sweep.yaml").write_text(json.dumps({"sweep": {}}))
     assert sweep_metric(str(tmp_path)) == "val_miou"
+
+
+# ---------------------------------------------------------------------- one metric throughout (issue 27)
+
+
+def test_the_best_checkpoint_and_patience_follow_select_metric(particles: Path, tmp_path: Path) -> None:
+    """select_metric val_f1 (a binary sweep's metric): best_iteration is the evaluation with the best val F1."""
+    run, _ = train_once(binary(select_metric="val_f1", max_iters=12, eval_every=3), particles, tmp_path / "f1")
+    rows = read_metrics(run)
+    f1 = [r["val_f1"] if math.isfinite(r["val_f1"]) else -1.0 for r in rows]
+    best = rows[f1.index(max(f1))]
+    assert rows[-1]["best_iteration"] == best["iteration"]
+    assert rows[-1]["best_val_miou"] == pytest.approx(best["val_f1"])  # the best value of select_metric
+    saved = torch.load(run / "best_model_ema.pt", map_location="cpu", weights_only=False)
+    assert saved.get("iteration", best["iteration"]) == best["iteration"]
+
+
+def test_select_metric_must_be_a_val_metric_this_dataset_reports(particles: Path, tmp_path: Path,
+                                                                  tiny_data: Path) -> None:
+    with pytest.raises(ConfigError, match="select_metric must be a val_ metric.*got 'test_miou'"):
+        binary(select_metric="test_miou")
+    with pytest.raises(ConfigError, match="select_metric 'val_f1' is not a metric this run reports on a 7-class"):
+        train(TrainConfig.from_dict(tiny_config(select_metric="val_f1", max_iters=2)), tiny_data, tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -105,6 +105,7 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
     k = len(summary.class_names)
     base = base.for_classes(k)
     sweep.check_metric(summary.class_names, base.binary or report0.constants.get("binary") is True)
+    base = base.replace(select_metric=sweep.metric)  # the trials keep the checkpoint the sweep ranks them by
     for key in CHECKPOINT_KEYS:  # the checks each trial's loop makes, once, before any trial starts
         weights_from(key, getattr(base, key), summary.class_names)
     ctx = SpaceContext(num_classes=k, max_iters=max_t, eval_every=base.eval_every)
@@ -178,7 +179,9 @@ def _check_shared_stage(sweep: SweepConfig, base: Any, methods: list[str], class
     stage = sweep.shared_stage
     if stage is None:
         return None, 0
-    if "rounds" not in methods:
+    from selftune.trainable.methods import get_method
+
+    if not any(get_method(m).uses_shared_stage for m in methods):
         raise SelftuneError(
             f"shared_stage {stage!r}: no trial of space {sweep.space!r} can start from it (its methods: "
             f"{', '.join(sorted(methods))}); only method rounds does: use space 'methods', or drop shared_stage")

@@ -30,13 +30,9 @@ FRESH_SEED_OFFSET = 1000  # confirmation seed i is base seed + 1000 + i: no tria
 
 
 def self_training_methods() -> tuple[str, ...]:
-    """The methods that self-train (everything but supervised), from the method registry."""
-    try:
-        from selftune.trainable.methods import self_training_methods as registered
-    except ImportError:  # the registry predates this name
-        from selftune.trainable.config import METHODS
+    """The methods that self-train, from the method registry."""
+    from selftune.trainable.methods import self_training_methods as registered
 
-        return tuple(m for m in METHODS if m != "supervised")
     return tuple(registered())
 
 
@@ -46,11 +42,10 @@ def fresh_seeds(base_seed: int, n: int, offset: int = FRESH_SEED_OFFSET) -> list
 
 
 def self_training_starts(cfg: TrainConfig) -> int:
-    """The first iteration at which `cfg`'s pseudo-labels can change the model: the ST start of the mean teacher
-    and s4GAN; for rounds the first pseudo-labelled round's start (0 when round 1 is a given checkpoint)."""
-    if cfg.method == "rounds":
-        return 0 if cfg.teacher_checkpoint is not None else int(cfg.round_lengths()[0])
-    return int(cfg.st_start_iter)
+    """The first iteration at which `cfg`'s pseudo-labels can change the model (its method says)."""
+    from selftune.trainable.methods import get_method
+
+    return int(get_method(cfg.method).self_training_starts(cfg))
 
 
 @dataclass(frozen=True)

@@ -198,13 +198,9 @@ def methods(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
 
 def method_choices() -> tuple[str, ...]:
     """The methods `methods` chooses from: every registered method (`selftune.trainable.methods`)."""
-    try:
-        from selftune.trainable.methods import method_names
-    except ImportError:
-        from selftune.trainable.config import METHODS as names
-    else:
-        names = tuple(method_names())
-    return tuple(names)
+    from selftune.trainable.methods import method_names
+
+    return tuple(method_names())
 
 
 def binary(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:

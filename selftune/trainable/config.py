@@ -177,7 +177,10 @@ class TrainConfig:
 
     # --- evaluation and early stopping ---
     eval_every: int = 500  # iterations between evaluations (and checkpoints)
-    patience: int = 40  # evaluations without a new best val mIoU before stopping; 0 disables
+    patience: int = 40  # evaluations without a new best `select_metric` before stopping; 0 disables
+    select_metric: str = "val_miou"  # the val metric the run's best checkpoint, patience and each round's
+    # labeller follow (`evaluation.selectable_metrics`: val_miou, val_f1 on 2 classes, val_iou/<class>, ...); a
+    # sweep sets it to its own `metric`, so the trials keep the checkpoint the sweep ranks them by
     log_images: bool = True  # TensorBoard panels of input | truth | pseudo-label | prediction
     report_test: bool = False  # also report test_miou (EMA model) at each evaluation: for benchmarks only,
     # never used for selection or early stopping; needs ROOT/test
@@ -249,6 +252,9 @@ class TrainConfig:
     # ------------------------------------------------------------------ validation
 
     def __post_init__(self) -> None:
+        if not isinstance(self.select_metric, str) or not self.select_metric.startswith("val_"):
+            raise ConfigError(f"select_metric must be a val_ metric (val_miou, val_f1, val_iou/<class>, ...), got "
+                              f"{self.select_metric!r}: the test split is never used to choose")
         _choice("arch", self.arch, ARCHS)
         _choice("round_init", self.round_init, ROUND_INITS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)

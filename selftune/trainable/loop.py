@@ -201,7 +201,7 @@ def train(
             # -------------------------------------------------------- evaluate, checkpoint, report
             metrics = evaluation_metrics(run, it, lr_used)
             val_miou = metrics["val_miou"]
-            keep_best(run, val_miou, it)  # best_model_ema.pt, the round's best, patience
+            keep_best(run, _selected(metrics, cfg.select_metric), it)  # best_model_ema.pt, the round's best, patience
             if method.round_over(p.iteration, p.bad_evals) and not method.is_last():
                 next_round(run, method.next_round(p.iteration))  # the round's best EMA model labels the next one
             p.status = _finished_status(p.iteration, method, p.bad_evals) or "running"
@@ -228,7 +228,7 @@ def train(
                 reporter(metrics, None)
             p.iteration -= 1  # steps completed
         else:
-            message = (f"{p.status} at iteration {p.iteration}: best val mIoU {p.best_val_miou:.4f} at iteration "
+            message = (f"{p.status} at iteration {p.iteration}: best {_label(cfg.select_metric)} {p.best_val_miou:.4f} at iteration "
                        f"{p.best_iteration}"
                        + (f" (no improvement in {p.bad_evals} evaluations)" if p.status == "early_stopped" else ""))
     finally:
@@ -271,6 +271,7 @@ def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | 
                                points=point_targets(cfg))
     classes = read_classes(data_root)
     k = classes.num_classes
+    _check_select_metric(cfg.select_metric, classes.names)
     cfg = cfg.for_classes(k)  # per-class fields fitted to the dataset's classes: the config this run trains
     method = create_method(cfg, k, class_prior=summary.frequencies)
     saved = _saved_state(cfg, out_dir, resume_from)
@@ -408,10 +409,21 @@ def _optimizer_step(st: TrainingState, loss: torch.Tensor, grad_clip: float) -> 
     st.scheduler.step()
 
 
+def _selected(metrics: dict[str, Any], name: str) -> float:
+    """The evaluation's value of `cfg.select_metric` (NaN, never a best, when it could not be computed)."""
+    v = metrics.get(name)
+    return float(v) if isinstance(v, int | float) and math.isfinite(v) else float("nan")
+
+
+def _label(name: str) -> str:
+    return "val mIoU" if name == "val_miou" else name
+
+
 def keep_best(run: Run, val_miou: float, it: int) -> None:
-    """After the evaluation of step `it`: keep the EMA model if it is the run's best (best_model_ema.pt) and, with
-    rounds, the round's best; count the evaluation towards patience unless it improved (the round's best, with
-    rounds) or it is too early to count (`method.patience_counts`)."""
+    """After the evaluation of step `it`: keep the EMA model if it is the run's best by `cfg.select_metric`
+    (`val_miou`, the value given; best_model_ema.pt) and, with rounds, the round's best; count the evaluation
+    towards patience unless it improved (the round's best, with rounds) or it is too early to count
+    (`method.patience_counts`). `progress.best_val_miou` holds the best value of `select_metric`."""
     st, p, method = run.st, run.st.progress, run.st.method
     new_best = val_miou > p.best_val_miou
     if new_best:
@@ -422,6 +434,16 @@ def keep_best(run: Run, val_miou: float, it: int) -> None:
         p.bad_evals = 0
     elif method.patience_counts(it):
         p.bad_evals += 1
+
+
+def _check_select_metric(name: str, class_names: tuple[str, ...]) -> None:
+    """`select_metric` must be one the loop reports on this dataset (`selectable_metrics`); else a ConfigError."""
+    from selftune.trainable.evaluation import selectable_metrics
+
+    available = selectable_metrics(metric_names(class_names))
+    if name not in available:
+        raise ConfigError(f"select_metric {name!r} is not a metric this run reports on a {len(class_names)}-class "
+                          f"dataset; available: {', '.join(available)}")
 
 
 def open_output(run: Run, start: int, lost: dict[str, Any] | None) -> None:

@@ -223,6 +223,12 @@ class Method:
         """Iterations of each stage (round) a run of `cfg` trains: one stage of max_iters."""
         return (cfg.max_iters,)
 
+    @classmethod
+    def self_training_starts(cls, cfg: TrainConfig) -> int:
+        """The first iteration at which pseudo-labels can change the model (the verdict flags a best checkpoint at
+        or before it): `st_start_iter`; a method that never self-trains says `max_iters`."""
+        return cfg.st_start_iter if cls.self_training else cfg.max_iters
+
     def student_from_labeller(self) -> bool:
         """Does a fresh run's student start from `teacher_checkpoint`'s weights (rounds, round_init warm)? No."""
         return False

@@ -81,6 +81,11 @@ class Rounds(EmaSelfTraining):
     def stage_lengths(cls, cfg: TrainConfig) -> tuple[int, ...]:
         return round_lengths(cfg)
 
+    @classmethod
+    def self_training_starts(cls, cfg: TrainConfig) -> int:
+        """Round 2's start: 0 when round 1 is `teacher_checkpoint` (a shared stage), else after round 1."""
+        return 0 if cfg.teacher_checkpoint is not None else round_lengths(cfg)[0]
+
     @property
     def round(self) -> int:  # type: ignore[override]
         """The round being trained, 1-based over the whole pipeline (round 1 may be teacher_checkpoint)."""
