@@ -11,12 +11,16 @@ from selftune.analysis.compare import compare, importance_table, incumbents, ove
 from selftune.cli import main
 from tests.helpers import make_sweep, sweep_trials
 
-VERDICT = {"trials": 5, "self_training_trials": 5, "control": {"iterations": 40}, "best_trial": {
-    "trial_id": "t4", "method": "ema_self_training"}, "scores": {
-    "val": {"best": 0.45, "control": 0.40, "delta": 0.05, "per_class": {}},
-    "test": {"best": 0.42, "control": 0.44, "delta": -0.02, "per_class": {}}},
-    "headline": "VERDICT: self-training (ema_self_training, trial t4) does NOT beat the compute-matched supervised "
-                "control on test: 0.4200 vs 0.4400 mIoU (-2.00 points)"}
+HEADLINE = ("VERDICT: NO CLEAR DIFFERENCE between self-training and supervised: ema_self_training (trial t4) vs "
+            "tuned supervised (trial t2), test mIoU -2.00 points, 95% CI [-6.10, +2.10]; 3 fresh seeds per arm, 40 "
+            "iterations each from scratch")
+VERDICT = {"format": 2, "outcome": "no clear difference", "split": "test", "statistic": "mIoU", "headline": HEADLINE,
+           "lines": [HEADLINE, "  self-training: test mIoU 42.00 (per seed 41.0, 42.0, 43.0)"],
+           "difference": {"mean": -0.02, "low": -0.061, "high": 0.021}, "flags": [], "per_class": {}, "runs": [],
+           "arms": {"self_training": {"method": "ema_self_training", "trial_id": "t4", "tuned": True, "mean": 0.42},
+                    "supervised": {"method": "supervised", "trial_id": "t2", "tuned": True, "mean": 0.44}}}
+OLD_VERDICT = {"headline": "VERDICT: self-training (ema_self_training, trial t4) beats the compute-matched supervised "
+               "control on test: 0.4400 vs 0.4200 mIoU (+2.00 points)", "scores": {"test": {"delta": 0.02}}}
 
 
 @pytest.fixture
@@ -38,8 +42,8 @@ def test_compare_writes_a_report_with_the_figure_and_prints_the_tables(two: tupl
     assert table[0].split()[:4] == ["sweep", "trials", "iterations", "best"]
     assert table[1].split()[:6] == ["wide", "6", str(4 * 40 + 2 * 30), "0.4", "t4", "ema_self_training"]
     assert table[2].split()[:6] == ["narrow", "3", str(2 * 40 + 30), "0.45", "t1", "rounds"]
-    assert "does NOT beat control on test (-2.00 points)" in table[1]
-    assert "wide: VERDICT: self-training (ema_self_training, trial t4) does NOT beat" in printed
+    assert "no clear difference: -2.00 [-6.10, +2.10] on test" in table[1]
+    assert f"wide: {HEADLINE}" in printed
     assert f"wrote {out}: report.html, progress.png/.html, overview.csv" in printed
 
     report = (out / "report.html").read_text()
@@ -66,7 +70,7 @@ def test_the_tables_side_by_side(two: tuple[Path, Path]) -> None:
     assert list(imp.columns) == ["parameter", "wide", "narrow"]
     assert imp["wide"].str.endswith("(#1)").sum() == 1  # ranks within each sweep
     assert set(imp["narrow"]) == {"-"}  # 3 scored trials: too few for importances
-    assert overview(c)["verdict"].tolist() == ["does NOT beat control on test (-2.00 points)", "-"]
+    assert overview(c)["verdict"].tolist() == ["no clear difference: -2.00 [-6.10, +2.10] on test", "-"]
 
     by_loss = compare([str(p) for p in two], write=False, metric="val_loss")
     assert by_loss.mode == "min" and overview(by_loss)["best val_loss"].tolist() == ["0.6", "0.55"]
@@ -91,3 +95,13 @@ def test_same_names_are_told_apart_and_bad_input_is_one_message(tmp_path: Path, 
     assert "compare needs at least two sweep folders" in capsys.readouterr().err
     assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_old_verdict_reads_labelled_and_never_as_a_win(tmp_path: Path) -> None:
+    """A sweep written before the confirmation runs: its one-run "beats" is shown as an old verdict, no interval."""
+    from selftune.analysis.verdict import load_verdict
+
+    path = make_sweep(tmp_path, "old", sweep_trials(3), verdict=OLD_VERDICT)
+    v = load_verdict(str(path))
+    assert v is not None and v.outcome is None and v.cell() == "old verdict, no interval"
+    assert "old verdict (before confirmation runs)" in v.lines()[1] and not len(v.per_class())

@@ -1,11 +1,19 @@
 """The sweep file: one typed object for data, base config, space, searcher, scheduler, resources, storage.
 
-Documented key by key in docs/sweep.md. Unknown keys fail by name, like `TrainConfig`.
+Documented key by key in docs/sweep.md. Unknown keys fail by name, like `TrainConfig`; every value is converted
+to its key's type or refused naming the key, the value and the fix (`_coerce`): integers, finite numbers,
+durations for the `_s` keys ("10m", "1h30m"), strings, mappings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +25,8 @@ SEARCHERS = ("tpe", "tpe-stock", "random")
 SCHEDULERS = ("asha", "fifo")
 SHARED_STAGE_KEYS = ("max_iters", "checkpoint")
 CONTROL_MODES = ("tuned", "base", "none")  # sweep key control
+MAX_INT = 2**63 - 1  # what Ray, Optuna and numpy take as an integer
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}")  # a sweep name: its folder, Ray's experiment, Optuna's study
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,9 @@ class SweepConfig:
     def from_yaml(cls, path: str | Path) -> SweepConfig:
         path = Path(path)
         data = read_yaml_mapping(path, "sweep file")
+        if not data:  # an empty file would run a whole default sweep on the demo data
+            raise ConfigError(f"sweep file {path} is empty; it needs at least `data:` (your dataset), usually "
+                              "`space:` and `base:` too (docs/sweep.md); `selftune sweep --demo` runs the demo sweep")
         try:
             sweep = cls.from_dict(data)
         except ConfigError as exc:
@@ -95,9 +108,29 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if isinstance(self.control, bool):  # control: true / false, as sweeps before the tuned control wrote it
             object.__setattr__(self, "control", "tuned" if self.control else "none")
-        for f in fields(self):  # YAML reads "maybe" or "yes please" as a string, which would count as true
-            if f.type in (bool, "bool") and not isinstance(getattr(self, f.name), bool):
-                raise ConfigError(f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
+        if self.control not in CONTROL_MODES:
+            raise ConfigError(f"control must be one of {', '.join(CONTROL_MODES)} (or true / false), got "
+                              f"{self.control!r}")
+        hints = _hints()
+        for f in fields(self):  # YAML gives '3' for num_samples, 10m for time_budget_s, 123 for name
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        if not NAME.fullmatch(self.name):
+            raise ConfigError(f"name {self.name!r} must be a folder name of at most 100 letters, digits and _ . + = -, "
+                              "starting with a letter or digit (it names the sweep folder, Ray's experiment and the "
+                              "Optuna study)")
+        for key in ("space", "storage"):
+            if not getattr(self, key).strip():
+                raise ConfigError(f"{key} must not be empty")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer from 0 to 2**32 - 1 (numpy seeds the sampler), got {self.seed}")
+        if not 0 <= self.verbose <= 3:
+            raise ConfigError(f"verbose must be 0, 1, 2 or 3, got {self.verbose}")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ConfigError(f"num_cpus must be >= 1 (or null for all), got {self.num_cpus}")
+        if self.max_failures < -1:
+            raise ConfigError(f"max_failures must be >= 0 (or -1: retry forever), got {self.max_failures}")
+        if self.gpu_wait_s < 0:
+            raise ConfigError(f"gpu_wait_s must be >= 0, got {self.gpu_wait_s!r}")
         if not isinstance(self.metric, str) or not self.metric.strip():
             raise ConfigError(f"metric must be a metric name such as val_miou or val_f1, got {self.metric!r}")
         if self.metric.startswith("test_"):
@@ -107,8 +140,6 @@ class SweepConfig:
             raise ConfigError(f"searcher must be one of {', '.join(SEARCHERS)}; got {self.searcher!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}; got {self.scheduler!r}")
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"name must be a non-empty folder name, got {self.name!r}")
         if self.num_samples == 0 or self.num_samples < -1:
             raise ConfigError(f"num_samples must be >= 1 (or -1 with time_budget_s), got {self.num_samples!r}")
         if self.num_samples == -1 and not (self.time_budget_s or self.budget_iters):
@@ -148,9 +179,6 @@ class SweepConfig:
                 raise ConfigError(f"shared_stage max_iters must be an integer >= 1, got {n!r}")
             if "checkpoint" in stage and not (isinstance(stage["checkpoint"], str) and stage["checkpoint"].strip()):
                 raise ConfigError(f"shared_stage checkpoint must be a path, got {stage['checkpoint']!r}")
-        if self.control not in CONTROL_MODES:
-            raise ConfigError(f"control must be one of {', '.join(CONTROL_MODES)} (or true / false), got "
-                              f"{self.control!r}")
         for key in ("confirm_seeds", "control_trials"):
             v = getattr(self, key)
             if (v is not None or key == "confirm_seeds") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -191,15 +219,106 @@ class SweepConfig:
             raise ConfigError(f"sweep 'base': {exc}") from None
 
 
-def demo_sweep(**overrides: Any) -> SweepConfig:
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(SweepConfig)
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(hours?|h|minutes?|min|m|seconds?|sec|s)?\s*", re.IGNORECASE)
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(key: str, text: str) -> float:
+    """Seconds from "90", "90s", "10m", "10 min", "1h30m", "1.5h"; a ConfigError naming `key` otherwise."""
+    total, pos, parts = 0.0, 0, 0
+    while pos < len(text):
+        m = _DURATION.match(text, pos)
+        if m is None or m.end() == pos:
+            break
+        unit = (m.group(2) or "s")[0].lower()
+        total += float(m.group(1)) * _UNIT_S[unit]
+        pos, parts = m.end(), parts + 1
+    if pos != len(text) or parts == 0:
+        raise ConfigError(f"{key} must be seconds or a duration such as 90s, 10m, 1h30m; got {text!r}")
+    return total
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """`value` as sweep key `key`'s type `hint`, or a ConfigError naming the key, the value and the fix."""
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)  # `int | None`
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} must not be null (leave the key out for its default)")
+    kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    kind = typing.get_origin(kind) or kind  # dict[str, Any] -> dict
+    if kind is bool:
+        if not isinstance(value, bool):  # YAML reads "maybe" as a string, which would count as true
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, str):  # '3' (a quoted number)
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be a whole number, got {value!r}")
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{key} is too large: {value} (at most {MAX_INT})")
+        return value
+    if kind is float:
+        if isinstance(value, str):
+            value = parse_duration(key, value) if key.endswith("_s") else _number(key, value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            extra = " (leave the key out for no limit)" if key.endswith("_s") else ""
+            raise ConfigError(f"{key} must be a finite number, got {value!r}{extra}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}; quote it in YAML: {key}: '{value}'")
+        return value
+    if kind is dict and not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a mapping of keys, got {value!r}")
+    return value
+
+
+def _number(key: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {text!r}") from None
+
+
+DEMO_ITERS = 300  # the demo sweep's trial length; the lengths below are its fractions of it
+DEMO_LENGTHS = {"eval_every": 25, "warmup_iters": 10, "st_start_iter": 25, "st_rampup_iters": 50,
+                "threshold_ramp_iters": 600}  # demo_config's 600 is kept as is at 300 iterations
+DEMO_STAGE_ITERS = 150
+
+
+def demo_sweep(base: dict[str, Any] | None = None, **overrides: Any) -> SweepConfig:
     """`selftune sweep --demo`: a complete small sweep on the demo data, sized for 2 CPU cores, 10 minutes:
-    the `methods` space, a shared supervised first stage, and the verdict against a supervised control."""
+    the `methods` space, a shared supervised first stage, and the verdict against a supervised control.
+
+    `base`: train config keys set over the demo's (`--set`). The lengths the demo derives from its run length
+    (evaluation interval, warmup, self-training start and ramp, threshold ramp, the shared stage) follow a changed
+    run length (`max_iters` in `base`, or the `max_t` override) unless they are set too."""
+    sets = dict(base or {})
+    length = overrides.get("max_t") or sets.get("max_iters") or DEMO_ITERS
+    scale = length / DEMO_ITERS if isinstance(length, int) and not isinstance(length, bool) and length > 0 else 1.0
+
+    def scaled(n: int) -> int:
+        return n if scale == 1.0 else max(1, round(n * scale))
+
     # the demo base, resolved: the same with --data X and on resume, whatever the data (issue 19)
-    base = demo_config(encoder="tu-mobilenetv3_small_050", max_iters=300, eval_every=25, warmup_iters=10,
-                       st_start_iter=25, st_rampup_iters=50, patience=4).to_dict()
+    demo_base = demo_config(encoder="tu-mobilenetv3_small_050", max_iters=DEMO_ITERS, patience=4,
+                            **{k: scaled(v) for k, v in DEMO_LENGTHS.items()}).to_dict()
     sweep = dict(
-        name="demo", data=None, base=base, space="methods", num_samples=12, max_concurrent=2,
-        cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=420.0, shared_stage={"max_iters": 150},
+        name="demo", data=None, base={**demo_base, **sets}, space="methods", num_samples=12, max_concurrent=2,
+        cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=420.0,
+        shared_stage={"max_iters": scaled(DEMO_STAGE_ITERS)},
     )
     sweep.update(overrides)
     return SweepConfig.from_dict(sweep)
