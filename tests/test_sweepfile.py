@@ -27,7 +27,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path) -> None:
         ({"mlflow_uri": "file:///tmp/mlruns"}, "MLflow's file store cannot hold"),
         ({"num_samples": -1}, "needs a time_budget_s or a budget_iters"),
         ({"nice_trials": "maybe"}, "nice_trials must be true or false, got 'maybe'"),
-        ({"control": 1}, "control must be true or false, got 1"),
+        ({"control": 1}, r"control must be one of tuned, base, none \(or true / false\), got 1"),
     ],
 )
 def test_bad_values_fail_by_name(changes, match) -> None:

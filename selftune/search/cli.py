@@ -37,7 +37,7 @@ def register(sub: Any) -> None:
                    help="asha (default: stop weak trials early at its rungs) or fifo (every trial runs to max_t)")
     p.add_argument("--num-samples", type=int, help="number of trials")
     p.add_argument("--max-concurrent", type=int, help="trials at once")
-    p.add_argument("--time-budget-s", type=float, help="wall-clock budget for the sweep")
+    p.add_argument("--time-budget-s", help="wall-clock budget for the sweep: seconds, or 90s, 10m, 1h30m")
     p.add_argument("--max-t", type=int, help="iterations a trial may run at most")
     p.add_argument("--cpus-per-trial", type=float,
                    help="CPUs Ray reserves for each trial; the trial sets its torch threads from it (default 1)")
@@ -81,18 +81,25 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     from selftune.search.sweepfile import SweepConfig, demo_sweep
 
     if args.resume:
+        _resume_takes_no(args)
         summary = resume_sweep(args.resume, restart_errored=args.restart_errored, address=args.address,
                                num_cpus=args.num_cpus)
         _print_summary(summary)
         return 0
+    if args.restart_errored:
+        raise ConfigError("--restart-errored goes with --resume PATH (it reruns a resumed sweep's errored trials)")
     if args.demo and args.sweep_file:
         raise ConfigError("give a sweep file or --demo, not both")
-    sweep = demo_sweep() if args.demo or not args.sweep_file else SweepConfig.from_yaml(args.sweep_file)
+    sets = parse_sets(args.set)
+    if args.demo or not args.sweep_file:  # the demo's derived lengths follow --set max_iters / --max-t
+        sweep = demo_sweep(sets, max_t=args.max_t)
+    else:
+        sweep = SweepConfig.from_yaml(args.sweep_file)
     if not args.demo and not args.sweep_file:
         print("selftune: no sweep file given; running the demo sweep (--demo)", file=sys.stderr)
     changes = {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
-    if args.set:
-        changes["base"] = {**sweep.base, **parse_sets(args.set)}
+    if sets:
+        changes["base"] = {**sweep.base, **sets}
     sweep = SweepConfig.from_dict({**sweep.to_dict(), **changes})
     if args.check:
         plan = plan_sweep(sweep)
@@ -101,6 +108,18 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         return 0
     _print_summary(run_sweep(sweep))
     return 0
+
+
+def _resume_takes_no(args: argparse.Namespace) -> None:
+    """A resumed sweep runs what its folder recorded: a flag that would change it is refused by name, not ignored."""
+    given = [f"--{k.replace('_', '-')}" for k in _FLAG_KEYS if k not in ("address", "num_cpus")
+             and getattr(args, k, None) is not None]
+    given += ["--set"] * bool(args.set) + ["--demo"] * args.demo + ["--check"] * args.check
+    given += [f"the sweep file {args.sweep_file}"] * bool(args.sweep_file)
+    if given:
+        raise ConfigError(f"--resume {args.resume} continues the sweep as its selftune_sweep.yaml recorded it (its "
+                          f"data, space, base config and budgets); {', '.join(given)} would change it: drop "
+                          f"{'it' if len(given) == 1 else 'them'}, or start a new sweep with another --name")
 
 
 def _print_summary(summary: Any) -> None:
