@@ -79,6 +79,9 @@ def test_ray_calls_it_and_prints_no_table(capsys: pytest.CaptureFixture[str]) ->
             tune.report({"iteration": it, "val_miou": config["x"] * it / 20, "status": "running" if it < 20 else
                          "completed"})
 
+    class Progress(ProgressLines, tune.Callback):  # as the adapter makes it
+        pass
+
     ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         import tempfile
@@ -87,7 +90,7 @@ def test_ray_calls_it_and_prints_no_table(capsys: pytest.CaptureFixture[str]) ->
             tune.Tuner(fn, param_space={"x": tune.grid_search([0.3, 0.5])},
                        tune_config=tune.TuneConfig(metric="val_miou", mode="max"),
                        run_config=tune.RunConfig(storage_path=tmp, name="p", verbose=ray_verbosity(1),
-                                                 callbacks=[ProgressLines("val_miou")])).fit()
+                                                 callbacks=[Progress("val_miou")])).fit()
     finally:
         ray.shutdown()
     printed = capsys.readouterr().out
@@ -95,5 +98,5 @@ def test_ray_calls_it_and_prints_no_table(capsys: pytest.CaptureFixture[str]) ->
     assert len(finished) == 2 and all("completed at iteration 20" in line for line in finished), printed
     assert "best val_miou 0.5000 (trial " in [line for line in printed.splitlines() if line.strip()][-1], printed
     # Ray's header box (the experiment's configuration, printed once at any verbosity) and nothing else of its
-    assert printed.count("╭") == 1 and "Configuration for experiment" in printed
+    assert printed.count("Configuration for experiment") == 1
     assert "Trial status" not in printed and "Trial name" not in printed

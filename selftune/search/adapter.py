@@ -335,8 +335,11 @@ def _callbacks(spec: TunerSpec) -> list[Any]:
 
     callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback()]
     if spec.verbose == 1:
+        class Progress(ProgressLines, tune.Callback):  # the plain progress lines, as a Ray callback
+            pass
+
         rungs = asha_milestones(spec.grace_period, spec.max_t, spec.reduction_factor) if spec.scheduler == "asha" else []
-        callbacks.append(ProgressLines(spec.metric, rungs=rungs))
+        callbacks.append(Progress(spec.metric, rungs=rungs))
     if spec.wandb_project:
         from ray.air.integrations.wandb import WandbLoggerCallback
 

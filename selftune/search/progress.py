@@ -4,6 +4,9 @@ boxed trial tables (1,052 of the demo's 1,175 lines were those tables).
 The sweep key `verbose` picks the view: 0 prints nothing, 1 (the default) these lines, 2 and up Ray's own
 tables (Ray's verbose 1, 2) without these lines. `ray_verbosity` maps one to the other.
 
+No Ray here (only `adapter` imports `ray.tune`): `ProgressLines` has the hooks of Ray's `tune.Callback`, and
+the adapter makes it one.
+
     trial 4 finished: 1a2b3c4d rounds, completed at iteration 600, best val_miou 0.4123 (new best)
     [3m20s] 4 of 12 trials finished, 2 running, 6 to start; best val_miou 0.4123 (trial 1a2b3c4d, rounds)
 """
@@ -14,8 +17,6 @@ import math
 import sys
 import time
 from typing import Any
-
-from ray.tune import Callback
 
 from selftune.sweepfolder import ERRORED, METRIC, OUTCOME_WORDS, STOPPED_BY_SCHEDULER, trial_outcome, who_stopped
 
@@ -44,8 +45,9 @@ def _method(trial: Any) -> str:
     return f" {method}" if isinstance(method, str) else ""
 
 
-class ProgressLines(Callback):
-    """Prints `trial_line` when a trial ends and `status_line` every `every` seconds (and once at the end)."""
+class ProgressLines:
+    """Prints `trial_line` when a trial ends and `status_line` every `every` seconds (and once at the end); its
+    methods are `tune.Callback` hooks, called with Ray's Trial objects."""
 
     def __init__(self, metric: str = METRIC, mode: str = "max", *, rungs: list[float] | None = None,
                  every: float = STATUS_EVERY_S, file: Any = None) -> None:
