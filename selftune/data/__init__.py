@@ -46,6 +46,7 @@ _EXPORTS = {
     "DatasetSummary": "selftune.data.validate",
     "class_frequencies": "selftune.data.validate",
     "dataset_fingerprint": "selftune.data.validate",
+    "fingerprint_matches": "selftune.data.validate",
     "suggested_class_weights": "selftune.data.validate",
     "validate_dataset": "selftune.data.validate",
     "batch_indices": "selftune.data.batches",
@@ -89,6 +90,7 @@ __all__ = [
     "default_demo_root",
     "derive_seed",
     "ensure_demo",
+    "fingerprint_matches",
     "generate_demo",
     "generate_particles",
     "label_kind",
@@ -143,6 +145,7 @@ if TYPE_CHECKING:
         DatasetSummary,
         class_frequencies,
         dataset_fingerprint,
+        fingerprint_matches,
         suggested_class_weights,
         validate_dataset,
     )

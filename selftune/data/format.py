@@ -97,6 +97,9 @@ def read_classes(root: Path) -> ClassTable:
     k = len(by_id)
     if k == 0:
         raise DataError(f"{path} has a header but no classes")
+    if k == 1:  # one class: every pixel is it, and there is nothing to segment or score
+        raise DataError(f"{path} defines one class ({by_id[min(by_id)][0]!r}); segmentation needs at least two, "
+                        "e.g. add `0,background` and number the others from 1")
     if sorted(by_id) != list(range(k)):
         missing = sorted(set(range(k)) - set(by_id))
         raise DataError(
@@ -180,7 +183,9 @@ def read_mask(path: Path, classes: ClassTable) -> np.ndarray:
         img = _open(path)
     except DataError as exc:
         raise DataError(str(exc).replace("image file", "mask file", 1)) from None
-    if img.mode == "P":  # palette PNG: the palette index is the class id
+    if img.mode == "P" and classes.colors is not None:  # by colour: the palette may list them in any order
+        return _palette_to_ids(path, np.asarray(img), img.getpalette() or [], classes)
+    if img.mode == "P":  # palette PNG, classes.csv without colours: the palette index is the class id
         arr = np.asarray(img)
     elif img.mode == "1":  # 1-bit PNG: ids 0 and 1
         arr = np.asarray(img).astype(np.uint8)
@@ -209,6 +214,29 @@ def read_mask(path: Path, classes: ClassTable) -> np.ndarray:
             f"(ids 0-{classes.num_classes - 1}, {IGNORE_VALUE} = ignore)"
         )
     return np.ascontiguousarray(ids)
+
+
+def _palette_to_ids(path: Path, index: np.ndarray, palette: list[int], classes: ClassTable) -> np.ndarray:
+    """A palette mask's class ids through its palette's colours and classes.csv's r,g,b (a mask saved with the
+    colours in another order than the class ids is read right); palette index 255 with a colour no class has is
+    ignore, as in class-id masks."""
+    assert classes.colors is not None
+    by_color = {c: i for i, c in enumerate(classes.colors)}
+    lut = np.full(256, -1, dtype=np.int64)
+    for i in np.unique(index).tolist():
+        color = tuple(palette[3 * i:3 * i + 3])
+        if color in by_color:
+            lut[i] = by_color[color]
+        elif i == IGNORE_VALUE:
+            lut[i] = IGNORE_VALUE
+        else:
+            r, c = np.argwhere(index == i)[0]
+            shown = f"colour {color}" if len(color) == 3 else "no colour"
+            raise DataError(
+                f"{path}: palette index {i} ({shown}) at pixel (row {r}, col {c}) is not a class colour in "
+                "classes.csv; a palette mask is read by its colours when classes.csv has r,g,b: give the masks' "
+                "palette the class colours, or drop the r,g,b columns to read palette indices as class ids")
+    return lut[index]
 
 
 def _colors_to_ids(path: Path, rgb: np.ndarray, classes: ClassTable) -> np.ndarray:

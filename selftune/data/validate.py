@@ -134,6 +134,10 @@ def validate_dataset(root: Path, *, need_unlabeled: bool, num_classes: int | Non
                 pixels += hist[:k]
                 ignored += int(hist[IGNORE_VALUE])
         seen_in[split] = present
+        if split_hist[:k].sum() == 0 and ds.kind == "masks":  # nothing to train on, or to score (mIoU -inf)
+            raise DataError(f"every mask pixel of split {split!r} is {IGNORE_VALUE} (ignore) in {root / split / 'masks'}: "
+                            f"it has nothing to {'train on' if split == 'train' else 'score'}; label some pixels "
+                            f"with class ids 0-{k - 1}")
         if ds.kind == "points":
             per_image = [len(p) for p in ds.points]
             total = max(1, int(split_hist.sum()))
@@ -178,12 +182,22 @@ def _sizes_text(sizes: set[tuple[int, int]]) -> str:
 
 
 def dataset_fingerprint(root: Path) -> str:
-    """A short sha256 over classes.csv, the labelled file list with sizes, and the unlabelled count.
+    """A short sha256 over classes.csv, the labelled file list with sizes, the labels' bytes (masks and
+    points.json: a relabelled mask often keeps its size) and the unlabelled count.
 
-    Cheap (no image is decoded; the unlabelled pool is counted from its index) and enough to tell
-    datasets apart in exported provenance.
+    Cheap (no image is decoded; labelled images count by size; the unlabelled pool is counted from its index):
+    recorded in a sweep (and a run) and compared on resume (`fingerprint_matches`).
     """
-    root = Path(root)
+    return _fingerprint(Path(root), label_bytes=True)
+
+
+def fingerprint_matches(root: Path, recorded: str) -> bool:
+    """Whether the dataset at `root` is the one `recorded` was taken of: today's fingerprint, or the one selftune
+    recorded before the labels' bytes counted (file names and sizes only)."""
+    return recorded in (dataset_fingerprint(root), _fingerprint(Path(root), label_bytes=False))
+
+
+def _fingerprint(root: Path, *, label_bytes: bool) -> str:
     h = hashlib.sha256()
     classes_csv = root / "classes.csv"
     h.update(classes_csv.read_bytes() if classes_csv.is_file() else b"")
@@ -195,6 +209,8 @@ def dataset_fingerprint(root: Path) -> str:
             for e in sorted(os.scandir(d), key=lambda e: e.name):
                 if e.is_file() and not e.name.startswith("."):
                     h.update(f"\n{split}/{sub}/{e.name}\t{e.stat().st_size}".encode())
+                    if label_bytes and sub == "masks":
+                        h.update(hashlib.sha256(Path(e.path).read_bytes()).digest())
         points_file = root / split / POINTS_FILE
         if points_file.is_file():  # its bytes: moving one point changes the labels but maybe not the size
             h.update(f"\n{split}/{POINTS_FILE}\t".encode() + hashlib.sha256(points_file.read_bytes()).digest())
@@ -208,6 +224,7 @@ __all__ = [
     "PointStats",
     "class_frequencies",
     "dataset_fingerprint",
+    "fingerprint_matches",
     "suggested_class_weights",
     "validate_dataset",
 ]
