@@ -13,6 +13,8 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import yaml
 
 from selftune import __version__
 from selftune.errors import SelftuneError
-from selftune.fileio import write_atomic
+from selftune.fileio import LOCK_FILE, folder_lock, write_atomic
 from selftune.search.study import close_open_trials
 from selftune.search.sweepfile import SweepConfig
 from selftune.search.verdict import self_training_methods
@@ -124,11 +126,8 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
     if not storage.startswith(REMOTE_SCHEMES):
         _check_writable(Path(storage))
     experiment_dir = experiment_path(storage, sweep.name)
-    if not resume and not storage.startswith(REMOTE_SCHEMES) and Path(experiment_dir).exists() and any(Path(experiment_dir).iterdir()):
-        raise SelftuneError(
-            f"a sweep named {sweep.name!r} already exists at {experiment_dir}; continue it with "
-            f"`selftune sweep --resume {experiment_dir}` or choose another name"
-        )
+    if not resume:
+        _refuse_existing(experiment_dir, sweep.name)
     if sweep.optuna_storage:
         optuna_storage = sweep.optuna_storage
     elif storage.startswith(REMOTE_SCHEMES):  # a journal file needs a local (or NFS) path
@@ -143,6 +142,57 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
         storage=storage, experiment_dir=experiment_dir, optuna_storage=optuna_storage, stage_model=stage_model,
         stage_iters=stage_iters, methods=tuple(methods),
     )
+
+
+def _refuse_existing(experiment_dir: str, name: str) -> None:
+    """A new sweep needs an unused sweep folder (its lock file alone, left by a launch that failed, is unused)."""
+    if experiment_dir.startswith(REMOTE_SCHEMES) or not Path(experiment_dir).is_dir():
+        return
+    if any(p.name != LOCK_FILE for p in Path(experiment_dir).iterdir()):
+        raise SelftuneError(
+            f"a sweep named {name!r} already exists at {experiment_dir}; continue it with "
+            f"`selftune sweep --resume {experiment_dir}` or choose another name"
+        )
+
+
+def _sweep_lock(plan: SweepPlan) -> Any:
+    """The sweep folder held against a second driver for this one's life (`fileio.folder_lock`; none on s3:// or
+    gs://, which cannot be locked)."""
+    import contextlib
+
+    if plan.experiment_dir.startswith(REMOTE_SCHEMES):
+        return contextlib.nullcontext()
+    return folder_lock(plan.experiment_dir, "sweep folder",
+                       f"choose another --name (`selftune analyze {plan.experiment_dir}` reads it while it runs)")
+
+
+@contextmanager
+def _launch(plan: SweepPlan) -> Iterator[None]:
+    """A new sweep's start: what fails before any work is done (no stage, no trial folder yet: a Ray error, a
+    bad value found late, Ctrl-C) removes the files this launch wrote, so the same command can run again."""
+    try:
+        yield
+    except BaseException:
+        folder = Path(plan.experiment_dir)
+        if not plan.experiment_dir.startswith(REMOTE_SCHEMES) and folder.is_dir() and \
+                not any(p.is_dir() for p in folder.iterdir()):
+            for p in folder.iterdir():  # the folder was unused when the launch began: all of this is its own
+                if p.name != LOCK_FILE:
+                    p.unlink(missing_ok=True)
+        raise
+
+
+def _check_same_data(plan: SweepPlan, meta: dict[str, Any], path: str) -> None:
+    """A resumed sweep runs on the data it started on: the fingerprint its record holds, compared by name."""
+    from selftune.data import fingerprint_matches
+
+    recorded = meta.get("data_fingerprint")
+    if recorded and not fingerprint_matches(Path(plan.data_root), str(recorded)):
+        raise SelftuneError(
+            f"the dataset at {plan.data_root} changed since sweep {plan.sweep.name!r} started: fingerprint "
+            f"{plan.fingerprint} now, {recorded} in {path}/{SWEEP_FILE} (classes.csv, the labelled files, their masks "
+            "or points, or the unlabelled pool differ). Its trials would be compared with trials that saw the old "
+            "data: put that data back to resume it, or start a new sweep (another --name) on the new data")
 
 
 def _methods_of(report: Any, base: Any) -> list[str]:
@@ -317,20 +367,23 @@ class SweepSummary:
 def run_sweep(sweep: SweepConfig) -> SweepSummary:
     """Check, then run a new sweep to the end; writes best_config.yaml into the experiment folder."""
     plan = plan_sweep(sweep)
-    start_ray(sweep.address, sweep.num_cpus, nice_trials=sweep.nice_trials)
-    check_resources(sweep)
-    from selftune.search import adapter
+    with _sweep_lock(plan):
+        _refuse_existing(plan.experiment_dir, sweep.name)  # again, holding the folder: another launch may have won
+        start_ray(sweep.address, sweep.num_cpus, nice_trials=sweep.nice_trials)
+        check_resources(sweep)
+        from selftune.search import adapter
 
-    if not plan.experiment_dir.startswith(REMOTE_SCHEMES):
-        write_atomic(Path(plan.experiment_dir) / SWEEP_FILE, yaml.safe_dump(plan.meta(), sort_keys=False))
-    else:
-        _write_remote(plan.experiment_dir + "/" + SWEEP_FILE, yaml.safe_dump(plan.meta(), sort_keys=False))
-    started = time.monotonic()  # time_budget_s counts the stage, the trials and the confirmation
-    train_shared_stage(plan)
-    _out_of_space_is_a_message(plan, lambda: adapter.fit(adapter.build_tuner(_tuner_spec(plan, started)),
-                                                         sweep.metric))
-    close_open_trials(plan.optuna_storage, sweep.name)
-    return _finish(plan)
+        with _launch(plan):
+            if not plan.experiment_dir.startswith(REMOTE_SCHEMES):
+                write_atomic(Path(plan.experiment_dir) / SWEEP_FILE, yaml.safe_dump(plan.meta(), sort_keys=False))
+            else:
+                _write_remote(plan.experiment_dir + "/" + SWEEP_FILE, yaml.safe_dump(plan.meta(), sort_keys=False))
+            started = time.monotonic()  # time_budget_s counts the stage, the trials and the confirmation
+            train_shared_stage(plan)
+            _out_of_space_is_a_message(plan, lambda: adapter.fit(adapter.build_tuner(_tuner_spec(plan, started)),
+                                                                 sweep.metric))
+        close_open_trials(plan.optuna_storage, sweep.name)
+        return _finish(plan)
 
 
 def resume_sweep(path: str, *, restart_errored: bool = False, address: str | None = None,
@@ -338,25 +391,38 @@ def resume_sweep(path: str, *, restart_errored: bool = False, address: str | Non
     """Continue a sweep whose driver died, from its folder."""
     path = path if path.startswith(REMOTE_SCHEMES) else str(Path(path).expanduser().resolve())
     meta = read_sweep_meta(path)
-    sweep = SweepConfig.from_dict(meta["sweep"])
+    missing = [k for k in ("sweep", "base", "data_root") if k not in meta]
+    if missing:
+        raise SelftuneError(f"{path}/{SWEEP_FILE} has no {', '.join(missing)}: it is not a record a sweep can be "
+                            "resumed from (cut short, or written by hand)")
+    try:
+        sweep = SweepConfig.from_dict(meta["sweep"])
+    except SelftuneError as exc:
+        raise SelftuneError(f"{path}/{SWEEP_FILE}: {exc}") from None
     if address is not None:
         sweep = sweep.replace(address=address)
     storage, _, name = path.rstrip("/").rpartition("/")
     sweep = sweep.replace(storage=storage, name=name, data=meta["data_root"])
     plan = plan_sweep(sweep, resume=True, base_dict=meta["base"])
-    start_ray(sweep.address, num_cpus if num_cpus is not None else sweep.num_cpus, nice_trials=sweep.nice_trials)
-    check_resources(sweep)
-    from selftune.search import adapter
+    _check_same_data(plan, meta, path)
+    with _sweep_lock(plan):
+        start_ray(sweep.address, num_cpus if num_cpus is not None else sweep.num_cpus, nice_trials=sweep.nice_trials)
+        check_resources(sweep)
+        from selftune.search import adapter
 
-    if not adapter.can_restore(path):
-        raise SelftuneError(f"{path} has no Ray experiment state to resume from")
-    started = time.monotonic()  # a resumed sweep's time budget counts from the resume
-    train_shared_stage(plan)  # nothing to do when it finished before the crash
-    _out_of_space_is_a_message(
-        plan, lambda: adapter.fit(adapter.restore_tuner(path, _tuner_spec(plan, started),
-                                                        restart_errored=restart_errored), sweep.metric))
-    close_open_trials(plan.optuna_storage, sweep.name)
-    return _finish(plan)
+        # before Ray's state exists (killed before its trials began, e.g. in the shared stage) the trials start now
+        restore = adapter.can_restore(path)
+        if not restore:
+            print(f"selftune: {path} stopped before its trials began (no Ray state yet): "
+                  f"{'its shared stage goes on, then ' if plan.stage_iters else ''}its trials start now", file=sys.stderr)
+        started = time.monotonic()  # a resumed sweep's time budget counts from the resume
+        train_shared_stage(plan)  # nothing to do when it finished before the crash
+        _out_of_space_is_a_message(
+            plan, lambda: adapter.fit(
+                adapter.restore_tuner(path, _tuner_spec(plan, started), restart_errored=restart_errored) if restore
+                else adapter.build_tuner(_tuner_spec(plan, started)), sweep.metric))
+        close_open_trials(plan.optuna_storage, sweep.name)
+        return _finish(plan)
 
 
 def _out_of_space_is_a_message(plan: SweepPlan, fit: Any) -> None:
