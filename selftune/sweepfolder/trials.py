@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,9 @@ from selftune.sweepfolder.layout import ERROR_FILES, SWEEP_FILE, VERDICT_FILE, t
 from selftune.sweepfolder.outcome import DIVERGED, FINISHED, trial_outcome
 
 ENDED_BY_ITSELF = (*FINISHED, DIVERGED)  # a last report's status that says the loop ended the run
+# what every driver's selftune_sweep.yaml holds (selftune.search.run.SweepPlan.meta); one that lacks any was cut short
+DRIVER_KEYS = ("sweep", "base", "data_root", "data_fingerprint", "class_names", "max_t", "grace_period",
+               "optuna_storage")
 
 
 @dataclass
@@ -91,9 +95,24 @@ def read_sweep_meta(path: str) -> dict[str, Any]:
         if found:
             hint = f"; sweeps inside it: {', '.join(sorted(found)[:10])}"
         raise SelftuneError(f"{path} is not a selftune sweep folder (no {SWEEP_FILE} in it){hint}")
-    meta = yaml.safe_load(read_text(fs, _join(root, SWEEP_FILE))) or {}
+    file = _join(str(path), SWEEP_FILE)
+    again = ("; it is written once, when the sweep starts: copy it again from where the sweep ran (the trial "
+             "folders do not depend on it)")
+    try:
+        meta = yaml.safe_load(read_text(fs, _join(root, SWEEP_FILE)))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise SelftuneError(f"{file} is damaged (not valid YAML: {problem}){again}") from None
+    if meta is None:
+        raise SelftuneError(f"{file} is empty{again}")
     if not isinstance(meta, dict):
-        raise SelftuneError(f"{_join(str(path), SWEEP_FILE)} is not a sweep record (expected a mapping)")
+        raise SelftuneError(f"{file} is not a sweep record (expected a mapping, got {type(meta).__name__}){again}")
+    for key in ("sweep", "base"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise SelftuneError(f"{file}: `{key}` should be a mapping, got {meta[key]!r}: the record is damaged{again}")
+    missing = [k for k in DRIVER_KEYS if k not in meta]
+    if "selftune_version" in meta and missing:  # written by the driver, so it had all of them: cut short
+        raise SelftuneError(f"{file} is cut short (no {', '.join(missing)}){again}")
     return meta
 
 
@@ -139,6 +158,33 @@ def _read_results(fs: pafs.FileSystem, path: str) -> list[dict[str, Any]]:
     return results
 
 
+def _read_params(fs: pafs.FileSystem, tdir: str, results: list[dict[str, Any]], state: dict[str, dict[str, Any]],
+                 path: str) -> dict[str, Any] | None:
+    """A trial's params.json; one cut short (a killed driver, a partial copy) is read from what else the trial
+    holds (its reports' config, Ray's state), with a warning naming the file; None, with a warning, when nothing
+    holds them (the trial is left out)."""
+    file = _join(tdir, "params.json")
+    text = read_text(fs, file)
+    try:
+        params = json.loads(text) if text.strip() else {}
+        if isinstance(params, dict):
+            return params
+    except ValueError:
+        pass
+    shown = as_uri(path, file)
+    name = posixpath.basename(tdir)
+    known = next((s["params"] for s in state.values() if s["dir"] == name and s["params"]), None)
+    config = results[0].get("config") if results else None
+    found = known or (config if isinstance(config, dict) and config else None)
+    if found is not None:
+        source = "Ray's experiment state" if known else "its result.json"
+        warnings.warn(f"{shown} is damaged (not a JSON object); its parameters are read from {source}", stacklevel=3)
+        return dict(found)
+    warnings.warn(f"{shown} is damaged (not a JSON object) and nothing else holds its parameters: that trial is "
+                  "left out", stacklevel=3)
+    return None
+
+
 def read_trials(path: str) -> list[TrialRecord]:
     """Every trial of a sweep folder, finished or not (pending ones included), in trial-id order."""
     path = str(path)
@@ -154,8 +200,11 @@ def read_trials(path: str) -> list[TrialRecord]:
         tdir = info.path
         if not _is_file(fs, _join(tdir, "params.json")):
             continue
-        params = json.loads(read_text(fs, _join(tdir, "params.json")) or "{}")
         results = _read_results(fs, _join(tdir, "result.json"))
+        params = _read_params(fs, tdir, results, state, path)
+        if params is None:  # left out whole: a record without its params would export the base config as its own
+            seen.update(t for t, s in state.items() if s["dir"] == posixpath.basename(tdir))
+            continue
         children = fs.get_file_info(pafs.FileSelector(tdir))
         checkpoints = sorted(c.path for c in children if posixpath.basename(c.path).startswith("checkpoint_"))
         error_file = next((c.path for c in children if posixpath.basename(c.path) == ERROR_FILES[0]), None)
@@ -196,5 +245,9 @@ def read_verdict(path: str) -> dict[str, Any] | None:
     try:
         data = json.loads(read_text(fs, file))
     except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        warnings.warn(f"{as_uri(str(path), file)} is damaged (not a JSON object): the sweep's verdict is left out; "
+                      "`selftune sweep --resume` writes it again", stacklevel=2)
         return None
-    return data if isinstance(data, dict) else None
+    return data
