@@ -422,7 +422,8 @@ def test_optuna_dashboard_reads_the_journal(sweep_dir: Path) -> None:
         return json.loads(body)
 
     summaries = get("/api/studies")["study_summaries"]
-    assert [s["study_name"] for s in summaries] == ["tiny"]
+    # the space has no supervised method: the verdict's tuned control search is a second study in the journal
+    assert [s["study_name"] for s in summaries] == ["tiny", "control_search"]
     detail = get(f"/api/studies/{summaries[0]['study_id']}")
     assert len(detail["trials"]) == 6 and {"Complete", "Pruned"} <= {t["state"] for t in detail["trials"]}
     assert detail["has_intermediate_values"]
@@ -458,18 +459,23 @@ def _copy_sweep(sweep_dir: Path, dest: Path) -> Path:
     return dest
 
 
-HAND_VERDICT = {  # val only (no test split), one class absent from val (NaN), as verdict.json writes it
-    "trials": 6, "self_training_trials": 4,
-    "control": {"status": "completed", "best_val_miou": 0.30, "best_iteration": 40, "iterations": 40},
-    "best_trial": {"trial_id": "abc_00001", "value": 0.35, "iteration": 40, "outcome": "completed",
-                   "method": "rounds"},
-    "scores": {"val": {"images": 4, "best": 0.35, "control": 0.30, "delta": 0.05, "per_class": {
-        "road": {"best": 0.50, "control": 0.30, "delta": 0.20},
-        "building": {"best": 0.20, "control": 0.30, "delta": -0.10},
-        "water body": {"best": float("nan"), "control": 0.0, "delta": float("nan")},
-        "open land": {"best": 0.35, "control": 0.30, "delta": 0.05}}}},
-    "headline": "VERDICT: self-training (rounds, trial abc_00001) beats the compute-matched supervised control on "
-                "val (no test split): 0.3500 vs 0.3000 mIoU (+5.00 points)",
+HEADLINE = ('VERDICT: self-training HELPS: rounds (trial abc_00001) vs tuned supervised (trial abc_00003), val mI'
+            'oU +5.00 points, 95% CI [+1.00, +9.00]; 3 fresh seeds per arm, 40 iterations each from scratch')
+HAND_VERDICT = {  # val only (no test split), as verdict.json writes it
+    "format": 2, "outcome": "helps", "split": "val", "statistic": "mIoU", "headline": HEADLINE, "seeds": [1000, 1001, 1002],
+    "lines": [HEADLINE, "  self-training: val mIoU 35.00 (per seed 34.0, 35.0, 36.0)",
+              "  supervised: val mIoU 30.00 (per seed 29.0, 30.0, 31.0)",
+              "  per class (val IoU points, intervals excluding 0 only): helped road +20.00 [+5.00, +35.00]; hurt none",
+              "  note: val: the split the trials were selected on (the dataset has no test split)"],
+    "difference": {"mean": 0.05, "low": 0.01, "high": 0.09}, "flags": [],
+    "arms": {"self_training": {"method": "rounds", "trial_id": "abc_00001", "tuned": True, "mean": 0.35},
+             "supervised": {"method": "supervised", "trial_id": "abc_00003", "tuned": True, "mean": 0.30}},
+    "runs": [{"arm": arm, "seed": 1000 + i, "status": "completed", "best_val_miou": 0.3, "best_iteration": 40,
+              "iterations": 40, "val": base + i / 100} for i in range(3)
+             for arm, base in (("self_training", 0.34), ("supervised", 0.29))],
+    "per_class": {"road": {"mean": 0.20, "low": 0.05, "high": 0.35, "word": "helped"},
+                  "building": {"mean": -0.10, "low": -0.25, "high": 0.05, "word": ""},
+                  "open land": {"mean": 0.05, "low": -0.10, "high": 0.20, "word": ""}},
 }
 
 
@@ -492,11 +498,12 @@ def test_the_verdict_and_the_methods_lead_the_report_and_the_summary(sweep_dir: 
     h2 = [part.split("</h2>")[0] for part in report.split("<h2>")[1:]]
     assert h2[:4] == ["Verdict", "Methods", "Read this first", "Top 5 trials"], h2
     verdict_part = report.split("<h2>Verdict</h2>")[1].split("<h2>Methods</h2>")[0]
-    assert HAND_VERDICT["headline"] in verdict_part and "selection-biased" in verdict_part
+    assert HEADLINE in verdict_part and "helped road +20.00 [+5.00, +35.00]" in verdict_part
     assert verdict_part.count("data:image/png;base64,") == 1  # the per-class figure, in this section
-    rows = verdict_part.split("Per class")[1].split("<tr>")[1:]
-    assert [r.split("<td>")[1].split("</td>")[0] for r in rows] == ["road", "open land", "building", "water body"]
-    assert "+20.0" in rows[0] and "-10.0" in rows[2] and "<td>-</td>" in rows[3]  # NaN: not in val
+    rows = verdict_part.split("Per class")[1].split("</table>")[0].split("<tr>")[1:]
+    assert [r.split("<td>")[1].split("</td>")[0] for r in rows] == ["road", "open land", "building"]
+    assert "+20.0" in rows[0] and "helped" in rows[0] and "-10.0" in rows[2] and "hurt" not in rows[2]
+    assert "Confirmation runs" in verdict_part and verdict_part.count("abc_0000") >= 2
     with Image.open(tmp_path / "out" / "verdict_per_class.png") as im:
         assert im.size[0] >= 600 and im.size[1] >= 250
     assert report.count("id='verdict_per_class'") == 1  # not again among the figures
@@ -512,9 +519,7 @@ def test_the_verdict_and_the_methods_lead_the_report_and_the_summary(sweep_dir: 
     assert a.methods["best val_miou"].dropna().is_monotonic_decreasing  # best method first
 
     text = summary_text(a)
-    assert text.startswith(HAND_VERDICT["headline"] + "\n  val: best trial 0.3500 vs control 0.3000 mIoU "
-                           "(+5.00 points; selection-biased: the best of 4 trials against one control run")
-    assert "helped road +20.0, open land +5.0; hurt building -10.0" in text
+    assert text.startswith("\n".join(HAND_VERDICT["lines"]) + "\n")  # the sweep's own words
     assert "per method (val_miou):" in text and text.index("per method") < text.index("sweep tiny:")
 
 
@@ -537,7 +542,8 @@ def test_the_real_verdict_is_the_first_section(sweep_dir: Path, analysis: Analys
     assert report.split("<h2>")[1].startswith("Verdict</h2>")
     assert record["headline"] in report
     assert analysis.summary().splitlines()[0] == record["headline"]
-    assert {"val", "test"} == set(analysis.verdict.splits()["split"])
+    assert analysis.verdict.split == "test" and len(analysis.verdict.arms()) == 2
+    assert len(analysis.verdict.runs()) == 4  # 2 fresh seeds per arm
 
 
 def test_compare_the_sweep_with_a_copy_missing_one_trial(sweep_dir: Path, tmp_path: Path, capsys) -> None:
