@@ -716,37 +716,38 @@ def pseudo_labels(sweep: Sweep, st_start: int | None) -> tuple[Any, Any] | None:
 HELPS, HURTS = "#2f855a", "#c53030"
 
 
-def verdict_per_class(deltas: pd.Series, split: str, missing: list[str] | None = None) -> tuple[Any, Any]:
-    """Best trial minus control IoU (points) per class on `split`: one horizontal bar per class, largest on top,
-    green where self-training helps, red where it hurts. `deltas` is sorted largest first (Verdict.deltas)."""
+def verdict_per_class(per_class: pd.DataFrame, split: str) -> tuple[Any, Any]:
+    """Self-training minus supervised IoU (points) per class on `split`, mean over the confirmation seeds with its
+    95% interval: one horizontal bar per class, largest on top; green (helped) or red (hurt) only where the
+    interval excludes 0, grey otherwise. `per_class` is `Verdict.per_class()`."""
     import plotly.graph_objects as go
 
-    names = [str(n) for n in deltas.index][::-1]  # barh draws bottom-up: largest last, so on top
-    vals = [float(v) for v in deltas.to_numpy()][::-1]
-    colors = [HELPS if v > 0 else HURTS if v < 0 else "0.6" for v in vals]
-    fig, ax = _subplots(figsize=(8.5, 0.42 * len(names) + 1.9))
-    bars = ax.barh(names, vals, color=colors)
-    span = max((abs(v) for v in vals), default=1.0) or 1.0
-    for b, v in zip(bars, vals, strict=True):
-        ax.text(v + (0.01 * span if v >= 0 else -0.01 * span), b.get_y() + b.get_height() / 2, f"{v:+.1f}",
-                va="center", ha="left" if v >= 0 else "right", fontsize=8)
+    df = per_class.iloc[::-1]  # barh draws bottom-up: largest last, so on top
+    names = [str(n) for n in df["class"]]
+    vals, lo, hi = (df[c].to_numpy(dtype=float) for c in ("difference (points)", "low", "high"))
+    colors = [HELPS if w == "helped" else HURTS if w == "hurt" else "0.65" for w in df["word"]]
+    fig, ax = _subplots(figsize=(8.5, 0.42 * len(names) + 2.3))
+    ax.barh(names, vals, color=colors, xerr=[vals - lo, hi - vals], error_kw=dict(ecolor="0.25", capsize=3, lw=1))
+    span = min(max(float(np.nanmax(np.abs(np.r_[lo, hi]))) if len(names) else 1.0, 1.0), 100.0)
+    for y, (v, h) in enumerate(zip(vals, hi, strict=True)):
+        ax.text(max(h, v) + 0.02 * span, y, f"{v:+.1f}", va="center", ha="left", fontsize=8)
     ax.axvline(0, color="0.2", lw=0.9)
-    ax.set_xlim(-span * 1.2, span * 1.2)
-    ax.set_xlabel("IoU points: best self-training trial minus supervised control")
+    ax.set_xlim(-span * 1.25, span * 1.25)
+    ax.set_xlabel("IoU points: self-training minus tuned supervised (mean over seeds, 95% interval)")
     ax.grid(axis="x", alpha=0.3)
-    what = "test (scored once, never chosen on)" if split == "test" else "val (selection-biased: best of N vs one run)"
-    title = f"Per-class IoU, best trial minus control, on {what}"
-    if missing:
-        title += f"\nnot in {split}: {', '.join(missing)}"
+    what = "test (scored once, after every choice)" if split == "test" else "val (the split trials were chosen on)"
+    title = f"Per-class IoU difference on {what}"
     ax.set_title(title, fontsize=10)
-    ax.legend(handles=[Line2D([], [], color=HELPS, lw=6, label="self-training helps"),
-                       Line2D([], [], color=HURTS, lw=6, label="self-training hurts")],
-              loc="lower right", fontsize=8, framealpha=0.9)
+    ax.legend(handles=[Line2D([], [], color=HELPS, lw=6, label="helped (interval above 0)"),
+                       Line2D([], [], color=HURTS, lw=6, label="hurt (interval below 0)"),
+                       Line2D([], [], color="0.65", lw=6, label="no clear difference")],
+              loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     pfig = go.Figure(go.Bar(x=vals, y=names, orientation="h", marker_color=[mcolors.to_hex(c) for c in colors],
+                            error_x=dict(type="data", symmetric=False, array=hi - vals, arrayminus=vals - lo),
                             text=[f"{v:+.1f}" for v in vals], textposition="outside"))
-    pfig.update_layout(template=PLOTLY_TEMPLATE, title=title.replace("\n", "<br>"), height=40 * len(names) + 160,
-                       xaxis=dict(title="IoU points (best minus control)", range=[-span * 1.25, span * 1.25]))
+    pfig.update_layout(template=PLOTLY_TEMPLATE, title=title, height=40 * len(names) + 160,
+                       xaxis=dict(title="IoU points (self-training minus supervised)", range=[-span * 1.3, span * 1.3]))
     return fig, pfig
 
 

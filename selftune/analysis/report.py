@@ -178,10 +178,11 @@ CAPTIONS = {
                       "are the ones self-training (or more labels) must fix; bars that differ show which trial "
                       "trades one class for another."),
     "verdict_per_class": ("Per-class verdict",
-                          "Each bar is one class's IoU of the best self-training trial minus that of the compute-"
-                          "matched supervised control, in IoU points, on test when the dataset has it (scored once, "
-                          "never used for any choice), else on val (selection-biased: the best of N trials against "
-                          "one run). Green: self-training helps that class; red: it hurts it."),
+                          "Each bar is one class's IoU of the self-training arm minus the supervised arm's, in IoU "
+                          "points: the mean over the confirmation's fresh seeds (both arms' best configs retrained from "
+                          "the same start for the same iterations), with its 95% interval (seeds and test images), on "
+                          "test when the dataset has it, else on val. Green: helped (the interval is above 0); red: "
+                          "hurt (below 0); grey: no clear difference."),
     "pseudo_labels": ("Pseudo-label acceptance",
                       "Share of the teacher's predicted pixels whose confidence passed their class threshold, per "
                       "evaluation window, self-training trials only (a supervised trial makes no pseudo-labels). "
@@ -212,13 +213,10 @@ def _html(pfig: Any) -> str:
 def _verdict_figure(v: Verdict) -> Any:
     from selftune.analysis import figures as F
 
-    split = v.decisive_split
-    deltas = v.deltas(split)
-    if split is None or not len(deltas):
-        return "the verdict has no per-class scores"
     per_class = v.per_class()
-    missing = [str(c) for c in per_class["class"] if c not in deltas.index]
-    return F.verdict_per_class(deltas, split, missing)
+    if not len(per_class):
+        return "the verdict has no per-class differences"
+    return F.verdict_per_class(per_class, str(v.split))
 
 
 def make_figures(a: Analysis, sweep: Sweep, astudy: Any | None, dists: dict[str, Any], top_k: int,

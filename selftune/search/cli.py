@@ -12,7 +12,7 @@ from selftune.trainable.config import parse_sets
 
 _FLAG_KEYS = ("data", "space", "searcher", "scheduler", "num_samples", "max_concurrent", "time_budget_s",
               "storage", "name", "address", "cpus_per_trial", "gpus_per_trial", "seed", "max_t", "num_cpus",
-              "budget_iters", "wandb_project", "mlflow_uri", "control", "confirm_seeds")
+              "budget_iters", "wandb_project", "mlflow_uri", "control", "confirm_seeds", "verbose")
 
 
 def register(sub: Any) -> None:
@@ -57,6 +57,8 @@ def register(sub: Any) -> None:
     p.add_argument("--no-control", dest="control", action="store_const", const="none",
                    help="no verdict (same as --control none)")
     p.add_argument("--confirm-seeds", type=int, help="fresh seeds per arm the verdict retrains with (default 3)")
+    p.add_argument("--verbose", type=int, choices=[0, 1, 2, 3], help="console: 0 silent, 1 (default) a line per "
+                   "finished trial and a status line a minute, 2 Ray's trial tables, 3 more")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a train config key of the base config (repeatable), e.g. --set max_iters=600")
     p.set_defaults(func=run_sweep_cmd)

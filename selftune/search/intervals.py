@@ -143,8 +143,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray, statistic: Statistic = miou,
         img_lo, img_hi = (float(q) for q in np.quantile(boot, [alpha, 1 - alpha]))
     else:
         img_lo = img_hi = float("nan")
-    low = mean - math.hypot(seed_hw, max(0.0, mean - img_lo))
-    high = mean + math.hypot(seed_hw, max(0.0, img_hi - mean))
+    low = max(-1.0, mean - math.hypot(seed_hw, max(0.0, mean - img_lo)))  # a difference of two scores in [0, 1]
+    high = min(1.0, mean + math.hypot(seed_hw, max(0.0, img_hi - mean)))
     return Difference(mean=mean, low=low, high=high, per_seed=[float(x) for x in per_seed],
                       seed_half_width=seed_hw if n > 1 else float("nan"), image_low=img_lo, image_high=img_hi,
                       seeds=n, images=m)

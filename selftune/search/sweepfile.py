@@ -65,7 +65,7 @@ class SweepConfig:
     # run at normal priority, so a sweep beside other work on a shared workstation is not starved
     wandb_project: str | None = None  # log trials to W&B through Ray's callback (needs wandb)
     mlflow_uri: str | None = None  # log trials to MLflow through Ray's callback: sqlite:///mlflow.db or http(s)://
-    verbose: int = 1  # Ray's progress table: 0 silent, 1 table, 2 more
+    verbose: int = 1  # console: 0 silent, 1 selftune's progress lines, 2 Ray's trial tables, 3 more
     shared_stage: dict[str, Any] | None = None  # round 1 trained once for every `rounds` trial, before the trials:
     # {max_iters: N} trains it (supervised, the base config) into <sweep>/shared_stage; {checkpoint: PATH} takes an
     # earlier run's model instead. Its iterations count once toward budget_iters
@@ -300,7 +300,8 @@ DEMO_STAGE_ITERS = 150
 
 def demo_sweep(base: dict[str, Any] | None = None, **overrides: Any) -> SweepConfig:
     """`selftune sweep --demo`: a complete small sweep on the demo data, sized for 2 CPU cores, 10 minutes:
-    the `methods` space, a shared supervised first stage, and the verdict against a supervised control.
+    the `methods` space, a shared supervised first stage, and the verdict (both arms' best configs retrained with
+    2 fresh seeds each). The time budget counts the stage, the trials and the confirmation.
 
     `base`: train config keys set over the demo's (`--set`). The lengths the demo derives from its run length
     (evaluation interval, warmup, self-training start and ramp, threshold ramp, the shared stage) follow a changed
@@ -317,8 +318,9 @@ def demo_sweep(base: dict[str, Any] | None = None, **overrides: Any) -> SweepCon
                             **{k: scaled(v) for k, v in DEMO_LENGTHS.items()}).to_dict()
     sweep = dict(
         name="demo", data=None, base={**demo_base, **sets}, space="methods", num_samples=12, max_concurrent=2,
-        cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=420.0,
+        cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=540.0,
         shared_stage={"max_iters": scaled(DEMO_STAGE_ITERS)},
+        confirm_seeds=2,  # the verdict's retraining: 4 runs of 300 iterations, inside the 540 s with the trials
     )
     sweep.update(overrides)
     return SweepConfig.from_dict(sweep)

@@ -1,0 +1,230 @@
+"""Is the verdict right? Its interval against a ground truth it never saw, and settings where the answer is known.
+
+    python bench/bench_verdict.py sweeps                 # quick profile (~60 min on 2 CPUs): 3 demo sweeps
+                                                         # (sweep seeds 0, 1, 2), each verdict's two configs
+                                                         # retrained with 3 more seeds as the ground truth
+    python bench/bench_verdict.py sweeps --truth-seeds 5 --sweep-seeds 0,1,2,3,4   # full profile (a GPU node)
+    python bench/bench_verdict.py known                  # the verdict on two settings whose answer is known
+
+sweeps: each sweep is `selftune sweep --demo --seed S` as a user runs it (the real CLI, timed). Its verdict
+names two configs (the best self-training and the best supervised trial, retrained with fresh seeds 1000..);
+here both are retrained again with seeds the sweep never used (2000..), from the same start for the same
+iterations, and scored the same way: the mean difference over those seeds is the ground truth. The verdict's
+95% interval should contain it. Writes docs/bench_results/verdict_sweeps.csv and verdict_sweeps.png.
+
+known: the verdict's own functions (`search.verdict.confirm_runs`, `score_images`, `build_verdict`) on fixed
+configs at the demo sweep's scale (its base config, 3 seeds, no tuning): "hurts" is s4GAN against supervised
+from scratch (demo_fairness's S4GAN_SETTINGS: s4GAN trails supervised by 9.6 points at the calibration's
+scale, docs/benchmarks.md); "helps?" is self-training in rounds with a class-balanced acceptance floor
+(`min_accept_ratio: 0.2`, demo_fairness's ST_SETTINGS) from a 150-iteration supervised stage, against
+supervised training continued from that stage for the same iterations (+4.95 at the calibration's scale).
+Writes docs/bench_results/verdict_known.csv. Whatever either says is written down; nothing is tuned here.
+A run folder that holds a finished run is read, not trained again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "bench_results"
+sys.path.insert(0, str(ROOT))
+
+from bench.demo_fairness import S4GAN_SETTINGS, ST_SETTINGS  # noqa: E402
+
+
+def _retrain(pairs: list[tuple[dict[str, Any], dict[str, Any]]], seeds: list[int], stage: str | None, folder: Path,
+             data: str) -> list[dict[str, Any]]:
+    """Each (self-training config, supervised config) pair retrained on `seeds` and scored on test, as the verdict
+    does; returns the verdict records (one per pair)."""
+    from selftune.data import read_classes
+    from selftune.search import adapter
+    from selftune.search.verdict import arm_summary, build_verdict, confirm_runs, score_images, train_run
+    from selftune.trainable.config import TrainConfig
+
+    out = []
+    for i, (st, sup) in enumerate(pairs):
+        runs = confirm_runs(st, sup, seeds, stage, folder / f"pair{i}", threads=1)
+        results = adapter.run_tasks([(train_run, (r.config, data, r.out_dir)) for r in runs], cpus=1, gpus=0,
+                                    desc=f"retrain pair {i}")
+        base = TrainConfig.from_dict(sup)
+        cms = adapter.run_tasks([(score_images, (res["best_model"], data, "test", base.point_radius,
+                                                 base.point_ring)) for res in results], cpus=1, gpus=0)
+        names = list(read_classes(Path(data)).names)
+        st_entry = {"trial_id": "fixed", "config": st, "metric": "val_miou", "value": float("nan"), "iteration": 0}
+        sup_entry = {"trial_id": "fixed", "config": sup, "metric": "val_miou", "value": float("nan"), "iteration": 0}
+        out.append(build_verdict(
+            st=arm_summary(st_entry, "self-training", True), sup=arm_summary(sup_entry, "supervised", True),
+            runs=runs, results=results, cms=list(cms), split="test", class_names=list(names), metric="val_miou",
+            best_by_val=None, compute={}, stage_model=stage))
+    return out
+
+
+def sweeps(args: argparse.Namespace) -> int:
+    import ray
+
+    work = Path(args.work)
+    rows = []
+    for s in [int(x) for x in args.sweep_seeds.split(",")]:
+        name = f"demo_seed{s}"
+        exp = work / name
+        t0 = time.monotonic()
+        if not (exp / "verdict.json").is_file():
+            cmd = [sys.executable, "-m", "selftune", "sweep", "--demo", "--seed", str(s), "--name", name,
+                   "--storage", str(work)]
+            if exp.exists():
+                cmd = [sys.executable, "-m", "selftune", "sweep", "--resume", str(exp)]
+            log = work / f"{name}.log"
+            work.mkdir(parents=True, exist_ok=True)
+            with log.open("w") as f:
+                subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=work)
+        wall = time.monotonic() - t0
+        v = json.loads((exp / "verdict.json").read_text())
+        meta_data = _data_root(exp)
+        confirm = exp / "confirm"
+        seed0 = v["seeds"][0]
+        st = _config(confirm / f"self_training_seed{seed0}")
+        sup = _config(confirm / f"supervised_seed{seed0}")
+        stage = str(exp / "shared_stage" / "best_model_ema.pt") if (exp / "shared_stage").is_dir() else None
+        truth_seeds = [2000 + i for i in range(args.truth_seeds)]
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        try:
+            [truth] = _retrain([(st, sup)], truth_seeds, stage, work / f"truth_seed{s}", meta_data)
+        finally:
+            ray.shutdown()
+        d, t = v["difference"], truth["difference"]
+        rows.append({
+            "sweep_seed": s, "outcome": v["outcome"], "st_method": v["arms"]["self_training"]["method"],
+            "st_trial": v["arms"]["self_training"]["trial_id"], "sup_trial": v["arms"]["supervised"]["trial_id"],
+            "best_by_val": (v.get("best_trial_by_val") or {}).get("method"),
+            "verdict_mean": round(d["mean"] * 100, 2), "verdict_low": round(d["low"] * 100, 2),
+            "verdict_high": round(d["high"] * 100, 2), "width": round((d["high"] - d["low"]) * 100, 2),
+            "seed_half_width": round(d["seed_half_width"] * 100, 2),
+            "image_half_width": round((d["image_interval"][1] - d["image_interval"][0]) * 50, 2),
+            "truth_mean": round(t["mean"] * 100, 2), "truth_low": round(t["low"] * 100, 2),
+            "truth_high": round(t["high"] * 100, 2), "truth_per_seed": " ".join(f"{x * 100:.1f}" for x in t["per_seed"]),
+            "contains_truth": d["low"] <= t["mean"] <= d["high"],
+            "confirmation_share": round(v["compute"]["confirmation_share"], 3),
+            "sweep_wall_s": round(wall) if wall > 5 else "", "truth_seeds": len(truth_seeds),
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    _write(RESULTS / f"verdict_sweeps{args.suffix}.csv", rows)
+    _plot(rows, RESULTS / f"verdict_sweeps{args.suffix}.png")
+    return 0
+
+
+def known(args: argparse.Namespace) -> int:
+    import ray
+
+    from selftune.data.demo import ensure_demo
+    from selftune.search.sweepfile import demo_sweep
+    from selftune.search.verdict import train_run
+    from selftune.trainable.config import TrainConfig, parse_sets
+
+    work = Path(args.work) / "known"
+    data = str(ensure_demo())
+    base = TrainConfig.from_dict(demo_sweep().base)
+    seeds = [1000 + i for i in range(args.seeds)]
+    stage_dir = work / "stage"
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    rows = []
+    try:
+        stage_cfg = base.as_supervised(max_iters=150, log_images=False, num_threads=args.num_cpus)
+        train_run(stage_cfg.to_dict(), data, str(stage_dir))
+        stage = str(stage_dir / "best_model_ema.pt")
+        sup = base.as_supervised().to_dict()
+        st_sets = TrainConfig.from_dict({**base.to_dict(), **parse_sets([f"{k}={v}" for k, v in ST_SETTINGS.items()])})
+        settings = {
+            "hurts? s4gan vs supervised, from scratch": (
+                TrainConfig.from_dict({**base.to_dict(), "method": "s4gan",
+                                       **parse_sets([f"{k}={v}" for k, v in S4GAN_SETTINGS.items()])}).to_dict(),
+                sup, None),
+            "helps? rounds + acceptance floor vs supervised continued, from the stage": (
+                st_sets.replace(method="rounds", rounds=2, teacher_checkpoint=stage, min_accept_ratio=0.2).to_dict(),
+                sup, stage),
+        }
+        for i, (name, (st, su, start)) in enumerate(settings.items()):
+            [v] = _retrain([(st, su)], seeds, start, work / f"setting{i}", data)
+            d = v["difference"]
+            rows.append({"setting": name, "outcome": v["outcome"], "mean": round(d["mean"] * 100, 2),
+                         "low": round(d["low"] * 100, 2), "high": round(d["high"] * 100, 2),
+                         "per_seed": " ".join(f"{x * 100:+.1f}" for x in d["per_seed"]),
+                         "st_mean": round(v["arms"]["self_training"]["mean"] * 100, 2),
+                         "sup_mean": round(v["arms"]["supervised"]["mean"] * 100, 2), "seeds": len(seeds),
+                         "iterations": v["iterations"], "headline": v["headline"]})
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        ray.shutdown()
+    _write(RESULTS / f"verdict_known{args.suffix}.csv", rows)
+    return 0
+
+
+def _config(run: Path) -> dict[str, Any]:
+    from selftune.trainable.config import TrainConfig
+
+    return TrainConfig.from_yaml(run / "config.yaml").to_dict()
+
+
+def _data_root(exp: Path) -> str:
+    import yaml
+
+    return str(yaml.safe_load((exp / "selftune_sweep.yaml").read_text())["data_root"])
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {path}")
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 * len(rows) + 1.8))
+    for y, r in enumerate(rows):
+        color = {"helps": "#2f855a", "hurts": "#c53030"}.get(r["outcome"], "0.45")
+        ax.plot([r["verdict_low"], r["verdict_high"]], [y, y], color=color, lw=6, alpha=0.55, solid_capstyle="butt",
+                label="verdict's 95% interval" if y == 0 else None)
+        ax.plot(r["verdict_mean"], y, "o", color=color, ms=7, label="verdict's mean (2 seeds)" if y == 0 else None)
+        ax.plot(r["truth_mean"], y, "D", color="black", ms=7,
+                label=f"ground truth ({r['truth_seeds']} other seeds)" if y == 0 else None)
+        ax.text(max(r["verdict_high"], r["truth_mean"]) + 0.5, y, r["outcome"], va="center", fontsize=9)
+    ax.axvline(0, color="0.2", lw=0.9)
+    ax.set_yticks(range(len(rows)), [f"sweep seed {r['sweep_seed']}\n{r['st_method']}" for r in rows])
+    ax.set_xlabel("test mIoU points: self-training minus supervised")
+    ax.set_title("The demo sweep's verdict against a ground truth it never saw")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["sweeps", "known"])
+    p.add_argument("--sweep-seeds", default="0,1,2")
+    p.add_argument("--truth-seeds", type=int, default=3, help="ground-truth seeds per sweep (full profile: 5)")
+    p.add_argument("--seeds", type=int, default=3, help="known: seeds per arm")
+    p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--work", default=str(ROOT / "bench" / "out" / "verdict"))
+    p.add_argument("--suffix", default="", help="appended to the result files' names")
+    args = p.parse_args(argv)
+    return sweeps(args) if args.what == "sweeps" else known(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
