@@ -297,5 +297,5 @@ def test_select_metric_must_be_a_val_metric_this_dataset_reports(particles: Path
     with pytest.raises(ConfigError, match=r"select_metric must be a val_ metric.*got 'test_miou'"):
         binary(select_metric="test_miou")
     with pytest.raises(ConfigError, match="select_metric 'val_f1' is not a metric this run reports on a 7-class"):
-        train(TrainConfig.from_dict(tiny_config(select_metric="val_f1", max_iters=2)), tiny_data, tmp_path / "x")
+        train(TrainConfig.from_dict(tiny_config(select_metric="val_f1", max_iters=20)), tiny_data, tmp_path / "x")
     assert not (tmp_path / "x").exists()

@@ -72,8 +72,40 @@ def test_class_count_checks() -> None:
 
 def test_yaml_exponents_without_a_dot_are_numbers(tmp_path) -> None:
     p = tmp_path / "c.yaml"
-    p.write_text("lr: 3e-4\nmax_iters: 1e3\n")
+    p.write_text("lr: 3e-4\nmax_iters: 1e4\n")
     cfg = TrainConfig.from_yaml(p)
-    assert cfg.lr == 3e-4 and cfg.max_iters == 1000
+    assert cfg.lr == 3e-4 and cfg.max_iters == 10000
     with pytest.raises(ConfigError, match=r"lr must be a number, got 'fast'"):
         TrainConfig.from_dict({"lr": "fast"})
+
+
+# ---------------------------------------------------------------------- schedules against the run (issue 29)
+
+
+def test_a_schedule_given_longer_than_the_run_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"warmup_iters is 400, longer than the run \(max_iters 300 iterations\)"):
+        TrainConfig.from_dict({"max_iters": 300, "warmup_iters": 400})
+    with pytest.raises(ConfigError, match=r"st_start_iter \+ st_rampup_iters is 350, longer than the run"):
+        TrainConfig.from_dict({"max_iters": 300, "st_start_iter": 100, "st_rampup_iters": 250})
+    with pytest.raises(ConfigError, match=r"st_start_iter \+ threshold_ramp_iters is 320"):
+        TrainConfig.from_dict({"max_iters": 300, "st_start_iter": 20, "threshold_schedule": "linear",
+                               "threshold_ramp_iters": 300})
+    with pytest.raises(ConfigError, match=r"longer than the run \(its shortest round, 100 iterations\)"):
+        TrainConfig.from_dict({"method": "rounds", "rounds": 3, "max_iters": 300, "st_start_iter": 0,
+                               "st_rampup_iters": 120})
+    # supervised has no self-training schedule to finish; a constant threshold schedule has no ramp
+    assert TrainConfig.from_dict({"method": "supervised", "max_iters": 300, "warmup_iters": 30, "st_start_iter": 400})
+    assert TrainConfig.from_dict({"max_iters": 300, "warmup_iters": 30, "st_start_iter": 30, "st_rampup_iters": 60,
+                                  "threshold_ramp_iters": 10000}).threshold_ramp_iters == 10000
+
+
+def test_schedules_left_at_their_defaults_follow_a_shorter_run() -> None:
+    """The 4-class case: max_iters 300 and the default 1,500-iteration warmup trained at LR <= 3e-5 throughout."""
+    from selftune.trainable.config import ScheduleScaled
+
+    with pytest.warns(ScheduleScaled, match=r"warmup_iters left at its default 1500 \(for max_iters 75000\); "
+                                            r"scaled to 6 for max_iters 300"):
+        cfg = TrainConfig.from_dict({"max_iters": 300})
+    assert (cfg.warmup_iters, cfg.st_start_iter, cfg.st_rampup_iters, cfg.threshold_ramp_iters) == (6, 2, 4, 40)
+    assert TrainConfig.from_dict({"max_iters": 300, "warmup_iters": 30}).warmup_iters == 30  # given: kept
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # a resolved config reads back unchanged

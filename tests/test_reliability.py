@@ -62,7 +62,7 @@ def test_an_unusable_out_folder_is_one_message(tiny_data: Path, tmp_path: Path, 
     out = {"a file": tmp_path / "afile", "under a file": tmp_path / "afile" / "run",
            "under /proc": Path("/proc/selftune-test/run")}[where]
     before = files_under(tmp_path)
-    rc = main(["train", "--data", str(tiny_data), "--out", str(out), "--no-progress", *sets("max_iters=2")])
+    rc = main(["train", "--data", str(tiny_data), "--out", str(out), "--no-progress", *sets("max_iters=4")])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     (line,) = err.strip().splitlines()
@@ -98,7 +98,7 @@ def test_the_default_thresholds_follow_the_class_count(three_and_eleven: tuple[P
 
     three, eleven = three_and_eleven
     short = ["--no-progress"]
-    for item in [*(s for s in TINY_SETS if not s.startswith("thresholds=")), "max_iters=2", "eval_every=2"]:
+    for item in [*(s for s in TINY_SETS if not s.startswith("thresholds=")), "max_iters=4", "eval_every=4"]:
         short += ["--set", item]  # the default thresholds, not the 7 values the CLI tests give
     rc = main(["train", "--data", str(three), "--out", str(tmp_path / "three"), *short])
     assert rc == 0, capsys.readouterr().err
@@ -268,7 +268,7 @@ def test_a_run_that_died_before_its_first_checkpoint_can_be_run_again(tiny_data:
         (run / "config.yaml").write_text(TrainConfig().to_yaml())  # what a run writes before its first step
         (run / "metrics.jsonl").write_text("")
         return ["train", "--data", str(tiny_data), "--out", str(run), "--no-progress",
-                *sets("max_iters=2", "eval_every=2")]
+                *sets("max_iters=4", "eval_every=4")]
 
     argv = dead_run(tmp_path / "run")
     with pytest.warns(UserWarning, match=rf"output folder {tmp_path / 'run'} holds a run that stopped before its "

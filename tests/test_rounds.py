@@ -53,7 +53,7 @@ def test_init_checkpoint_starts_the_student_from_the_weights(tiny_data: Path, tm
     source = torch.load(src / "best_model_ema.pt", weights_only=True)["model"]
 
     def after_one_step(run: Path, **changes: Any) -> dict[str, torch.Tensor]:
-        train(tiny(method="supervised", max_iters=1, eval_every=1, lr=1e-9, seed=1, log_images=False, **changes),
+        train(tiny(method="supervised", max_iters=1, eval_every=1, warmup_iters=1, lr=1e-9, seed=1, log_images=False, **changes),
               tiny_data, run, progress=False)
         return torch.load(run / "checkpoint" / "state.pt", weights_only=True)["model"]
 

@@ -13,7 +13,7 @@ from tests.helpers import sets
 
 def test_train_then_resume_then_evaluate(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
-    rc = main(["train", "--data", str(tiny_data), "--out", str(run), "--no-progress", *sets("max_iters=3")])
+    rc = main(["train", "--data", str(tiny_data), "--out", str(run), "--no-progress", *sets("max_iters=4", "eval_every=4")])
     out = capsys.readouterr().out
     assert rc == 0
     assert "status: completed" in out and "best val mIoU:" in out
@@ -21,9 +21,9 @@ def test_train_then_resume_then_evaluate(tiny_data: Path, tmp_path: Path, capsys
     assert (run / "config.yaml").is_file() and (run / "checkpoint" / "state.pt").is_file()
 
     rc = main(["train", "--data", str(tiny_data), "--out", str(run), "--resume", "--no-progress",
-               *sets("max_iters=6")])
+               *sets("max_iters=8", "eval_every=4")])
     assert rc == 0
-    assert [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [3, 6]
+    assert [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [4, 8]
     capsys.readouterr()
 
     png = tmp_path / "plots" / "confusion.png"

@@ -207,7 +207,7 @@ class TrainConfig:
         reject_unknown(data, known, "config key")
         hints = get_type_hints(cls)
         kwargs = {k: _coerce(k, v, hints[k]) for k, v in data.items()}
-        return cls(**kwargs)
+        return cls(**_scale_schedules(kwargs))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -337,6 +337,27 @@ class TrainConfig:
                 raise ConfigError(f"{key} is {getattr(self, key)!r}, but only method {other.name} uses it (method is "
                                   f"{self.method!r}); set method {other.name} or drop {key}")
         method.check_config(self)
+        self._check_schedules(method)
+
+    def _check_schedules(self, method: Any) -> None:
+        """A schedule longer than the run (with rounds: than a round, each has its own) never ends: the LR never
+        reaches its peak, self-training never starts or never reaches its weight, the thresholds never their end
+        value. Refused by name with the fix, before any work (a 300-iteration run with the default 1,500-iteration
+        warmup trained at LR <= 3e-5 throughout and made a verdict compare against an untrained control)."""
+        run = min(method.stage_lengths(self))
+        span = f"max_iters {self.max_iters}" if len(method.stage_lengths(self)) == 1 else f"its shortest round, {run}"
+        checks = [("warmup_iters", self.warmup_iters, run)]
+        if method.self_training and not self.binary:
+            checks += [("st_start_iter", self.st_start_iter, run - 1),
+                       ("st_start_iter + st_rampup_iters", self.st_start_iter + self.st_rampup_iters, run)]
+            if self.threshold_schedule == "linear":
+                checks.append(("st_start_iter + threshold_ramp_iters", self.st_start_iter + self.threshold_ramp_iters,
+                               run))
+        for name, value, limit in checks:
+            if value > limit:
+                raise ConfigError(f"{name} is {value}, longer than the run ({span} iterations): that schedule would "
+                                  f"never finish; set {name.split(' + ')[-1]} so that {name} <= {limit} (e.g. a "
+                                  f"tenth of the run, {max(0, run // 10)})")
 
     def for_classes(self, num_classes: int) -> TrainConfig:
         """This config fitted to a dataset of `num_classes` classes: a one-value `thresholds` (or explicit
@@ -549,6 +570,34 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+SCHEDULE_KEYS = ("warmup_iters", "st_start_iter", "st_rampup_iters", "threshold_ramp_iters")  # scaled with max_iters
+
+
+class ScheduleScaled(UserWarning):
+    """A schedule left at its default was scaled to a shorter run (`_scale_schedules`)."""
+
+
+def _scale_schedules(given: dict[str, Any]) -> dict[str, Any]:
+    """The schedules' defaults are for the default run (max_iters 75,000: warmup 1,500, ST from 500, ramp 1,000,
+    threshold ramp 10,000). With a shorter `max_iters` given, each schedule not given is scaled by max_iters /
+    75,000 (so 300 iterations warm up for 6), and a warning names it; a schedule given explicitly is never changed
+    (`TrainConfig._check_schedules` refuses it, by name, when it cannot finish)."""
+    import warnings
+
+    if "max_iters" not in given or not isinstance(given["max_iters"], int):
+        return given
+    n, full = given["max_iters"], _field_default("max_iters")
+    out = dict(given)
+    for key in SCHEDULE_KEYS:
+        default = _field_default(key)
+        if key in given or n >= full or default * n // full == default:
+            continue
+        out[key] = default * n // full
+        warnings.warn(f"{key} left at its default {default} (for max_iters {full}); scaled to {out[key]} for "
+                      f"max_iters {n}. Set {key} to choose it", ScheduleScaled, stacklevel=3)
+    return out
 
 
 def _registry() -> Any:
