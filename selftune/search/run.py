@@ -561,7 +561,7 @@ def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]
         sup_entries = [e for e in ranked if e["config"]["method"] == "supervised"]
         if not sup_entries:
             n = s.control_trials or sum(1 for e in st_entries if e["config"]["method"] == best_st["config"]["method"])
-            sup_entries = run_control_search(plan, n)
+            sup_entries = run_control_search(plan, n, best_st["config"])
         sup_entry = sup_entries[0] if sup_entries else None
         if sup_entry is None:
             record = no_verdict("the tuned control search finished no evaluation")
@@ -619,22 +619,27 @@ def _iterations(trials: list[Any]) -> int:
     return sum(max((int(r.get("iteration", 0)) for r in t.results), default=0) for t in trials)
 
 
-def run_control_search(plan: SweepPlan, trials: int) -> list[dict[str, Any]]:
+def run_control_search(plan: SweepPlan, trials: int, st_config: dict[str, Any]) -> list[dict[str, Any]]:
     """The tuned control of a space without supervised trials: `trials` trials of the `supervised` space (the shared
-    knobs) in <sweep>/control_search, its own Ray experiment and Optuna study, resumed after a crash; ranked."""
+    knobs) in <sweep>/control_search, its own Ray experiment and Optuna study, resumed after a crash; ranked. Its
+    base is the best self-training trial's config made supervised, so what the space fixed for the self-training
+    trials (binary mode, its loss) holds for the control too."""
     import dataclasses
 
     from selftune.search import adapter
     from selftune.search.export import rank_trials
+    from selftune.trainable.config import TrainConfig
 
     path = Path(plan.experiment_dir) / CONTROL_SEARCH_DIR
     print(f"selftune: tuned supervised control: {trials} trials of space 'supervised' -> {path}", file=sys.stderr)
-    meta = {**plan.meta(), "sweep": {**plan.sweep.to_dict(), "space": "supervised", "name": CONTROL_SEARCH_DIR,
-                                     "num_samples": trials}, "shared_stage_model": None, "shared_stage_iters": 0}
+    base = TrainConfig.from_dict(st_config).as_supervised(max_iters=plan.max_t).to_dict()
+    meta = {**plan.meta(), "base": base, "sweep": {**plan.sweep.to_dict(), "space": "supervised",
+                                                   "name": CONTROL_SEARCH_DIR, "num_samples": trials},
+            "shared_stage_model": None, "shared_stage_iters": 0}
     path.mkdir(parents=True, exist_ok=True)
     if not (path / SWEEP_FILE).is_file():
         write_atomic(path / SWEEP_FILE, yaml.safe_dump(meta, sort_keys=False))
-    spec = dataclasses.replace(_tuner_spec(plan), name=CONTROL_SEARCH_DIR, storage=plan.experiment_dir,
+    spec = dataclasses.replace(_tuner_spec(plan), name=CONTROL_SEARCH_DIR, storage=plan.experiment_dir, base=base,
                                space="supervised", num_samples=trials, time_budget_s=None, budget_iters=None,
                                stage_model=None, stage_iters=0, enqueue=())
     tuner = (adapter.restore_tuner(str(path), spec, restart_errored=False) if adapter.can_restore(str(path))
