@@ -106,7 +106,9 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     if args.check:
         plan = plan_sweep(sweep)
         print(f"sweep {sweep.name!r} is valid: data {plan.data_root} ({plan.num_classes} classes), space "
-              f"{sweep.space!r}, max_t {plan.max_t}, grace period {plan.grace_period}, storage {plan.experiment_dir}")
+              f"{sweep.space!r}, max_t {plan.max_t}, grace period {plan.grace_period}, "
+              + (f"shared stage {plan.stage_iters} iterations, " if plan.stage_iters else "")
+              + f"storage {plan.experiment_dir}")
         return 0
     _print_summary(run_sweep(sweep))
     return 0
