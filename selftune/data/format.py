@@ -218,17 +218,17 @@ def read_mask(path: Path, classes: ClassTable) -> np.ndarray:
 
 def _palette_to_ids(path: Path, index: np.ndarray, palette: list[int], classes: ClassTable) -> np.ndarray:
     """A palette mask's class ids through its palette's colours and classes.csv's r,g,b (a mask saved with the
-    colours in another order than the class ids is read right); palette index 255 with a colour no class has is
-    ignore, as in class-id masks."""
+    colours in another order than the class ids is read right); palette index 255 is ignore, as in class-id
+    masks, whatever its colour (palettes padded with black would otherwise turn it into a black class)."""
     assert classes.colors is not None
     by_color = {c: i for i, c in enumerate(classes.colors)}
     lut = np.full(256, -1, dtype=np.int64)
     for i in np.unique(index).tolist():
         color = tuple(palette[3 * i:3 * i + 3])
-        if color in by_color:
-            lut[i] = by_color[color]
-        elif i == IGNORE_VALUE:
+        if i == IGNORE_VALUE:
             lut[i] = IGNORE_VALUE
+        elif color in by_color:
+            lut[i] = by_color[color]
         else:
             r, c = np.argwhere(index == i)[0]
             shown = f"colour {color}" if len(color) == 3 else "no colour"
