@@ -72,7 +72,7 @@ WINDOW = 5  # steps per timed window (train()'s eval_every)
 def bench_config(threads: int) -> TrainConfig:
     """The demo config, self-training from the first step (the steady state), evaluations made cheap
     (they are excluded from the step times anyway)."""
-    return demo_config(st_start_iter=0, st_rampup_iters=1, device="cpu", num_threads=threads, patience=0,
+    return demo_config(warmup_iters=0, st_start_iter=0, st_rampup_iters=1, device="cpu", num_threads=threads, patience=0,
                        eval_every=WINDOW, val_max_images=4, train_eval_size=4, log_images=False)
 
 

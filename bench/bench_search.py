@@ -93,7 +93,7 @@ def run_arm(arm: str, seed: int, profile: Profile, data: Path, storage: Path, re
     sweep = SweepConfig(
         name=f"{profile.name}-{arm}-s{seed}", data=str(data), base=base_dict, seed=seed, num_samples=-1,
         budget_iters=profile.budget, max_concurrent=profile.concurrent, cpus_per_trial=1, storage=str(storage),
-        reduction_factor=3, verbose=0, **ARMS[arm],
+        reduction_factor=3, verbose=0, control="none", **ARMS[arm],  # the arms are the comparison: no verdict
     )
     return Path(run_sweep(sweep).experiment_dir)
 

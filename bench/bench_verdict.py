@@ -3,7 +3,7 @@
     python bench/bench_verdict.py sweeps                 # quick profile (~60 min on 2 CPUs): 3 demo sweeps
                                                          # (sweep seeds 0, 1, 2), each verdict's two configs
                                                          # retrained with 3 more seeds as the ground truth
-    python bench/bench_verdict.py sweeps --truth-seeds 5 --sweep-seeds 0,1,2,3,4   # full profile (a GPU node)
+    python bench/bench_verdict.py sweeps --full          # full profile (a GPU node): 5 sweeps, 5 truth seeds each
     python bench/bench_verdict.py known                  # the verdict on two settings whose answer is known
 
 sweeps: each sweep is `selftune sweep --demo --seed S` as a user runs it (the real CLI, timed). Its verdict
@@ -227,13 +227,19 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["sweeps", "known"])
-    p.add_argument("--sweep-seeds", default="0,1,2")
-    p.add_argument("--truth-seeds", type=int, default=3, help="ground-truth seeds per sweep (full profile: 5)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="the 2-CPU profile (the default): sweep seeds 0,1,2 and 3 "
+                   "ground-truth seeds each")
+    g.add_argument("--full", action="store_true", help="the GPU profile: sweep seeds 0-4 and 5 ground-truth seeds each")
+    p.add_argument("--sweep-seeds", help="comma-separated sweep seeds (default: the profile's)")
+    p.add_argument("--truth-seeds", type=int, help="ground-truth seeds per sweep (default: the profile's)")
     p.add_argument("--seeds", type=int, default=3, help="known: seeds per arm")
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--work", default=str(ROOT / "bench" / "out" / "verdict"))
     p.add_argument("--suffix", default="", help="appended to the result files' names")
     args = p.parse_args(argv)
+    args.sweep_seeds = args.sweep_seeds or ("0,1,2,3,4" if args.full else "0,1,2")
+    args.truth_seeds = args.truth_seeds or (5 if args.full else 3)
     return sweeps(args) if args.what == "sweeps" else known(args)
 
 

@@ -60,7 +60,7 @@ def test_fractional_trials_share_a_device(tiny_data: Path) -> None:
     from selftune.trainable.config import demo_config
 
     cfg = demo_config(encoder="tu-mobilenetv3_small_050", crop_size=32, batch_size=2, unlabeled_batch_size=2,
-                      train_eval_size=2, val_max_images=2, eval_every=2, st_start_iter=0, st_rampup_iters=1,
+                      train_eval_size=2, val_max_images=2, eval_every=2, warmup_iters=0, st_start_iter=0, st_rampup_iters=1,
                       patience=0, log_images=False, device="cpu", num_threads=1)
     import ray
 

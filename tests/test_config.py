@@ -103,9 +103,13 @@ def test_schedules_left_at_their_defaults_follow_a_shorter_run() -> None:
     """The 4-class case: max_iters 300 and the default 1,500-iteration warmup trained at LR <= 3e-5 throughout."""
     from selftune.trainable.config import ScheduleScaled
 
-    with pytest.warns(ScheduleScaled, match=r"warmup_iters left at its default 1500 \(for max_iters 75000\); "
-                                            r"scaled to 6 for max_iters 300"):
+    with pytest.warns(ScheduleScaled, match=r"warmup_iters left at its default 1500 \(for max_iters 75000\) could "
+                                            r"not finish in max_iters 300; scaled to 6"):
         cfg = TrainConfig.from_dict({"max_iters": 300})
-    assert (cfg.warmup_iters, cfg.st_start_iter, cfg.st_rampup_iters, cfg.threshold_ramp_iters) == (6, 2, 4, 40)
+    assert (cfg.warmup_iters, cfg.st_start_iter, cfg.st_rampup_iters) == (6, 2, 4)
+    assert cfg.threshold_ramp_iters == 10000  # a constant threshold schedule has no ramp to finish
+    assert TrainConfig.from_dict({"max_iters": 300, "threshold_schedule": "linear"}).threshold_ramp_iters == 40
+    sup = TrainConfig.from_dict({"method": "supervised", "max_iters": 3000})
+    assert (sup.warmup_iters, sup.st_start_iter) == (1500, 500)  # nothing that cannot finish: nothing scaled
     assert TrainConfig.from_dict({"max_iters": 300, "warmup_iters": 30}).warmup_iters == 30  # given: kept
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # a resolved config reads back unchanged

@@ -164,9 +164,9 @@ def test_the_time_budget_keeps_the_confirmation_s_time_free() -> None:
 
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("confirm_seeds", -1, "confirm_seeds must be an integer >= 1, got -1"),
-    ("confirm_seeds", "3", "confirm_seeds must be an integer >= 1, got '3'"),
-    ("confirm_seeds", 2.5, "confirm_seeds must be an integer >= 1, got 2.5"),
-    ("confirm_seeds", True, "confirm_seeds must be an integer >= 1, got True"),
+    ("confirm_seeds", "three", "confirm_seeds must be a whole number, got 'three'"),
+    ("confirm_seeds", 2.5, "confirm_seeds must be a whole number, got 2.5"),
+    ("confirm_seeds", True, "confirm_seeds must be a whole number, got True"),
     ("control", "maybe", "control must be one of tuned, base, none (or true / false), got 'maybe'"),
     ("control_trials", 0, "control_trials must be an integer >= 1, got 0"),
 ])
@@ -176,6 +176,7 @@ def test_bad_verdict_keys_fail_by_name(key: str, value: object, message: str) ->
 
 
 def test_control_true_and_false_still_read() -> None:
+    assert SweepConfig.from_dict({"confirm_seeds": "3"}).confirm_seeds == 3  # YAML's '3' reads right
     assert SweepConfig.from_dict({"control": True}).control == "tuned"
     assert SweepConfig.from_dict({"control": False}).control == "none"
 
@@ -187,6 +188,11 @@ def test_a_control_the_space_cannot_serve_fails_before_any_trial(tiny_data: Path
     with pytest.raises(SelftuneError, match="control_trials 4: only a tuned control search uses it, and space "
                                             "'methods' has supervised trials"):
         plan_sweep(SweepConfig(data=str(tiny_data), base=base, space="methods", control_trials=4,
+                               storage=str(tmp_path)))
+    with pytest.raises(SelftuneError, match=r"budget_iters 200 leaves nothing for the trials: the shared stage \(0\) "
+                                            r"and the verdict's confirmation runs \(2 arms x confirm_seeds 3 x max_t 40\)"
+                                            r" take 240"):
+        plan_sweep(SweepConfig(data=str(tiny_data), base=base, space="methods", num_samples=-1, budget_iters=200,
                                storage=str(tmp_path)))
     assert not any(tmp_path.iterdir())  # nothing written
 

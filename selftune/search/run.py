@@ -135,7 +135,7 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
     else:
         optuna_storage = "journal:" + str(Path(experiment_dir) / JOURNAL_FILE)
     stage_model, stage_iters = _check_shared_stage(sweep, base, methods, summary.class_names, experiment_dir)
-    _check_control(sweep, methods, experiment_dir)
+    _check_control(sweep, methods, experiment_dir, max_t, stage_iters)
     return SweepPlan(
         sweep=sweep, base=base.to_dict(), data_root=data_root, num_classes=k, class_names=list(summary.class_names),
         fingerprint=dataset_fingerprint(Path(data_root)), ctx=ctx, max_t=max_t, grace_period=grace,
@@ -203,7 +203,8 @@ def _methods_of(report: Any, base: Any) -> list[str]:
     return [str(report.constants.get("method", base.method))]
 
 
-def _check_control(sweep: SweepConfig, methods: list[str], experiment_dir: str) -> None:
+def _check_control(sweep: SweepConfig, methods: list[str], experiment_dir: str, max_t: int, stage_iters: int
+                   ) -> None:
     """The verdict's keys against what the space can serve; fails naming the key and value."""
     if sweep.control == "none":
         return
@@ -214,6 +215,13 @@ def _check_control(sweep: SweepConfig, methods: list[str], experiment_dir: str) 
     if experiment_dir.startswith(REMOTE_SCHEMES):
         raise SelftuneError(f"control {sweep.control!r}: the verdict's confirmation runs train into the sweep folder, "
                             f"which must be a local or shared (NFS) path, not {experiment_dir}; or set control: none")
+    if sweep.budget_iters is not None:
+        reserve = 2 * sweep.confirm_seeds * max_t + stage_iters
+        if sweep.budget_iters <= reserve:
+            raise SelftuneError(
+                f"budget_iters {sweep.budget_iters} leaves nothing for the trials: the shared stage ({stage_iters}) and "
+                f"the verdict's confirmation runs (2 arms x confirm_seeds {sweep.confirm_seeds} x max_t {max_t}) take "
+                f"{reserve}; raise budget_iters, lower confirm_seeds, or set control: none")
     if sweep.control_trials is not None and (sweep.control != "tuned" or "supervised" in methods):
         why = (f"control is {sweep.control!r}" if sweep.control != "tuned" else
                f"space {sweep.space!r} has supervised trials, and the best of them is the control")

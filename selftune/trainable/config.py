@@ -572,31 +572,43 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
-SCHEDULE_KEYS = ("warmup_iters", "st_start_iter", "st_rampup_iters", "threshold_ramp_iters")  # scaled with max_iters
-
-
 class ScheduleScaled(UserWarning):
     """A schedule left at its default was scaled to a shorter run (`_scale_schedules`)."""
 
 
 def _scale_schedules(given: dict[str, Any]) -> dict[str, Any]:
     """The schedules' defaults are for the default run (max_iters 75,000: warmup 1,500, ST from 500, ramp 1,000,
-    threshold ramp 10,000). With a shorter `max_iters` given, each schedule not given is scaled by max_iters /
-    75,000 (so 300 iterations warm up for 6), and a warning names it; a schedule given explicitly is never changed
-    (`TrainConfig._check_schedules` refuses it, by name, when it cannot finish)."""
+    threshold ramp 10,000). With a shorter `max_iters` given, each schedule not given whose default could not finish
+    in it (what `TrainConfig._check_schedules` would refuse) is scaled by max_iters / 75,000 (300 iterations warm up
+    for 6), and a warning names it; a schedule given explicitly is never changed (the check refuses it, by name,
+    when it cannot finish)."""
     import warnings
 
-    if "max_iters" not in given or not isinstance(given["max_iters"], int):
+    n, full = given.get("max_iters"), _field_default("max_iters")
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 < n < full:
         return given
-    n, full = given["max_iters"], _field_default("max_iters")
     out = dict(given)
-    for key in SCHEDULE_KEYS:
-        default = _field_default(key)
-        if key in given or n >= full or default * n // full == default:
+
+    def value(key: str) -> int:
+        return int(out.get(key, _field_default(key)))
+
+    try:
+        self_training = _registry().get_method(str(out.get("method", _field_default("method")))).self_training
+    except ConfigError:
+        self_training = True  # an unknown method is refused by name later
+    too_long = {"warmup_iters": lambda: value("warmup_iters") > n}
+    if self_training:
+        too_long["st_start_iter"] = lambda: value("st_start_iter") >= n
+        too_long["st_rampup_iters"] = lambda: value("st_start_iter") + value("st_rampup_iters") > n
+        if out.get("threshold_schedule") == "linear":
+            too_long["threshold_ramp_iters"] = lambda: value("st_start_iter") + value("threshold_ramp_iters") > n
+    for key, cannot_finish in too_long.items():
+        if key in given or not cannot_finish():
             continue
+        default = _field_default(key)
         out[key] = default * n // full
-        warnings.warn(f"{key} left at its default {default} (for max_iters {full}); scaled to {out[key]} for "
-                      f"max_iters {n}. Set {key} to choose it", ScheduleScaled, stacklevel=3)
+        warnings.warn(f"{key} left at its default {default} (for max_iters {full}) could not finish in max_iters {n}; "
+                      f"scaled to {out[key]}. Set {key} to choose it", ScheduleScaled, stacklevel=3)
     return out
 
 
