@@ -27,12 +27,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("RAY_worker_niceness", "0")  # Ray starts task workers at nice 15: they starve beside any work
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "bench_results"
 sys.path.insert(0, str(ROOT))
