@@ -318,9 +318,9 @@ def demo_sweep(base: dict[str, Any] | None = None, **overrides: Any) -> SweepCon
                             **{k: scaled(v) for k, v in DEMO_LENGTHS.items()}).to_dict()
     sweep = dict(
         name="demo", data=None, base={**demo_base, **sets}, space="methods", num_samples=12, max_concurrent=2,
-        cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=540.0,
+        cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=480.0,
         shared_stage={"max_iters": scaled(DEMO_STAGE_ITERS)},
-        confirm_seeds=2,  # the verdict's retraining: 4 runs of 300 iterations, inside the 540 s with the trials
+        confirm_seeds=2,  # the verdict's retraining: 4 runs of 300 iterations, inside the 480 s with the trials
     )
     sweep.update(overrides)
     return SweepConfig.from_dict(sweep)
