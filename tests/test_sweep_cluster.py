@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 
 from selftune.sweepfolder import read_trials
@@ -65,6 +66,7 @@ def test_searcher_restored_behind_the_study_does_not_tell_a_finished_trial_again
     assert trial.state.name == "COMPLETE" and trial.value == 0.35
 
 
+@pytest.mark.slow  # a real sweep killed and resumed: 1-2 minutes on 2 CPUs
 def test_resume_after_driver_sigkill_accounts_for_every_trial(tiny_data: Path, tmp_path: Path) -> None:
     storage = tmp_path / "results"
     script = textwrap.dedent(f"""

@@ -208,6 +208,7 @@ def crippled_self_training(trial, ctx):
 '''
 
 
+@pytest.mark.slow  # a real sweep killed and resumed: 1-2 minutes on 2 CPUs
 def test_supervised_best_a_kill_while_confirming_and_the_answer_is_not_helps(tiny_data: Path, tmp_path: Path
                                                                             ) -> None:
     (tmp_path / "verdict_test_spaces.py").write_text(SPACE)
