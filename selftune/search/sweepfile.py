@@ -264,7 +264,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be a whole number, got {value!r}")
-        if abs(value) > MAX_INT:
+        if abs(value) > MAX_INT and key != "seed":  # the seed's own, smaller range is checked with its name
             raise ConfigError(f"{key} is too large: {value} (at most {MAX_INT})")
         return value
     if kind is float:
