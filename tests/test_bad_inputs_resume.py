@@ -50,6 +50,7 @@ def _metrics(run: Path) -> list[int]:
     return [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a real sweep killed in its stage and resumed: 1-2 minutes on 2 CPUs
 def test_killed_in_its_shared_stage_it_resumes(tiny_data: Path, tmp_path: Path, spaces: Path) -> None:
     storage = tmp_path / "results"
     script = textwrap.dedent(f"""
