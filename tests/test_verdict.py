@@ -153,10 +153,12 @@ def test_the_time_budget_keeps_the_confirmation_s_time_free() -> None:
     now = time.monotonic()
     b = TimeBudget(100.0, now, runs=4, concurrent=2, max_t=40, eval_every=10)
     assert b.reserve_s() == 0 and not b.stop_all()  # nothing measured yet: nothing reserved
-    b("t1", {"step_seconds": 0.5, "eval_seconds": 5.0})  # 0.5 + 5/10 = 1 s per iteration
+    b("t1", {"step_seconds": 0.5, "eval_seconds": 5.0, "config": {"method": "supervised"}})  # 0.5 + 5/10 = 1 s
     assert b.reserve_s() == pytest.approx(2 * 40 * 1.0) and not b.stop_all()
-    b("t1", {"step_seconds": 1.0, "eval_seconds": 10.0})
-    assert b.stop_all()  # 2 waves x 40 x 1.5 s > the 100 s left
+    for _ in range(3):  # the slowest method's pace sets each wave's length, however many fast reports there are
+        b("t1", {"step_seconds": 0.5, "eval_seconds": 5.0, "config": {"method": "supervised"}})
+    b("t2", {"step_seconds": 1.0, "eval_seconds": 3.0, "config": {"method": "ema_self_training"}})
+    assert b.reserve_s() == pytest.approx(2 * 40 * 1.3) and b.stop_all()  # 104 s > the 100 left: stop now
 
 
 # ---------------------------------------------------------------------- bad input, before any trial

@@ -238,8 +238,10 @@ def make_searcher(
 
 class TimeBudget(tune.Stopper):
     """Stops the whole sweep when the time left is what the verdict's confirmation runs will take: `runs` runs of
-    `max_t` iterations, `concurrent` at a time, at the seconds per iteration the trials have shown so far (training
-    steps and their share of evaluations). Before the first report nothing is reserved."""
+    `max_t` iterations, `concurrent` at a time, each wave as long as its slowest run. A run's seconds per iteration
+    (training steps and their share of evaluations) is estimated per method from the trials so far, and the
+    slowest method's is taken (self-training steps cost 2-4x a supervised one). Before the first report nothing
+    is reserved."""
 
     def __init__(self, budget_s: float, started: float, runs: int, concurrent: int, max_t: int,
                  eval_every: int) -> None:
@@ -247,17 +249,19 @@ class TimeBudget(tune.Stopper):
         self.eval_every = eval_every
         self.waves = math.ceil(runs / max(1, concurrent)) if runs else 0
         self.max_t = max_t
-        self.per_iter: list[float] = []
+        self.per_iter: dict[str, list[float]] = {}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         step, evals = result.get("step_seconds"), result.get("eval_seconds")
         if isinstance(step, int | float) and math.isfinite(step):
             per_eval = evals / self.eval_every if isinstance(evals, int | float) and self.eval_every else 0.0
-            self.per_iter.append(float(step) + float(per_eval))
+            method = str((result.get("config") or {}).get("method", ""))
+            self.per_iter.setdefault(method, []).append(float(step) + float(per_eval))
         return False
 
     def reserve_s(self) -> float:
-        return self.waves * self.max_t * statistics.median(self.per_iter) if self.per_iter else 0.0
+        slowest = max((statistics.median(v) for v in self.per_iter.values() if v), default=0.0)
+        return self.waves * self.max_t * slowest
 
     def stop_all(self) -> bool:
         return time.monotonic() + self.reserve_s() >= self.deadline
