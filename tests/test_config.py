@@ -113,3 +113,19 @@ def test_schedules_left_at_their_defaults_follow_a_shorter_run() -> None:
     assert (sup.warmup_iters, sup.st_start_iter) == (1500, 500)  # nothing that cannot finish: nothing scaled
     assert TrainConfig.from_dict({"max_iters": 300, "warmup_iters": 30}).warmup_iters == 30  # given: kept
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # a resolved config reads back unchanged
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"batch_size": 1}, "batch_size is 1: the model's BatchNorm layers need at least 2 images per training batch"),
+    ({"class_weights": [1.0, 2.0]}, r"class_weights is \[1.0, 2.0\] but class_weighting is 'none', which ignores it"),
+    ({"round_init": "fresh"}, "round_init is 'fresh', but only method rounds uses it"),
+    ({"rounds": 3}, "rounds is 3, but only method rounds uses it"),
+    ({"max_iters": float("inf")}, "max_iters must be an integer, got inf"),
+    ({"patience": float("nan")}, "patience must be an integer, got nan"),
+    ({"lr": float("inf")}, "lr must be a finite number, got inf"),
+    ({"seed": 2**64}, r"seed must be in \[0, 2\^32 - 1\], got 18446744073709551616"),
+])
+def test_knobs_the_run_would_ignore_or_crash_on_are_refused_by_name(changes: dict, message: str) -> None:
+    """Issue 29: each of these was ignored without a word or crashed later (IndexError, OverflowError, BatchNorm)."""
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(changes)

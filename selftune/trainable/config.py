@@ -269,6 +269,12 @@ class TrainConfig:
             raise ConfigError(f"encoder_weights must be null or a weights name, got {self.encoder_weights!r}")
         for name in ("crop_size", "batch_size", "unlabeled_batch_size", "max_iters", "eval_every"):
             _at_least(name, getattr(self, name), 1)
+        for name in ("batch_size", "unlabeled_batch_size"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"{name} is {getattr(self, name)}: the model's BatchNorm layers need at least 2 "
+                                  f"images per training batch; set {name} >= 2")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2^32 - 1], got {self.seed!r}")
         for name in ("num_workers", "train_eval_size", "val_max_images", "warmup_iters", "st_start_iter",
                      "st_rampup_iters", "threshold_ramp_iters", "patience", "num_threads", "seed"):
             _at_least(name, getattr(self, name), 0)
@@ -308,6 +314,10 @@ class TrainConfig:
             raise ConfigError(f"threshold_start_offset must be in [-1, 1], got {self.threshold_start_offset!r}")
         if self.class_weighting == "explicit" and not self.class_weights:
             raise ConfigError("class_weighting is 'explicit' but class_weights is empty")
+        if self.class_weights and self.class_weighting != "explicit":
+            raise ConfigError(f"class_weights is {list(self.class_weights)} but class_weighting is "
+                              f"{self.class_weighting!r}, which ignores it; set class_weighting: explicit or drop "
+                              "class_weights")
         if self.class_weights is not None:
             for i, w in enumerate(self.class_weights):
                 if not (w >= 0 and math.isfinite(w)):
@@ -553,12 +563,15 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not math.isfinite(value)) or float(value) != int(value)):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return int(value)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

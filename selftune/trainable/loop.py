@@ -124,6 +124,16 @@ def train(
     not finite, or above cfg.divergence_factor times the median of the first step losses); bad data or config
     raise DataError / ConfigError before anything is written.
     """
+    from selftune.fileio import folder_lock
+
+    _check_out_dir(Path(out_dir))  # before the lock makes it
+    with folder_lock(out_dir, "run folder", "choose another output folder (--out)"):  # one writer per run folder
+        return _train(cfg, Path(data_root), Path(out_dir), resume_from, reporter, progress)
+
+
+def _train(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | None, reporter: Reporter | None,
+           progress: bool) -> TrainResult:
+    """`train`'s body, run while it holds the run folder."""
     run = setup(cfg, Path(data_root), Path(out_dir), resume_from)  # checks everything, writes nothing
     cfg, st, p, method, device = run.cfg, run.st, run.st.progress, run.st.method, run.device  # cfg: fitted
     lost = run.saved_metrics if run.continues_here else None  # the checkpoint's evaluation, to restore if lost

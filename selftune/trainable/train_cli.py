@@ -84,6 +84,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from selftune.trainable import checkpoint as ckpt
     from selftune.trainable.device import DeviceBatch, make_autocast, memory_format_for, resolve_amp, resolve_device
     from selftune.trainable.evaluation import load_eval_batches, score
+
+    if args.confusion is not None and (args.confusion.is_dir() or str(args.confusion).endswith(("/", "\\"))):
+        raise DataError(f"--confusion {args.confusion} is a folder; give a PNG path such as "
+                        f"{args.confusion / 'confusion.png'}")
     from selftune.trainable.functional import iou_per_class, mean_iou
     from selftune.trainable.model import build_model
 

@@ -46,6 +46,8 @@ class Rounds(EmaSelfTraining):
     and the weights that outlive a round (its best EMA model, the labeller), which the checkpoint saves.
     """
 
+    own_knobs = ("rounds", "round_iters", "round_init")  # the other methods refuse them changed
+
     name = "rounds"
     uses_shared_stage = True
 
