@@ -181,3 +181,30 @@ def test_ema_decay_zero_makes_the_ema_model_the_raw_model(tiny_data: Path, tmp_p
           reporter=reports, progress=False)
     (metrics, _), = reports
     assert metrics["val_miou"] == metrics["val_miou_raw"]
+
+
+def test_resume_on_relabelled_data_is_refused_by_name(tiny_data: Path, tmp_path: Path) -> None:
+    """Issue 29: `train --resume` on masks relabelled since the run started went on without a word."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from selftune.errors import DataError
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run = tmp_path / "run"
+    train(tiny(max_iters=4, eval_every=4, log_images=False), data, run, progress=False)
+    assert train(tiny(max_iters=8, eval_every=4, log_images=False), data, run, resume_from=run / "checkpoint",
+                 progress=False).status == "completed"  # the same data: it resumes
+    mask = sorted((data / "train" / "masks").iterdir())[0]
+    with Image.open(mask) as im:
+        pixels = np.array(im)
+    present = np.unique(pixels[pixels != 255])
+    relabelled = np.where(pixels == present[-1], present[0], pixels).astype(pixels.dtype)
+    assert (relabelled != pixels).any()
+    Image.fromarray(relabelled).save(mask)  # relabelled: one class's pixels given another class
+    with pytest.raises(DataError, match=rf"the dataset at {data} changed since the run being resumed started"):
+        train(tiny(max_iters=12, eval_every=4, log_images=False), data, run, resume_from=run / "checkpoint",
+              progress=False)

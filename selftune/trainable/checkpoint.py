@@ -229,7 +229,7 @@ def _cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_state(path: Path, st: TrainingState, cfg: TrainConfig, class_names: tuple[str, ...], device: torch.device,
-               metrics: dict[str, Any] | None = None) -> None:
+               metrics: dict[str, Any] | None = None, fingerprint: str | None = None) -> None:
     """Write the resumable state (schema version STATE_VERSION) to `path`, atomically, with `metrics`, the
     evaluation it follows (its metrics.jsonl line, restored from here if a crash lost it); in a run's
     checkpoint/ folder, the complete state.pt it replaces is kept as the run's state.prev.pt."""
@@ -245,6 +245,7 @@ def save_state(path: Path, st: TrainingState, cfg: TrainConfig, class_names: tup
         "scheduler": st.scheduler.state_dict(), "scaler": st.scaler.state_dict(), "method": st.method.state_dict(),
         "window": st.window.state_dict(), "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [], "metrics": metrics,
+        "data_fingerprint": fingerprint,  # the dataset's, compared on resume
     }, path)
 
 

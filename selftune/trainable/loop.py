@@ -62,7 +62,8 @@ from selftune.data import (
     validate_dataset,
 )
 from selftune.data.points import PointTargets
-from selftune.errors import ConfigError, StorageError
+from selftune.data.validate import dataset_fingerprint, fingerprint_matches
+from selftune.errors import ConfigError, DataError, StorageError
 from selftune.fileio import write_atomic
 from selftune.trainable import checkpoint as ckpt
 from selftune.trainable.augment import crop_transform
@@ -218,7 +219,7 @@ def _train(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path |
             metrics.update(best_val_miou=p.best_or_nan, best_iteration=p.best_iteration, status=p.status)
             st.window = Window.empty(run.classes.num_classes, device)
             ckpt.save_state(run.out_dir / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE, st, cfg, run.classes.names, device,
-                            metrics)  # then its metrics line: a crash between the two loses nothing (see above)
+                            metrics, fingerprint=run.fingerprint)  # then its metrics line: a crash between the two loses nothing (see above)
             write_evaluation(run, metrics, it)
             if progress:
                 bar.write(f"[{p.iteration}] val mIoU {val_miou:.4f} (raw {metrics['val_miou_raw']:.4f}) | "
@@ -271,6 +272,7 @@ class Run:
     continues_here: bool = False  # resumed into the folder that holds the run (its config.yaml is there)
     saved_metrics: dict[str, Any] | None = None  # the resumed checkpoint's own evaluation
     writer: Any = None  # TensorBoard's SummaryWriter, opened when the loop starts
+    fingerprint: str | None = None  # the dataset's (`data.dataset_fingerprint`), saved with every checkpoint
 
 
 def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | None) -> Run:
@@ -285,6 +287,13 @@ def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | 
     cfg = cfg.for_classes(k)  # per-class fields fitted to the dataset's classes: the config this run trains
     method = create_method(cfg, k, class_prior=summary.frequencies)
     saved = _saved_state(cfg, out_dir, resume_from)
+    fingerprint = dataset_fingerprint(data_root)
+    if saved is not None and saved.get("data_fingerprint") and not fingerprint_matches(data_root,
+                                                                                        saved["data_fingerprint"]):
+        raise DataError(f"the dataset at {data_root} changed since the run being resumed started (fingerprint "
+                        f"{saved['data_fingerprint']} recorded, {fingerprint} now: classes.csv, the labelled files, "
+                        "their masks or points, or the unlabelled pool differ); put that data back to resume it, or "
+                        "start a new run in another output folder")
     # earlier runs' weights: a frozen pseudo-labeller (its own architecture), the student's start (fresh runs only)
     labeller_weights = weights_from("teacher_checkpoint", cfg.teacher_checkpoint, classes.names)
     init = weights_from("init_checkpoint", cfg.init_checkpoint if saved is None else None, classes.names)
@@ -328,7 +337,7 @@ def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | 
         loss_from_config(cfg, k, weights).to(device), st, labeller,
         EvalSets.load(cfg, data_root, classes), resumed=saved is not None,
         continues_here=saved is not None and (out_dir / ckpt.CONFIG_FILE).is_file(),
-        saved_metrics=saved.get("metrics") if saved is not None else None,
+        saved_metrics=saved.get("metrics") if saved is not None else None, fingerprint=fingerprint,
     )
 
 
