@@ -78,14 +78,16 @@ def confirm_runs(st_config: dict[str, Any], sup_config: dict[str, Any], seeds: l
 
 
 def train_run(config: dict[str, Any], data_root: str, out_dir: str, progress: bool = False) -> dict[str, Any]:
-    """Train `config` into `out_dir`, resuming it if a checkpoint is there (a sweep resumed after a crash)."""
+    """Train `config` into `out_dir`, resuming it if a checkpoint is there (a sweep resumed after a crash; state.pt,
+    or state.prev.pt when the kill came between the two)."""
     from selftune.trainable import checkpoint as ckpt
     from selftune.trainable.loop import train
 
     out = Path(out_dir)
     state = out / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE
+    started = state.is_file() or (out / ckpt.PREVIOUS_FILE).is_file()  # state.pt, or its predecessor after a kill
     result = train(TrainConfig.from_dict(config), Path(data_root), out, progress=progress,
-                   resume_from=state.parent if state.is_file() else None)
+                   resume_from=state.parent if started else None)
     return {"status": result.status, "best_val_miou": result.best_val_miou, "best_iteration": result.best_iteration,
             "iterations": result.iterations, "best_model": str(out / ckpt.BEST_FILE), "message": result.message}
 
