@@ -208,3 +208,29 @@ def test_resume_on_relabelled_data_is_refused_by_name(tiny_data: Path, tmp_path:
     with pytest.raises(DataError, match=rf"the dataset at {data} changed since the run being resumed started"):
         train(tiny(max_iters=12, eval_every=4, log_images=False), data, run, resume_from=run / "checkpoint",
               progress=False)
+
+
+def test_a_read_only_checkpoint_folder_and_a_full_disk_are_named_before_the_first_step(
+        tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import shutil
+    from collections import namedtuple
+
+    from selftune.errors import StorageError
+
+    if os.geteuid() == 0:  # root writes into read-only folders: make the folder a file's child instead
+        blocked = tmp_path / "ro"
+        blocked.mkdir()
+        (blocked / "checkpoint").write_text("a file where the checkpoint folder goes")
+    else:
+        blocked = tmp_path / "ro"
+        (blocked / "checkpoint").mkdir(parents=True)
+        (blocked / "checkpoint").chmod(0o500)
+    with pytest.raises(StorageError, match=rf"cannot write checkpoints in {blocked / 'checkpoint'}"):
+        train(tiny(max_iters=4, eval_every=4, log_images=False), tiny_data, blocked, progress=False)
+    assert not (blocked / "metrics.jsonl").exists()
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**12, 10**12 - 10**6, 10**6))  # 1 MB free
+    with pytest.raises(StorageError, match=r"not enough free space for .*the run's checkpoints \(\d+ MB of weights"):
+        train(tiny(max_iters=4, eval_every=4, log_images=False), tiny_data, tmp_path / "full", progress=False)

@@ -473,11 +473,33 @@ def open_output(run: Run, start: int, lost: dict[str, Any] | None) -> None:
     except OSError as exc:  # e.g. under /proc, or on a read-only mount
         raise StorageError(exc.errno, f"cannot create the output folder {run.out_dir}: {exc.strerror}; choose "
                            "another one") from None
+    _check_writable_and_free(run)
     write_atomic(run.out_dir / ckpt.CONFIG_FILE, run.cfg.to_yaml())
     restored = run.resumed and ckpt.truncate_metrics(run.out_dir / ckpt.METRICS_FILE, start, lost)
     run.writer = summary_writer(run.out_dir, purge_step=start + 1 if run.resumed else None)
     if restored and lost is not None:
         add_scalars(lost, run.writer)
+
+
+def _check_writable_and_free(run: Run) -> None:
+    """Before the first step: the checkpoint folder takes files (a read-only one was reported as 'Invalid
+    cross-device link' at the first checkpoint), and the disk has room for what a run keeps (state.pt and
+    state.prev.pt, each the model, its EMA and two Adam moments, plus best_model_ema.pt)."""
+    import tempfile
+
+    from selftune.fileio import check_free_space
+
+    folder = run.out_dir / ckpt.CHECKPOINT_DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".selftune-write-check-"):
+            pass
+    except OSError as exc:
+        raise StorageError(exc.errno, f"cannot write checkpoints in {folder} ({exc.strerror}); make it writable or "
+                           "choose another output folder") from None
+    weights = sum(t.numel() * t.element_size() for t in run.st.model.state_dict().values())
+    check_free_space(run.out_dir, 9 * weights, f"the run's checkpoints ({weights / 1e6:.0f} MB of weights: state.pt "
+                     "and state.prev.pt with the EMA and the optimizer's moments, and best_model_ema.pt)")
 
 
 class LazyPool:
