@@ -129,3 +129,15 @@ def test_knobs_the_run_would_ignore_or_crash_on_are_refused_by_name(changes: dic
     """Issue 29: each of these was ignored without a word or crashed later (IndexError, OverflowError, BatchNorm)."""
     with pytest.raises(ConfigError, match=message):
         TrainConfig.from_dict(changes)
+
+
+def test_unknown_encoder_weights_fail_at_once_naming_the_known_ones() -> None:
+    """Issue 29: `encoder_weights: bogus` retried the hub for about 50 s before failing; now it is refused before
+    smp is asked for the model, so nothing is downloaded."""
+    from selftune.trainable.model import build_model
+
+    with pytest.raises(ConfigError, match=r"encoder_weights 'bogus' is not a weight set of encoder 'resnet18' "
+                                          r"\(known: imagenet, ssl, swsl\); use null"):
+        build_model(TrainConfig.from_dict({"encoder": "resnet18", "encoder_weights": "bogus"}), 3)
+    with pytest.raises(ConfigError, match=r"encoder 'tu-mobilenetv3_small_050' \(known: imagenet\)"):
+        build_model(TrainConfig.from_dict({"encoder": "tu-mobilenetv3_small_050", "encoder_weights": "ssl"}), 3)

@@ -17,6 +17,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
     """smp.create_model(arch, encoder, encoder_weights) with one output channel per class, or one in all in binary
     mode (`cfg.binary`: the positive class's logit, for a sigmoid); a bad name fails as ConfigError naming it."""
     _check_encoder(cfg.encoder)
+    check_encoder_weights(cfg.encoder, cfg.encoder_weights)
     try:
         model = smp.create_model(cfg.arch, encoder_name=cfg.encoder, encoder_weights=cfg.encoder_weights,
                                  in_channels=3, classes=1 if cfg.binary else num_classes)
@@ -71,6 +72,20 @@ def load_weights(model: torch.nn.Module, loaded: LoadedWeights, key: str, what: 
             f"{key}: {loaded.info['file']} holds a {loaded.config.arch}/{loaded.config.encoder} model that does not "
             f"fit {what}: {' '.join(first[:2])[:300]}"
         ) from None
+
+
+def check_encoder_weights(encoder: str, weights: str | None) -> None:
+    """`weights` must be null or a weight set smp knows for `encoder` (a timm `tu-` encoder: "imagenet", its
+    pretrained default); else a ConfigError at once, instead of retrying the hub for a minute."""
+    if weights is None:
+        return
+    if encoder.startswith("tu-"):
+        known: list[str] = ["imagenet"]
+    else:
+        known = list(smp.encoders.encoders.get(encoder, {}).get("pretrained_settings", {}))
+    if weights not in known:
+        raise ConfigError(f"encoder_weights {weights!r} is not a weight set of encoder {encoder!r} (known: "
+                          f"{', '.join(known) or 'none'}); use null for random init")
 
 
 def _check_encoder(name: str) -> None:
