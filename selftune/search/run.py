@@ -110,6 +110,9 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
     base = base.replace(select_metric=sweep.metric)  # the trials keep the checkpoint the sweep ranks them by
     for key in CHECKPOINT_KEYS:  # the checks each trial's loop makes, once, before any trial starts
         weights_from(key, getattr(base, key), summary.class_names)
+    from selftune.trainable.model import check_encoder_weights
+
+    check_encoder_weights(base.encoder, base.encoder_weights)
     ctx = SpaceContext(num_classes=k, max_iters=max_t, eval_every=base.eval_every)
     report = check_space(sweep.space, base, ctx) if k != ctx0.num_classes else report0
 
