@@ -98,7 +98,8 @@ def _recorded_sweep(tiny_data: Path, tmp_path: Path) -> tuple[Path, Path]:
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns(".*"))
-    plan = plan_sweep(SweepConfig(name="s", data=str(data), base=tiny_config(max_iters=4, eval_every=2),
+    plan = plan_sweep(SweepConfig(name="s", data=str(data), base=tiny_config(max_iters=4, eval_every=2, warmup_iters=1,
+                                                                    st_start_iter=1, st_rampup_iters=2),
                                   space="thresholds_shared", num_samples=1, control="none",
                                   storage=str(tmp_path / "results")))
     folder = Path(plan.experiment_dir)

@@ -41,6 +41,7 @@ def test_pseudo_label_quality_scores_a_trained_model(tmp_path: Path) -> None:
     assert len(rows) == 2 and rows[0].split()[1] == "1.00"  # threshold 0 accepts every pixel
 
 
+@pytest.mark.slow  # a real sweep (about 45 s on 2 CPUs): the suite keeps inside its 10 minutes
 def test_search_benchmark_smoke(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "bench/bench_search.py", "--smoke", "--arms", "ae", "--out", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -52,6 +53,7 @@ def test_search_benchmark_smoke(tmp_path: Path) -> None:
     assert (tmp_path / "search_smoke.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # a real sweep (about 45 s on 2 CPUs): the suite keeps inside its 10 minutes
 def test_fractional_trials_share_a_device(tiny_data: Path) -> None:
     """The GPU profile's fractional-trials path, run on CPU: n trials of the same config at once, each
     reporting its own step times, summed into an aggregate throughput."""

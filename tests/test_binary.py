@@ -67,7 +67,7 @@ def test_rounds_relax_from_the_first_pseudo_labelled_round_the_mean_teacher_neve
         method.index = index
         seen.append(method.thresholds_at(0))
     assert [t for pair in seen for t in pair] == pytest.approx([0.95, 0.95, 0.95, 0.95, 0.93, 0.93, 0.91, 0.91])
-    ema = create_method(cfg.replace(method="ema_self_training"), 2)
+    ema = create_method(cfg.replace(method="ema_self_training", rounds=2), 2)  # rounds: a knob of rounds only
     assert ema.binary_thresholds() == (0.95, 0.05)
 
 

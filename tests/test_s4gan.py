@@ -280,8 +280,8 @@ def test_on_cuda_with_amp() -> None:
         (dict(fp_weight=1.0), r"fp_weight is 1.0, but method s4gan does not use it"),
         (dict(strong_aug=True), r"strong_aug is True, but method s4gan does not use it"),
         (dict(threshold_schedule="linear"), r"threshold_schedule is 'linear', but method s4gan does not use it"),
-        (dict(rounds=3), r"rounds is 3, but method s4gan trains in one run, not in rounds"),
-        (dict(round_iters=[10, 10]), r"round_iters is \(10, 10\), but method s4gan trains in one run"),
+        (dict(rounds=3), r"rounds is 3, but only method rounds uses it \(method is 's4gan'\)"),
+        (dict(round_iters=[10, 10]), r"round_iters is \(10, 10\), but only method rounds uses it"),
         (dict(teacher_checkpoint="x.pt"), r"teacher_checkpoint is set, but method s4gan pseudo-labels with its own"),
     ],
 )

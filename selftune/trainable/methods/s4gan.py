@@ -323,11 +323,8 @@ class S4GAN(Method):
 
     @classmethod
     def check_config(cls, cfg: TrainConfig) -> None:
-        """One run (no rounds), its own labeller, a discriminator that gets to train, and none of the other
-        methods' pixel-threshold knobs."""
-        if key := cfg.first_changed(("rounds", "round_iters")):
-            raise ConfigError(f"{key} is {getattr(cfg, key)!r}, but method s4gan trains in one run, not in rounds; "
-                              f"drop {key} or choose method rounds")
+        """Its own labeller, a discriminator that gets to train, and none of the other methods' pixel-threshold
+        knobs (rounds' knobs are refused by the general rule: they are `Rounds.own_knobs`)."""
         if cfg.teacher_checkpoint is not None:
             raise ConfigError("teacher_checkpoint is set, but method s4gan pseudo-labels with its own network (gated by "
                               "the discriminator); drop teacher_checkpoint or choose another method")
