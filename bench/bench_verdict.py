@@ -206,7 +206,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 0.9 * len(rows) + 1.8))
+    fig, ax = plt.subplots(figsize=(8.5, 0.9 * len(rows) + 2.2))
     for y, r in enumerate(rows):
         color = {"helps": "#2f855a", "hurts": "#c53030"}.get(r["outcome"], "0.45")
         ax.plot([r["verdict_low"], r["verdict_high"]], [y, y], color=color, lw=6, alpha=0.55, solid_capstyle="butt",
@@ -219,7 +219,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_yticks(range(len(rows)), [f"sweep seed {r['sweep_seed']}\n{r['st_method']}" for r in rows])
     ax.set_xlabel("test mIoU points: self-training minus supervised")
     ax.set_title("The demo sweep's verdict against a ground truth it never saw")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
