@@ -132,6 +132,7 @@ def test_resume_after_driver_sigkill_accounts_for_every_trial(tiny_data: Path, t
     assert all(t.intermediate_values for t in study.trials if t.state.name == "COMPLETE")
 
 
+@pytest.mark.slow  # three Ray nodes on one machine: about 30 s on 2 CPUs
 def test_trials_spread_over_a_multi_node_cluster(tiny_data: Path, tmp_path: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
