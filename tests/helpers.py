@@ -269,3 +269,34 @@ def write_sweep(root: Path, name: str, space: Any, n: int = 72, seed: int = 0, c
             study.tell(trial, top)
     (path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": state}))
     return path
+
+
+def kill_sweep_when(script: str, ready: Any, *, cwd: Path, what: str, env: dict[str, str] | None = None,
+                    timeout_s: float = 240, poll_s: float = 0.1) -> None:
+    """Run `script` (a sweep) in its own session with `python -c`, and SIGKILL it and Ray's processes the moment
+    `ready()` is true; fails naming `what` when the sweep ends first or never gets there within `timeout_s`."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=cwd, start_new_session=True, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if ready():
+                break
+            assert driver.poll() is None, f"the sweep ended before it could be killed: {driver.stderr.read()[-2000:]}"
+            time.sleep(poll_s)
+        else:
+            raise AssertionError(f"the sweep never reached {what}")
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)  # Ray's own processes from that session
+        if driver.stderr is not None:
+            driver.stderr.close()

@@ -4,10 +4,8 @@ naming the first. (Killed in its trials: tests/test_sweep_cluster.py; in its con
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -19,7 +17,7 @@ import pytest
 from selftune.errors import SelftuneError
 from selftune.fileio import LOCK_FILE, FolderInUseError
 from selftune.search.sweepfile import SweepConfig
-from tests.helpers import tiny_config
+from tests.helpers import kill_sweep_when, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = tiny_config(max_iters=6, eval_every=3, warmup_iters=1, st_start_iter=0, st_rampup_iters=2, log_images=False)
@@ -58,23 +56,10 @@ def test_killed_in_its_shared_stage_it_resumes(tiny_data: Path, tmp_path: Path, 
         run_sweep(SweepConfig(**{_sweep(tiny_data, storage).to_dict()!r}))
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(spaces), str(ROOT)])}
-    driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, start_new_session=True, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stage = storage / "s1" / "shared_stage"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:  # the issue's moment: once the stage's metrics.jsonl has a line
-            if (stage / "metrics.jsonl").is_file() and (stage / "metrics.jsonl").read_text().strip():
-                break
-            assert driver.poll() is None, f"the sweep ended before it could be killed: {driver.stderr.read()[-2000:]}"
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the stage never wrote its metrics")
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(driver.pid, signal.SIGKILL)  # Ray's own processes from that session
+    kill_sweep_when(script, lambda: (stage / "metrics.jsonl").is_file() and bool((stage / "metrics.jsonl").read_text()
+                                                                                .strip()),
+                    cwd=tmp_path, env=env, what="its shared stage's first evaluation", poll_s=0.05)
     time.sleep(1)
     exp = storage / "s1"
     cut = _metrics(stage)

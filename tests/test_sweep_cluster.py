@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -16,7 +11,7 @@ import pytest
 import yaml
 
 from selftune.sweepfolder import read_trials
-from tests.helpers import tiny_config
+from tests.helpers import kill_sweep_when, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = tiny_config(max_iters=60, log_images=False)
@@ -75,25 +70,15 @@ def test_resume_after_driver_sigkill_accounts_for_every_trial(tiny_data: Path, t
                               num_samples=4, max_concurrent=1, scheduler="fifo", storage={str(storage)!r},
                               num_cpus=2, verbose=0))
     """)
-    driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     exp = storage / "killed"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:  # kill once a trial has finished and the next has reported
-            lines = sorted(len((d / "result.json").read_text().splitlines()) for d in exp.glob("*/")
-                           if (d / "result.json").is_file()) if exp.is_dir() else []
-            if len(lines) >= 2 and lines[-1] == 6 and 1 <= lines[0] < 6:
-                break
-            assert driver.poll() is None, "the sweep ended before it could be killed"
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the sweep never reached the point to kill it")
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(driver.pid, signal.SIGKILL)  # Ray's own processes from that session
+
+    def one_finished_and_the_next_reported() -> bool:
+        lines = sorted(len((d / "result.json").read_text().splitlines()) for d in exp.glob("*/")
+                       if (d / "result.json").is_file()) if exp.is_dir() else []
+        return len(lines) >= 2 and lines[-1] == 6 and 1 <= lines[0] < 6
+
+    kill_sweep_when(script, one_finished_and_the_next_reported, cwd=tmp_path, what="the point to kill it",
+                    poll_s=0.2)
     time.sleep(1)
     before = {t.trial_id: t for t in read_trials(str(exp))}
     interrupted = [t for t in before.values() if t.results and t.results[-1]["iteration"] < 60]

@@ -3,11 +3,8 @@ the keys that control it, and a real tiny sweep in which supervised training is 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -24,7 +21,7 @@ from selftune.search.sweepfile import SweepConfig
 from selftune.search.verdict import ConfirmRun, build_verdict, confirm_runs
 from selftune.sweepfolder import read_verdict
 from selftune.trainable.config import TrainConfig
-from tests.helpers import tiny_config
+from tests.helpers import kill_sweep_when, tiny_config
 
 # ---------------------------------------------------------------------- made-up per-image scores
 
@@ -223,23 +220,9 @@ def test_supervised_best_a_kill_while_confirming_and_the_answer_is_not_helps(tin
                               scheduler="fifo", storage={str(storage)!r}, num_cpus=2, verbose=0, confirm_seeds=2))
     """)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, start_new_session=True, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     exp = storage / "confirm"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:  # kill once a confirmation run has evaluated, before the verdict
-            if any((exp / "confirm").glob("*/metrics.jsonl")):
-                break
-            assert driver.poll() is None, "the sweep ended before it could be killed"
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the sweep never reached its confirmation")
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(driver.pid, signal.SIGKILL)
+    kill_sweep_when(script, lambda: any((exp / "confirm").glob("*/metrics.jsonl")), cwd=tmp_path, env=env,
+                    what="its confirmation", timeout_s=300)  # once a confirmation run has evaluated
     assert read_verdict(str(exp)) is None
     cut = {p.parent.name: len(p.read_text().splitlines()) for p in (exp / "confirm").glob("*/metrics.jsonl")}
 
