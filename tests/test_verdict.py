@@ -156,6 +156,16 @@ def test_the_time_budget_keeps_the_confirmation_s_time_free() -> None:
         b("t1", {"step_seconds": 0.5, "eval_seconds": 5.0, "config": {"method": "supervised"}})
     b("t2", {"step_seconds": 1.0, "eval_seconds": 3.0, "config": {"method": "ema_self_training"}})
     assert b.reserve_s() == pytest.approx(2 * 40 * 1.3) and b.stop_all()  # 104 s > the 100 left: stop now
+    # a sweep over methods waits until a trial of each method has reached the grace period (a busy machine's
+    # stage left the demo 36 s of trials and no evaluated self-training trial: a verdict of none)
+    w = TimeBudget(1.0, now - 10, runs=4, concurrent=2, max_t=40, eval_every=10, methods=("supervised", "rounds"),
+                   grace=20)
+    w("t1", {"step_seconds": 0.5, "eval_seconds": 5.0, "iteration": 20, "config": {"method": "supervised"}})
+    assert not w.stop_all()  # past its deadline, but no rounds trial has reached iteration 20
+    w("t2", {"step_seconds": 0.5, "eval_seconds": 5.0, "iteration": 10, "config": {"method": "rounds"}})
+    assert not w.stop_all()
+    w("t2", {"step_seconds": 0.5, "eval_seconds": 5.0, "iteration": 20, "config": {"method": "rounds"}})
+    assert w.stop_all()
 
 
 # ---------------------------------------------------------------------- bad input, before any trial

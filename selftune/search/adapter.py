@@ -241,15 +241,17 @@ class TimeBudget(tune.Stopper):
     `max_t` iterations, `concurrent` at a time, each wave as long as its slowest run. A run's seconds per iteration
     (training steps and their share of evaluations) is estimated per method from the trials so far, and the
     slowest method's is taken (self-training steps cost 2-4x a supervised one). Before the first report nothing
-    is reserved."""
+    is reserved. It never stops the sweep before a trial of each of `methods` has reached `grace` iterations: on a
+    busy machine a sweep overruns its budget rather than end with no trial of a method to compare."""
 
     def __init__(self, budget_s: float, started: float, runs: int, concurrent: int, max_t: int,
-                 eval_every: int) -> None:
+                 eval_every: int, methods: tuple[str, ...] = (), grace: int = 0) -> None:
         self.deadline = started + budget_s
         self.eval_every = eval_every
         self.waves = math.ceil(runs / max(1, concurrent)) if runs else 0
         self.max_t = max_t
         self.per_iter: dict[str, list[float]] = {}
+        self.waiting = {m: min(grace, max_t) for m in methods}  # method -> iterations one trial must reach first
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         step, evals = result.get("step_seconds"), result.get("eval_seconds")
@@ -257,6 +259,8 @@ class TimeBudget(tune.Stopper):
             per_eval = evals / self.eval_every if isinstance(evals, int | float) and self.eval_every else 0.0
             method = str((result.get("config") or {}).get("method", ""))
             self.per_iter.setdefault(method, []).append(float(step) + float(per_eval))
+            if int(result.get(TIME_ATTR, 0)) >= self.waiting.get(method, math.inf) or result.get("done"):
+                self.waiting.pop(method, None)
         return False
 
     def reserve_s(self) -> float:
@@ -264,7 +268,7 @@ class TimeBudget(tune.Stopper):
         return self.waves * self.max_t * slowest
 
     def stop_all(self) -> bool:
-        return time.monotonic() + self.reserve_s() >= self.deadline
+        return not self.waiting and time.monotonic() + self.reserve_s() >= self.deadline
 
 
 class IterationBudget(tune.Stopper):
@@ -378,8 +382,10 @@ def _stoppers(spec: TunerSpec) -> Any:
     if spec.budget_iters:
         stoppers.append(IterationBudget(spec.budget_iters, spec.stage_iters + spec.confirm_runs * spec.max_t))
     if spec.time_budget_s and spec.started is not None:
+        methods = tuple(str(e["method"]) for e in spec.enqueue) if spec.confirm_runs else ()
         stoppers.append(TimeBudget(spec.time_budget_s, spec.started, spec.confirm_runs, spec.max_concurrent,
-                                   spec.max_t, int(spec.base.get("eval_every", 0))))
+                                   spec.max_t, int(spec.base.get("eval_every", 0)), methods=tuple(dict.fromkeys(methods)),
+                                   grace=spec.grace_period))
     return None if not stoppers else stoppers[0] if len(stoppers) == 1 else CombinedStopper(*stoppers)
 
 
