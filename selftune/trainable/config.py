@@ -30,6 +30,9 @@ ARCHS = (
     "DeepLabV3Plus", "UPerNet", "Segformer", "DPT",
 )
 ROUND_INITS = ("warm", "fresh")
+# how many `decoder_channels` values each architecture takes (smp's `decoder_channels`); the others have no such knob
+DECODER_CHANNELS = {"Unet": 5, "UnetPlusPlus": 5, "MAnet": 5, "DeepLabV3": 1, "DeepLabV3Plus": 1, "PAN": 1,
+                    "UPerNet": 1}
 CHECKPOINT_KEYS = ("teacher_checkpoint", "init_checkpoint")  # paths to earlier runs' weights
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "poly", "constant")
@@ -54,6 +57,9 @@ class TrainConfig:
     arch: str = "DeepLabV3Plus"  # any smp architecture name, e.g. Unet, DeepLabV3Plus
     encoder: str = "resnet18"  # any smp/timm encoder name, e.g. resnet50, tu-mobilenetv3_small_050
     encoder_weights: str | None = None  # None: random init (no hub downloads); "imagenet" needs a network
+    decoder_channels: tuple[int, ...] = ()  # smp's decoder widths; empty keeps the architecture's default. Unet,
+    # UnetPlusPlus, MAnet: one per decoder stage, 5 (smp: 256, 128, 64, 32, 16); DeepLabV3, DeepLabV3Plus, PAN,
+    # UPerNet: one value; the other architectures have no such knob. "64,32,16,16,16" is read as a list
 
     # --- data and augmentation ---
     crop_size: int = 256  # square training crop in pixels
@@ -256,6 +262,7 @@ class TrainConfig:
             raise ConfigError(f"select_metric must be a val_ metric (val_miou, val_f1, val_iou/<class>, ...), got "
                               f"{self.select_metric!r}: the test split is never used to choose")
         _choice("arch", self.arch, ARCHS)
+        self._check_decoder_channels()
         _choice("round_init", self.round_init, ROUND_INITS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -333,6 +340,22 @@ class TrainConfig:
         self._check_s4gan_ranges()
         self._check_method()
         self._check_binary()
+
+    def _check_decoder_channels(self) -> None:
+        """`decoder_channels`: empty, or as many positive widths as the architecture's decoder takes."""
+        if not self.decoder_channels:
+            return
+        n = DECODER_CHANNELS.get(self.arch)
+        if n is None:
+            takes = ", ".join(DECODER_CHANNELS)
+            raise ConfigError(f"decoder_channels is {list(self.decoder_channels)}, but arch {self.arch!r} has no such "
+                              f"knob (architectures that take it: {takes}); drop decoder_channels")
+        if len(self.decoder_channels) != n:
+            raise ConfigError(f"decoder_channels has {len(self.decoder_channels)} values, arch {self.arch!r} takes "
+                              f"{n} (one per decoder stage{', e.g. [64, 32, 16, 16, 16]' if n == 5 else ''})")
+        for i, c in enumerate(self.decoder_channels):
+            if c < 1:
+                raise ConfigError(f"decoder_channels[{i}] must be a whole number of channels >= 1, got {c!r}")
 
     def round_lengths(self) -> tuple[int, ...]:
         """Iterations of each round this run trains (`Method.stage_lengths`: one entry for methods without rounds)."""
@@ -550,6 +573,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         hint = inner[0] if len(inner) == 1 else hint
         origin, args = get_origin(hint), get_args(hint)
     if origin is tuple:
+        if isinstance(value, str) and "," in value:  # "64,32,16,16,16": a list from a space's categorical or --set
+            value = [v.strip() for v in value.split(",")]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list of numbers, got {value!r}")
         return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))

@@ -18,9 +18,13 @@ def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
     mode (`cfg.binary`: the positive class's logit, for a sigmoid); a bad name fails as ConfigError naming it."""
     _check_encoder(cfg.encoder)
     check_encoder_weights(cfg.encoder, cfg.encoder_weights)
+    decoder = {}
+    if cfg.decoder_channels:  # the config checked the architecture takes it, and how many values
+        dc = cfg.decoder_channels
+        decoder["decoder_channels"] = list(dc) if len(dc) > 1 else dc[0]
     try:
         model = smp.create_model(cfg.arch, encoder_name=cfg.encoder, encoder_weights=cfg.encoder_weights,
-                                 in_channels=3, classes=1 if cfg.binary else num_classes)
+                                 in_channels=3, classes=1 if cfg.binary else num_classes, **decoder)
     except Exception as exc:  # smp/timm raise KeyError, ValueError, RuntimeError, download errors...
         raise ConfigError(
             f"cannot build arch={cfg.arch!r} with encoder={cfg.encoder!r}, encoder_weights={cfg.encoder_weights!r}: "
