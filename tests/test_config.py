@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from selftune.errors import ConfigError
 from selftune.trainable.config import TrainConfig, demo_config
@@ -141,3 +144,20 @@ def test_unknown_encoder_weights_fail_at_once_naming_the_known_ones() -> None:
         build_model(TrainConfig.from_dict({"encoder": "resnet18", "encoder_weights": "bogus"}), 3)
     with pytest.raises(ConfigError, match=r"encoder 'tu-mobilenetv3_small_050' \(known: imagenet\)"):
         build_model(TrainConfig.from_dict({"encoder": "tu-mobilenetv3_small_050", "encoder_weights": "ssl"}), 3)
+
+
+def test_files_written_before_the_knobs_moved_to_their_methods_still_load() -> None:
+    """Configs, an exported config and checkpoints' configs written by the code before issue 33 (each method's knobs
+    were fields written in config.py) load unchanged: the YAML stays flat."""
+    import json
+
+    folder = Path(__file__).parent / "data" / "configs_before_33"
+    for path in sorted(folder.glob("*.yaml")):
+        cfg = TrainConfig.from_yaml(path)
+        data = yaml.safe_load(path.read_text())
+        assert cfg.to_dict() == data.get("config", data), path.name
+    for name, saved in json.loads((folder / "checkpoint_configs.json").read_text()).items():
+        assert TrainConfig.from_dict(saved).to_dict() == saved, name
+    s4gan = TrainConfig.from_yaml(folder / "s4gan.yaml")
+    assert (s4gan.lambda_fm, s4gan.d_width, s4gan.threshold_st_schedule) == (0.3, 32, "linear")
+    assert TrainConfig.from_yaml(folder / "rounds.yaml").round_iters == (1000, 1000, 1000)

@@ -249,7 +249,8 @@ def test_valid_share_counts_pixels_that_are_not_ignored():
 @pytest.mark.parametrize(("normalization", "divisor"), [("accepted", 3), ("all_pixels", 4)])
 def test_unlabeled_loss_is_a_mean_over_accepted_or_over_all_pixels(normalization, divisor):
     from selftune.trainable.config import TrainConfig
-    from selftune.trainable.methods import PseudoBatch, create_method
+    from selftune.trainable.methods import create_method
+    from selftune.trainable.methods.base import PseudoBatch
 
     torch.manual_seed(1)
     logits = torch.randn(1, 3, 2, 2)
@@ -373,7 +374,8 @@ def test_perturbed_loss_without_dropout_is_the_unlabeled_loss_of_the_weak_view()
     import segmentation_models_pytorch as smp
 
     from selftune.trainable.config import TrainConfig
-    from selftune.trainable.methods import PseudoBatch, create_method
+    from selftune.trainable.methods import create_method
+    from selftune.trainable.methods.base import PseudoBatch
 
     torch.manual_seed(0)
     model = smp.Unet("tu-mobilenetv3_small_050", encoder_weights=None, classes=3).eval()

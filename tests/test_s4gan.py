@@ -19,7 +19,9 @@ from selftune.errors import ConfigError
 from selftune.spaces import SPACES, SpaceContext, call_space, check_space
 from selftune.trainable import loop
 from selftune.trainable.config import TrainConfig, demo_config
-from selftune.trainable.methods import PseudoBatch, Supervised, create_method, get_method, s4gan
+from selftune.trainable.methods import create_method, get_method
+from selftune.trainable.methods.base import Method, PseudoBatch
+from selftune.trainable.methods.s4gan import train as s4gan
 from tests.helpers import crash_and_resume, read_metrics, same, same_weights, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,7 +182,7 @@ def test_without_unlabelled_data_the_fake_input_is_the_labelled_prediction() -> 
 
 
 def test_other_methods_hooks_are_no_ops() -> None:
-    method = Supervised(TrainConfig(), 7)
+    method = Method(TrainConfig(), 7)  # method supervised's torch class
     logits = torch.randn(2, 7, 4, 4)
     assert method.extra_loss(torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4), logits, None, None, 0).item() == 0.0
     assert method.after_step(0) is None and method.window_metrics() == {}

@@ -25,6 +25,7 @@ from selftune.analysis.tables import DEFAULT_METRIC, STATUS_ORDER, STATUS_WORDS,
 from selftune.analysis.verdict import Verdict, load_verdict
 from selftune.errors import SelftuneError
 from selftune.sweepfolder import read_sweep_meta, trials_that_count
+from selftune.trainable.methods import DEFAULT_METHOD
 
 FIGURE = "progress"
 
@@ -54,7 +55,7 @@ class Compared:
         m = row.get("param.method")
         if isinstance(m, str):
             return m
-        return str(self.sweep.meta.get("base", {}).get("method", "ema_self_training"))
+        return str(self.sweep.meta.get("base", {}).get("method", DEFAULT_METHOD))
 
     def status_counts(self) -> dict[str, int]:
         counts = self.sweep.trials["status"].value_counts()

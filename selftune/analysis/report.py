@@ -39,6 +39,7 @@ from selftune.analysis.verdict import Verdict, load_verdict
 from selftune.errors import SelftuneError
 from selftune.fileio import write_atomic
 from selftune.sweepfolder import trials_that_count
+from selftune.trainable.methods import DEFAULT_METHOD, counts_as_self_training
 
 PLOTLY_JS = "plotly.min.js"
 
@@ -116,11 +117,16 @@ def _searched_methods(sweep: Sweep) -> bool:
 
 def trial_methods(sweep: Sweep) -> pd.Series:
     """Each trial's method: its `method` parameter (the methods space), else the base config's."""
-    base = str(sweep.meta.get("base", {}).get("method", "ema_self_training"))
+    base = str(sweep.meta.get("base", {}).get("method", DEFAULT_METHOD))
     col = f"param.{METHOD}"
     if col not in sweep.trials:
         return pd.Series(base, index=sweep.trials.index, dtype=object)
     return sweep.trials[col].map(lambda m: str(m) if isinstance(m, str) else base)
+
+
+def self_training_trials(sweep: Sweep) -> pd.Index:
+    """The trials whose method self-trains (its trait, `MethodSpec.self_training`)."""
+    return sweep.trials.index[trial_methods(sweep).map(counts_as_self_training).astype(bool)]
 
 
 def shared_knobs(sweep: Sweep) -> list[str]:
@@ -194,7 +200,7 @@ CAPTIONS = {
 def _st_start(sweep: Sweep, dists: dict[str, Any]) -> int | None:
     """The base config's self-training start, unless the sweep searched it (then it differs per trial)."""
     base = sweep.meta.get("base", {})
-    if "st_start_iter" in dists or base.get("method") == "supervised":
+    if "st_start_iter" in dists or not counts_as_self_training(str(base.get("method", DEFAULT_METHOD))):
         return None
     v = base.get("st_start_iter")
     return int(v) if isinstance(v, int | float) and v > 0 else None
@@ -298,7 +304,7 @@ def make_figures(a: Analysis, sweep: Sweep, astudy: Any | None, dists: dict[str,
     add("per_class_iou", lambda: F.per_class_iou(sweep, top_k) or "no per-class IoU was reported")
 
     def pseudo() -> Any:
-        selftraining = sweep.trials.index[methods != "supervised"]
+        selftraining = self_training_trials(sweep)
         if not len(selftraining):
             return "no self-training trial (every trial is supervised)"
         sub = _subsweep(sweep, selftraining)

@@ -23,6 +23,9 @@ from typing import Any
 
 from optuna import Trial
 
+from selftune.trainable.methods import get_method, method_names
+from selftune.trainable.methods.ema_self_training import threshold_offsets
+
 
 @dataclass(frozen=True)
 class SpaceContext:
@@ -34,12 +37,6 @@ class SpaceContext:
 
 
 # ---------------------------------------------------------------------- shared pieces
-
-
-def _thresholds_offsets(trial: Trial, ctx: SpaceContext) -> None:
-    trial.suggest_float("threshold_base", 0.30, 0.95)
-    for c in range(ctx.num_classes):
-        trial.suggest_float(f"threshold_offset[{c}]", -0.15, 0.15)
 
 
 def _thresholds_independent(trial: Trial, ctx: SpaceContext) -> None:
@@ -89,7 +86,7 @@ def _wide_extras(trial: Trial, ctx: SpaceContext) -> None:
 
 def thresholds(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     """Core: per-class thresholds (base + offsets), ST weight, LR, warmup, patience."""
-    _thresholds_offsets(trial, ctx)
+    threshold_offsets(trial, ctx)
     _core_training(trial, ctx)
     return {}
 
@@ -112,7 +109,7 @@ def wide(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     """Core plus EMA decay, clipping, ST start/ramp, threshold schedule, losses, weighting, acceptance floor,
     distribution alignment, pseudo-label loss normalization, scale, strong aug (UniMatch's set), feature
     perturbation."""
-    _thresholds_offsets(trial, ctx)
+    threshold_offsets(trial, ctx)
     _core_training(trial, ctx)
     _wide_extras(trial, ctx)
     return {}
@@ -138,31 +135,9 @@ def supervised(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     return {"method": "supervised"}
 
 
-def _self_training(trial: Trial, ctx: SpaceContext) -> None:
-    """What every self-training method searches: thresholds, ST weight, the acceptance floor, strong aug."""
-    _thresholds_offsets(trial, ctx)
-    trial.suggest_float("st_weight", 0.25, 3.0, log=True)
-    trial.suggest_float("min_accept_ratio", 0.0, 0.5)
-    if trial.suggest_categorical("strong_aug", [False, True]):
-        trial.suggest_float("color_jitter", 0.1, 0.6)
-        trial.suggest_float("cutmix_prob", 0.0, 1.0)
-
-
-def _s4gan(trial: Trial, ctx: SpaceContext) -> None:
-    """s4GAN's own knobs (seeds 001-002): the discriminator's LR and warmup, feature matching, the image gate
-    and its schedule (its start value exists only when it is linear), the ST weight."""
-    trial.suggest_float("lr_d", 2e-5, 5e-4, log=True)
-    trial.suggest_float("lambda_fm", 0.01, 1.0, log=True)
-    trial.suggest_float("threshold_st", 0.05, 0.6)
-    if trial.suggest_categorical("threshold_st_schedule", ["constant", "linear"]) == "linear":
-        trial.suggest_float("threshold_st_start", 0.0, 0.2)
-    trial.suggest_int("d_warmup_iters", 0, max(1, ctx.max_iters // 10))
-    trial.suggest_float("st_weight", 0.25, 3.0, log=True)
-
-
 def s4gan(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     """s4GAN: discriminator LR, lambda_fm, the image gate and its schedule, D warmup, ST weight, LR, warmup, patience."""
-    _s4gan(trial, ctx)
+    get_method("s4gan").space(trial, ctx)
     trial.suggest_float("lr", 1e-4, 3e-3, log=True)
     trial.suggest_int("warmup_iters", 0, max(1, ctx.max_iters // 20))
     evals = max(2, ctx.max_iters // ctx.eval_every)
@@ -171,36 +146,38 @@ def s4gan(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
 
 
 def methods(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
-    """The method first (supervised, the mean teacher, self-training in rounds, or s4GAN), then the knobs every
-    method shares (`_shared_training`: LR, warmup, dice weight, class weighting, scale), then its own.
+    """The method first (every registered one: supervised, the mean teacher, self-training in rounds, s4GAN, ...),
+    then the knobs every method shares (`_shared_training`: LR, warmup, dice weight, class weighting, scale), then
+    the method's own piece (`MethodSpec.space`: the mean teacher's thresholds, ST weight, acceptance floor and strong
+    aug; rounds' count and student init; s4GAN's discriminator and gate; nothing for supervised).
 
     Patience is not searched (ASHA stops trials that plateau, and a small patience ends trials in the dip after
-    self-training starts). Rounds also search how many rounds (2-3, the first supervised or the sweep's shared
-    stage) and whether each round's student starts from the last round's model. s4GAN searches its own knobs
-    (`_s4gan`), not the pixel thresholds, acceptance floor or strong augmentation, which it does not use. The
-    sweep gives every method a fair share of the first trials (`search.run.fair_share`).
+    self-training starts). The sweep gives every method a fair share of the first trials (`search.run.fair_share`).
     """
-    method = trial.suggest_categorical("method", list(method_choices()))
+    return _over_methods(trial, ctx, method_choices())
+
+
+def _over_methods(trial: Trial, ctx: SpaceContext, names: tuple[str, ...]) -> dict[str, Any]:
+    method = trial.suggest_categorical("method", list(names))
     _shared_training(trial, ctx)
-    if method == "supervised":
-        return {}
-    if method == "s4gan":
-        _s4gan(trial, ctx)
-        return {}
-    _self_training(trial, ctx)
-    if method == "ema_self_training":
-        trial.suggest_float("ema_decay", 0.99, 0.9995)
-    elif method == "rounds":
-        trial.suggest_int("rounds", 2, 3)
-        trial.suggest_categorical("round_init", ["warm", "fresh"])
+    get_method(method).space(trial, ctx)
     return {}
+
+
+def methods_among(*names: str) -> Any:
+    """The `methods` space over some methods only (each a registered one), e.g. a module's
+    `pair = methods_among("supervised", "rounds")`, used as the space `module:pair`."""
+
+    def space(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
+        return _over_methods(trial, ctx, tuple(get_method(n).name for n in names))
+
+    space.__doc__ = f"The `methods` space over {', '.join(names)}."
+    return space
 
 
 def method_choices() -> tuple[str, ...]:
     """The methods `methods` chooses from: every registered method (`selftune.trainable.methods`)."""
-    from selftune.trainable.methods import method_names
-
-    return tuple(method_names())
+    return method_names()
 
 
 def binary(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:

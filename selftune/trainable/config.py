@@ -7,7 +7,9 @@ counts down for the built-in demo data; docs/data.md says how.
 
 Build one from a dict with `TrainConfig.from_dict`: unknown keys and bad values fail with a
 `ConfigError` naming the key and the value. The `method` choices and each method's own checks come from
-the registry, `selftune.trainable.methods` (docs/methods.md); this module checks every field's range.
+the registry, `selftune.trainable.methods` (docs/methods.md): each method declares its own knobs (`Knob`: name, type,
+default, range, one line), which become fields here (`_add_knobs`, also for a method registered at run time), so
+the YAML stays flat. This module checks every field's range, the knobs' from their declarations.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ import yaml
 
 from selftune.data.points import POINT_RADIUS, POINT_RING
 from selftune.errors import ConfigError
+from selftune.trainable.methods import REGISTRY as METHODS
+from selftune.trainable.methods import DEFAULT_METHOD, MethodSpec, all_knobs, get_method, on_register
 
 ARCHS = (
     "Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "PAN", "DeepLabV3",
     "DeepLabV3Plus", "UPerNet", "Segformer", "DPT",
 )
-ROUND_INITS = ("warm", "fresh")
 # how many `decoder_channels` values each architecture takes (smp's `decoder_channels`); the others have no such knob
 DECODER_CHANNELS = {"Unet": 5, "UnetPlusPlus": 5, "MAnet": 5, "DeepLabV3": 1, "DeepLabV3Plus": 1, "PAN": 1,
                     "UPerNet": 1}
@@ -84,15 +87,8 @@ class TrainConfig:
     ignore_index: int = 255  # mask value ignored by every loss and metric
 
     # --- self-training ---
-    method: str = "ema_self_training"  # supervised (baseline, no unlabelled data) | ema_self_training (mean
-    # teacher) | rounds (self-training in rounds: supervised, then each round pseudo-labelled by the last one's best)
-    # | s4gan (a discriminator gates whole unlabelled images and adds feature matching; seeds 001-002)
-    rounds: int = 2  # method rounds: rounds in all, the supervised first one included; with teacher_checkpoint
-    # the first round is that checkpoint (a shared first stage) and the run trains rounds 2..rounds
-    round_iters: tuple[int, ...] = ()  # method rounds: iterations of each round this run trains, adding up to
-    # max_iters; empty: max_iters split evenly (the last round takes the remainder)
-    round_init: str = "warm"  # method rounds: each round's student starts from the last round's best EMA model
-    # (warm) or from a fresh init (fresh; Noisy Student)
+    method: str = DEFAULT_METHOD  # ema_self_training; a registered method (`selftune.trainable.methods`, docs/methods.md):
+    # supervised (baseline, no unlabelled data) | ema_self_training (mean teacher) | rounds | s4gan | ...
     thresholds: tuple[float, ...] = V31_THRESHOLDS  # per-class pseudo-label confidence thresholds, one per class;
     # one value is every class's; the default (V3.1's 7) on a dataset of K != 7 classes is 0.5 for each (for_classes)
     threshold_schedule: str = "constant"  # constant | linear ramp from thresholds+start_offset
@@ -131,22 +127,8 @@ class TrainConfig:
     blur_prob: float = 0.0  # strong aug: probability of a Gaussian blur per image (UniMatch 0.5)
     blur_sigma: tuple[float, ...] = (0.1, 2.0)  # strong aug: blur sigma range in pixels (UniMatch's)
 
-    # --- method s4gan (Mittal et al. 2019; the users' V1 and V2, seeds 001-002; docs/methods.md) ---
-    lambda_fm: float = 0.1  # weight of feature matching: L1 between the discriminator's mean features of real
-    # (image + one-hot truth) and fake (image + the network's softmax) inputs (seeds: 0.1)
-    threshold_st: float = 0.2  # image gate: an unlabelled image's argmax pseudo-label is used only when the
-    # discriminator's confidence on it exceeds this (V1: 0.2, or 0.1 when ST_Count stays 0); the end value when linear
-    threshold_st_schedule: str = "constant"  # constant | linear: the gate goes from threshold_st_start at
-    # st_start_iter to threshold_st at the last step (V2: 0.05 -> 0.20)
-    threshold_st_start: float = 0.05  # the linear gate schedule's first value
-    lr_d: float = 1e-4  # the discriminator's peak LR (its own Adam; seeds: 1e-4 against the network's 2.5e-4),
-    # decaying like lr_schedule from d_warmup_iters to max_iters
-    d_width: int = 64  # channels of the discriminator's first convolution, doubling in each of the next three
-    # (s4GAN's 64: 64-512)
-    d_warmup_iters: int = 0  # no adversarial training (no feature matching, no discriminator step) before this
-    # iteration (V2: 500); must be shorter than the run
-    st_weight_start: float = 0.0  # the ST weight's ramp (st_rampup_iters from st_start_iter) starts at this
-    # fraction of st_weight instead of 0 (V2: 0.1 -> 1.0)
+    # --- each registered method's own knobs follow the last field (`_add_knobs`): rounds' in
+    # selftune/trainable/methods/rounds/__init__.py, s4gan's in methods/s4gan/__init__.py (docs/methods.md) ---
 
     # --- binary segmentation and point labels (seed 003; docs/data.md) ---
     binary: bool = False  # one output channel and a sigmoid, for a dataset of 2 classes (background + positive):
@@ -233,9 +215,9 @@ class TrainConfig:
 
     def as_supervised(self, **changes: Any) -> TrainConfig:
         """This config's model and data, method supervised (a shared stage, a control): no teacher, no rounds, the
-        knobs only one method uses (`Method.own_knobs`, e.g. s4gan's) back at their defaults; then `changes`."""
-        defaults = {k: _field_default(k) for cls in _registry().REGISTRY.values() for k in cls.own_knobs}
-        return self.replace(**{"method": "supervised", "teacher_checkpoint": None, "round_iters": [], **defaults,
+        knobs only one method uses (every method's `knobs`, e.g. s4gan's) back at their defaults; then `changes`."""
+        defaults = {k.name: k.default for k in all_knobs()}
+        return self.replace(**{"method": "supervised", "teacher_checkpoint": None, **defaults,
                                **changes})
 
     def first_changed(self, keys: tuple[str, ...]) -> str | None:
@@ -263,7 +245,6 @@ class TrainConfig:
                               f"{self.select_metric!r}: the test split is never used to choose")
         _choice("arch", self.arch, ARCHS)
         self._check_decoder_channels()
-        _choice("round_init", self.round_init, ROUND_INITS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("threshold_schedule", self.threshold_schedule, THRESHOLD_SCHEDULES)
@@ -334,10 +315,8 @@ class TrainConfig:
         for name in CHECKPOINT_KEYS:
             if getattr(self, name) is not None and not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name} must be null or a path, got {getattr(self, name)!r}")
-        _at_least("rounds", self.rounds, 1)
-        for i, n in enumerate(self.round_iters):
-            _at_least(f"round_iters[{i}]", n, 1)
-        self._check_s4gan_ranges()
+        for knob in all_knobs():
+            knob.check(getattr(self, knob.name))
         self._check_method()
         self._check_binary()
 
@@ -358,21 +337,23 @@ class TrainConfig:
                 raise ConfigError(f"decoder_channels[{i}] must be a whole number of channels >= 1, got {c!r}")
 
     def round_lengths(self) -> tuple[int, ...]:
-        """Iterations of each round this run trains (`Method.stage_lengths`: one entry for methods without rounds)."""
-        return _registry().get_method(self.method).stage_lengths(self)
+        """Iterations of each round this run trains (`MethodSpec.stage_lengths`: one entry for methods without
+        rounds)."""
+        return get_method(self.method).stage_lengths(self)
 
     def _check_method(self) -> None:
-        """The method is a registered one; no other method's own knobs are changed; then the method's own checks."""
-        registry = _registry()
-        method = registry.get_method(self.method)
-        for other in registry.REGISTRY.values():
+        """The method is a registered one; no other method's own knobs are changed, nor a shared knob the method
+        ignores; then the method's own checks."""
+        method = get_method(self.method)
+        for other in METHODS.values():
             if other is not method and (key := self.first_changed(other.own_knobs)):
                 raise ConfigError(f"{key} is {getattr(self, key)!r}, but only method {other.name} uses it (method is "
                                   f"{self.method!r}); set method {other.name} or drop {key}")
-        method.check_config(self)
+        method.check_unused(self)
+        method.check(self)
         self._check_schedules(method)
 
-    def _check_schedules(self, method: Any) -> None:
+    def _check_schedules(self, method: MethodSpec) -> None:
         """A schedule longer than the run (with rounds: than a round, each has its own) never ends: the LR never
         reaches its peak, self-training never starts or never reaches its weight, the thresholds never their end
         value. Refused by name with the fix, before any work (a 300-iteration run with the default 1,500-iteration
@@ -410,19 +391,6 @@ class TrainConfig:
         fitted.check_num_classes(num_classes)
         return fitted
 
-    def _check_s4gan_ranges(self) -> None:
-        """s4GAN's knobs in range (what method s4gan refuses besides is `S4GAN.check_config`)."""
-        _choice("threshold_st_schedule", self.threshold_st_schedule, THRESHOLD_SCHEDULES)
-        _at_least("d_warmup_iters", self.d_warmup_iters, 0)
-        _at_least("d_width", self.d_width, 1)
-        if not (self.lambda_fm >= 0 and math.isfinite(self.lambda_fm)):
-            raise ConfigError(f"lambda_fm must be a finite number >= 0, got {self.lambda_fm!r}")
-        if not (self.lr_d > 0 and math.isfinite(self.lr_d)):
-            raise ConfigError(f"lr_d must be a positive number, got {self.lr_d!r}")
-        for name in ("threshold_st", "threshold_st_start", "st_weight_start"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-
     def _check_binary(self) -> None:
         """Binary mode's knobs (and the point labels' radius and ring): in range; neg_threshold below pos_threshold;
         with binary off, its own knobs at their defaults; with it on, no knob it does not use."""
@@ -447,9 +415,8 @@ class TrainConfig:
                 raise ConfigError(f"{key} is {getattr(self, key)!r}, but it is a knob of binary mode and binary is "
                                   f"false; set binary: true (a 2-class dataset) or drop {key}")
             return
-        registry = _registry()
-        if not registry.get_method(self.method).binary:
-            able = [name for name, cls in registry.REGISTRY.items() if cls.binary]
+        if not get_method(self.method).binary:
+            able = [name for name, spec in METHODS.items() if spec.binary]
             names = " and ".join([", ".join(able[:-1]), able[-1]] if len(able) > 1 else able)
             raise ConfigError(f"binary mode works with methods {names}, not "
                               f"{self.method}; set binary: false or another method")
@@ -480,6 +447,37 @@ class TrainConfig:
             raise ConfigError(
                 f"ignore_index {self.ignore_index} collides with a class id (the dataset has {num_classes} classes)"
             )
+
+
+def _add_knobs(spec: MethodSpec) -> None:
+    """Make `spec`'s knobs fields of TrainConfig, in place (the class stays the one every module imported): the
+    dataclass is rebuilt with them and its generated methods and field table are moved onto TrainConfig. A knob
+    named like a field of the config, or another method's with another type or default, is refused."""
+    table = TrainConfig.__dataclass_fields__
+    new = []
+    for knob in spec.knobs:
+        held = table.get(knob.name)
+        if held is None:
+            new.append(knob)
+        elif getattr(held, "metadata", {}).get("knob") != (knob.type, knob.default):
+            raise ValueError(f"method {spec.name!r}: knob {knob.name!r} is already a config field")
+    if not new:
+        return
+    kept = [(f.name, f.type, f) for f in table.values()]
+    added = [(k.name, k.type, dataclasses.field(default=k.default, metadata={"knob": (k.type, k.default),
+                                                                             "doc": k.doc})) for k in new]
+    built = dataclasses.make_dataclass("TrainConfig", kept + added, frozen=True,
+                                       namespace={"__post_init__": TrainConfig.__post_init__})
+    for name in ("__init__", "__repr__", "__eq__", "__hash__", "__match_args__", "__dataclass_fields__"):
+        setattr(TrainConfig, name, built.__dict__[name])
+    TrainConfig.__annotations__.update({k.name: k.type for k in new})
+    for k in new:
+        setattr(TrainConfig, k.name, k.default)
+
+
+for _spec in METHODS.values():
+    _add_knobs(_spec)
+on_register(_add_knobs)
 
 
 def demo_config(**overrides: Any) -> TrainConfig:
@@ -631,7 +629,7 @@ def _scale_schedules(given: dict[str, Any]) -> dict[str, Any]:
         return int(out.get(key, _field_default(key)))
 
     try:
-        self_training = _registry().get_method(str(out.get("method", _field_default("method")))).self_training
+        self_training = get_method(str(out.get("method", _field_default("method")))).self_training
     except ConfigError:
         self_training = True  # an unknown method is refused by name later
     too_long = {"warmup_iters": lambda: value("warmup_iters") > n}
@@ -648,14 +646,6 @@ def _scale_schedules(given: dict[str, Any]) -> dict[str, Any]:
         warnings.warn(f"{key} left at its default {default} (for max_iters {full}) could not finish in max_iters {n}; "
                       f"scaled to {out[key]}. Set {key} to choose it", ScheduleScaled, stacklevel=3)
     return out
-
-
-def _registry() -> Any:
-    """`selftune.trainable.methods`, imported when a config is first checked: the methods import this module
-    (and torch), so importing it here at the top would be a cycle and would slow every import of the config."""
-    from selftune.trainable import methods
-
-    return methods
 
 
 def _field_default(name: str) -> Any:

@@ -79,7 +79,8 @@ from selftune.trainable.device import (
 )
 from selftune.trainable.evaluation import EvalBatches, evaluate, load_eval_batches
 from selftune.trainable.functional import Loss, class_weights_for, loss_from_config
-from selftune.trainable.methods import Method, NextRound, create_method, get_method
+from selftune.trainable.methods import create_method, get_method
+from selftune.trainable.methods.base import Method, NextRound
 from selftune.trainable.model import build_model, build_optimizer, load_weights, weights_from
 from selftune.trainable.records import (
     Window,

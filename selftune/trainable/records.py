@@ -15,7 +15,7 @@ from selftune.trainable import checkpoint as ckpt
 from selftune.trainable.device import DeviceBatch
 from selftune.trainable.evaluation import EvalBatches, predict
 from selftune.trainable.functional import acceptance_ratio
-from selftune.trainable.methods import Method
+from selftune.trainable.methods.base import Method
 from selftune.trainable.model import input_multiple
 
 PANEL_IMAGES = 4  # validation images in the TensorBoard panel

@@ -1,49 +1,69 @@
-"""The training methods, one module each, and the one list of them (`REGISTRY`).
+"""The training methods and the one list of them (`REGISTRY`). Importing this imports no torch.
 
     from selftune.trainable.methods import create_method, get_method, method_names
-    method_names()                      # ('supervised', 'ema_self_training', 'rounds', 's4gan')
-    get_method("rounds").needs_unlabeled  # True: what a method needs is a class attribute
-    method = create_method(cfg, num_classes)  # the loop's `cfg.method`, built
+    method_names()                        # ('supervised', 'ema_self_training', 'rounds', 's4gan')
+    get_method("rounds").uses_shared_stage  # True: a method's traits are its spec's (`spec.MethodSpec`)
+    method = create_method(cfg, num_classes)  # the loop's `cfg.method`, its torch class built
 
-A method is a `Method` subclass (`base.py` describes the interface the loop calls). A new one is a module
-beside these and one entry in the tuple below; code outside the package (a test, a user's script) adds one
-with `register(MyMethod)`. The config's `method` choices, its per-method checks, the spaces' method
-choices, the verdict's self-training set and the sweep's checks all read this registry.
+A method is a spec (`spec.MethodSpec`: its traits, knobs, search piece and checks, no torch) and a torch class (a
+`base.Method` subclass, imported on first use). Each built-in method is a package beside this module: its spec in
+`__init__.py`, its torch class in `train.py` (supervised trains with `base.Method`, so it is one module). A new one
+is such a package and one line in `_BUILT_IN`; code outside the package (a test, a user's script) adds one with
+`register(spec)`. The config (`method` choices, a field per knob, each method's checks), the spaces (`methods`),
+the verdict, the sweep's checks and analysis read this registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from selftune.errors import ConfigError
-from selftune.trainable.methods.base import Method, NextRound, PseudoBatch
-from selftune.trainable.methods.ema_self_training import EmaSelfTraining
-from selftune.trainable.methods.rounds import Rounds
-from selftune.trainable.methods.s4gan import S4GAN
-from selftune.trainable.methods.supervised import Supervised
+from selftune.trainable.methods import ema_self_training, rounds, s4gan, supervised
+from selftune.trainable.methods.spec import Knob, MethodSpec
 
-if TYPE_CHECKING:
-    from selftune.trainable.config import TrainConfig
+_BUILT_IN = (supervised.SPEC, ema_self_training.SPEC, rounds.SPEC, s4gan.SPEC)
 
-REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in (Supervised, EmaSelfTraining, Rounds, S4GAN)}
+REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in _BUILT_IN}
+DEFAULT_METHOD = ema_self_training.SPEC.name  # the config's `method` when not given
 
-
-def register(cls: type[Method]) -> type[Method]:
-    """Add the method `cls` under `cls.name` (usable as a class decorator); a name another class holds is refused."""
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise TypeError(f"a method must be a Method subclass, got {cls!r}")
-    if not cls.name or not cls.name.isidentifier():
-        raise ValueError(f"a method's name must be a non-empty identifier, got {cls.name!r} ({cls.__qualname__})")
-    held = REGISTRY.get(cls.name)
-    if held is not None and held is not cls:
-        raise ValueError(f"method name {cls.name!r} is already {held.__module__}.{held.__qualname__}")
-    REGISTRY[cls.name] = cls
-    return cls
+# Called with each spec `register` adds: the config adds its knobs as fields (it imports this module, not back).
+_ON_REGISTER: list[Callable[[MethodSpec], None]] = []
 
 
-def get_method(name: str) -> type[Method]:
-    """The method class called `name`; a ConfigError listing the methods otherwise."""
+def on_register(callback: Callable[[MethodSpec], None]) -> None:
+    """Call `callback(spec)` for every method registered from now on (`TrainConfig` adds the method's knobs)."""
+    _ON_REGISTER.append(callback)
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add the method `spec` under its name, and its knobs to `TrainConfig`; registering the same spec again does
+    nothing, another spec under a name already held is refused, and so is a knob another method or the config holds."""
+    if not isinstance(spec, MethodSpec):
+        raise TypeError(f"register takes a MethodSpec (selftune.trainable.methods.spec), got {spec!r}")
+    held = REGISTRY.get(spec.name)
+    if held is not None:
+        if held != spec:
+            raise ValueError(f"method name {spec.name!r} is already another method's ({held.implementation!r})")
+        return spec
+    taken = {k: other.name for other in REGISTRY.values() for k in other.own_knobs}
+    if clash := [k for k in spec.own_knobs if k in taken]:
+        raise ValueError(f"method {spec.name!r}: knob {clash[0]!r} is already method {taken[clash[0]]}'s")
+    for callback in _ON_REGISTER:
+        callback(spec)  # before it is listed: a refused knob leaves the registry as it was
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Drop a method registered at run time (tests). Its knobs stay config fields, at their defaults."""
+    if any(spec.name == name for spec in _BUILT_IN):
+        raise ValueError(f"{name!r} is a built-in method")
+    REGISTRY.pop(name, None)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The method called `name`; a ConfigError listing the methods otherwise."""
     try:
         return REGISTRY[name]
     except (KeyError, TypeError):
@@ -56,16 +76,30 @@ def method_names() -> tuple[str, ...]:
 
 
 def self_training_methods() -> tuple[str, ...]:
-    """The names of the methods that learn from pseudo-labels (`Method.self_training`)."""
-    return tuple(name for name, cls in REGISTRY.items() if cls.self_training)
+    """The names of the methods that learn from pseudo-labels (`MethodSpec.self_training`)."""
+    return tuple(name for name, spec in REGISTRY.items() if spec.self_training)
 
 
-def create_method(cfg: TrainConfig, num_classes: int, class_prior: Sequence[float] | None = None) -> Method:
-    """The method named by `cfg.method`, built; `class_prior` is the labelled class frequencies."""
-    return get_method(cfg.method)(cfg, num_classes, class_prior)
+def counts_as_self_training(name: str) -> bool:
+    """Whether trials of method `name` self-train (analysis): its trait; a method this process has not registered
+    (a user's, registered in the sweep's own processes) is taken to self-train, since only supervised never does."""
+    spec = REGISTRY.get(name)
+    return spec.self_training if spec is not None else True
+
+
+def all_knobs() -> tuple[Knob, ...]:
+    """Every registered method's knobs, method by method."""
+    return tuple(k for spec in REGISTRY.values() for k in spec.knobs)
+
+
+def create_method(cfg: Any, num_classes: int, class_prior: Sequence[float] | None = None) -> Any:
+    """The method named by `cfg.method` (a TrainConfig), its torch class (a `base.Method`) built; `class_prior` is the
+    labelled class frequencies."""
+    spec = get_method(cfg.method)
+    return spec.load()(cfg, num_classes, class_prior)  # type: ignore[no-any-return]
 
 
 __all__ = [
-    "REGISTRY", "S4GAN", "EmaSelfTraining", "Method", "NextRound", "PseudoBatch", "Rounds", "Supervised",
-    "create_method", "get_method", "method_names", "register", "self_training_methods",
+    "DEFAULT_METHOD", "REGISTRY", "Knob", "MethodSpec", "all_knobs", "counts_as_self_training", "create_method", "get_method", "method_names", "on_register",
+    "register", "self_training_methods", "unregister",
 ]

@@ -16,9 +16,9 @@ starts from `teacher_checkpoint`. `state_dict` / `load_state_dict` round-trip th
 checkpoint. The student sees the labelled and the unlabelled images in one forward pass (one set of BatchNorm
 statistics per step).
 
-What a method needs and which knobs it takes are class attributes (`needs_unlabeled`, `self_training`,
-`uses_shared_stage`, `binary`, `own_knobs`) and `check_config`, which `TrainConfig` calls: the registry
-(`selftune.trainable.methods`) is the one list of methods.
+What a method needs, which knobs it takes and its config checks are its spec's (`spec.MethodSpec`, no torch), the
+class attribute `spec`; the registry (`selftune.trainable.methods`) is the one list of specs. This base class is
+method supervised's torch class.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from selftune.trainable import functional
+from selftune.trainable.methods import supervised
+from selftune.trainable.methods.spec import MethodSpec
 
 if TYPE_CHECKING:
     from selftune.trainable.config import TrainConfig
@@ -59,12 +61,7 @@ class NextRound:
 class Method:
     """Base: supervised training with an EMA copy of the model (the reported and kept model), one stage."""
 
-    name: ClassVar[str] = ""  # the config's `method` value
-    self_training: ClassVar[bool] = False  # learns from pseudo-labels: the sweep's verdict compares it with the control
-    needs_unlabeled: ClassVar[bool] = False  # reads the dataset's unlabelled pool
-    uses_shared_stage: ClassVar[bool] = False  # a sweep's shared supervised stage is its first (teacher_checkpoint)
-    binary: ClassVar[bool] = True  # works in binary mode
-    own_knobs: ClassVar[tuple[str, ...]] = ()  # config keys only this method reads: the others refuse them changed
+    spec: ClassVar[MethodSpec] = supervised.SPEC  # its name, traits, knobs and checks (each subclass: its own)
 
     round: int = 1  # the stage being trained (methods without rounds train one)
     labeller_weights: dict[str, torch.Tensor] | None = None  # a frozen labeller of this run's own (a later round)
@@ -77,10 +74,13 @@ class Method:
         self.class_prior = prior / prior.sum().clamp_min(1e-12)
         self._thr_cache: tuple[tuple[tuple[float, ...], str], torch.Tensor] | None = None
 
-    @classmethod
-    def check_config(cls, cfg: TrainConfig) -> None:
-        """Refuse, with a ConfigError naming the key and the value, a config this method cannot run. `TrainConfig`
-        calls it for its own method after checking every field's range. Default: nothing to refuse."""
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def needs_unlabeled(self) -> bool:
+        return self.spec.needs_unlabeled
 
     # ------------------------------------------------------------------ schedules
 
@@ -217,17 +217,6 @@ class Method:
         return {}
 
     # ------------------------------------------------------------------ stages (rounds)
-
-    @classmethod
-    def stage_lengths(cls, cfg: TrainConfig) -> tuple[int, ...]:
-        """Iterations of each stage (round) a run of `cfg` trains: one stage of max_iters."""
-        return (cfg.max_iters,)
-
-    @classmethod
-    def self_training_starts(cls, cfg: TrainConfig) -> int:
-        """The first iteration at which pseudo-labels can change the model (the verdict flags a best checkpoint at
-        or before it): `st_start_iter`; a method that never self-trains says `max_iters`."""
-        return cfg.st_start_iter if cls.self_training else cfg.max_iters
 
     def student_from_labeller(self) -> bool:
         """Does a fresh run's student start from `teacher_checkpoint`'s weights (rounds, round_init warm)? No."""

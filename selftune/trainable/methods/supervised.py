@@ -1,26 +1,21 @@
-"""Method supervised: the baseline and the sweep's control, labelled images only."""
+"""Method supervised: the baseline and the sweep's control, labelled images only. It trains with the base `Method`
+(supervised steps with an EMA copy, the kept and scored model): this module is its spec alone."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from selftune.errors import ConfigError
-from selftune.trainable.methods.base import Method
-
-if TYPE_CHECKING:
-    from selftune.trainable.config import TrainConfig
+from selftune.trainable.methods.spec import Config, MethodSpec
 
 
-class Supervised(Method):
-    """The baseline: labelled images only (the EMA model is still kept and scored)."""
-
-    name = "supervised"
-
-    @classmethod
-    def check_config(cls, cfg: TrainConfig) -> None:
-        if cfg.teacher_checkpoint is not None:
-            raise ConfigError("teacher_checkpoint labels unlabelled images, but method is 'supervised'; "
-                              "use a self-training method or drop the key")
+def check(cfg: Config) -> None:
+    if cfg.teacher_checkpoint is not None:
+        raise ConfigError("teacher_checkpoint labels unlabelled images, but method is 'supervised'; "
+                          "use a self-training method or drop the key")
 
 
-__all__ = ["Supervised"]
+SPEC = MethodSpec(
+    name="supervised", doc="the baseline and the sweep's control: labelled images only",
+    implementation="selftune.trainable.methods.base:Method", check=check,
+)
+
+__all__ = ["SPEC"]

@@ -1,4 +1,5 @@
-"""Method rounds: self-training in rounds (Noisy Student), each round pseudo-labelled by the last one's best."""
+"""Method rounds' torch class: self-training in rounds (Noisy Student), each round pseudo-labelled by the last one's
+best. Its spec, knobs and round arithmetic are the package's `__init__`."""
 
 from __future__ import annotations
 
@@ -8,27 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from selftune.errors import ConfigError
 from selftune.trainable import functional
 from selftune.trainable.methods.base import NextRound
-from selftune.trainable.methods.ema_self_training import EmaSelfTraining
+from selftune.trainable.methods.ema_self_training.train import EmaSelfTraining
+from selftune.trainable.methods.rounds import SPEC, round_lengths
 
 if TYPE_CHECKING:
     from selftune.trainable.config import TrainConfig
-
-
-def trained_rounds(cfg: TrainConfig) -> int:
-    """Rounds this run trains: all of them, or all but the first given by teacher_checkpoint."""
-    return cfg.rounds - (1 if cfg.teacher_checkpoint is not None else 0)
-
-
-def round_lengths(cfg: TrainConfig) -> tuple[int, ...]:
-    """Iterations of each round this run trains: `round_iters`, or max_iters split evenly (the last round takes
-    the remainder)."""
-    if cfg.round_iters:
-        return cfg.round_iters
-    n = trained_rounds(cfg)
-    return (cfg.max_iters // n,) * (n - 1) + (cfg.max_iters - (n - 1) * (cfg.max_iters // n),)
 
 
 class Rounds(EmaSelfTraining):
@@ -46,47 +33,16 @@ class Rounds(EmaSelfTraining):
     and the weights that outlive a round (its best EMA model, the labeller), which the checkpoint saves.
     """
 
-    own_knobs = ("rounds", "round_iters", "round_init")  # the other methods refuse them changed
-
-    name = "rounds"
-    uses_shared_stage = True
+    spec = SPEC
 
     def __init__(self, cfg: TrainConfig, num_classes: int, class_prior: Sequence[float] | None = None):
         super().__init__(cfg, num_classes, class_prior)
-        self.lengths = self.stage_lengths(cfg)
+        self.lengths = round_lengths(cfg)
         self.index = 0  # which of `lengths` is being trained
         self.start = 0  # the iteration this round started at
         self.best = -math.inf  # this round's best val mIoU (patience counts against it)
         self.best_weights: dict[str, torch.Tensor] | None = None  # this round's best EMA model (CPU)
         self.labeller_weights: dict[str, torch.Tensor] | None = None  # set once a round of this run labels
-
-    @classmethod
-    def check_config(cls, cfg: TrainConfig) -> None:
-        """At least one round to train, one iteration per round, and `round_iters` matching the rounds and
-        max_iters."""
-        n = trained_rounds(cfg)
-        if n < 1:
-            raise ConfigError(f"rounds is {cfg.rounds} and teacher_checkpoint gives the first round: nothing is left "
-                              "to train; set rounds >= 2")
-        if cfg.rounds > cfg.max_iters:
-            raise ConfigError(f"rounds {cfg.rounds} needs at least one iteration per round, max_iters is {cfg.max_iters}")
-        if cfg.round_iters:
-            if len(cfg.round_iters) != n:
-                raise ConfigError(f"round_iters lists {len(cfg.round_iters)} rounds but the run trains {n} "
-                                  f"(rounds {cfg.rounds}{', the first from teacher_checkpoint' if n < cfg.rounds else ''})")
-            if sum(cfg.round_iters) != cfg.max_iters:
-                raise ConfigError(f"round_iters {list(cfg.round_iters)} adds up to {sum(cfg.round_iters)}, but max_iters "
-                                  f"is {cfg.max_iters}; make them agree, or leave round_iters empty to split max_iters "
-                                  "evenly")
-
-    @classmethod
-    def stage_lengths(cls, cfg: TrainConfig) -> tuple[int, ...]:
-        return round_lengths(cfg)
-
-    @classmethod
-    def self_training_starts(cls, cfg: TrainConfig) -> int:
-        """Round 2's start: 0 when round 1 is `teacher_checkpoint` (a shared stage), else after round 1."""
-        return 0 if cfg.teacher_checkpoint is not None else round_lengths(cfg)[0]
 
     @property
     def round(self) -> int:  # type: ignore[override]
@@ -165,4 +121,4 @@ class Rounds(EmaSelfTraining):
         self.best_weights, self.labeller_weights = state["best_weights"], state["labeller_weights"]
 
 
-__all__ = ["Rounds", "round_lengths", "trained_rounds"]
+__all__ = ["Rounds"]

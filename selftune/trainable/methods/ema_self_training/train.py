@@ -9,6 +9,7 @@ import torch
 
 from selftune.trainable import augment, functional
 from selftune.trainable.methods.base import Method
+from selftune.trainable.methods.ema_self_training import SPEC
 
 if TYPE_CHECKING:
     from selftune.trainable.config import TrainConfig
@@ -26,9 +27,7 @@ class EmaSelfTraining(Method):
     most confident share of every predicted class.
     """
 
-    name = "ema_self_training"
-    self_training = True
-    needs_unlabeled = True
+    spec = SPEC
 
     def __init__(self, cfg: TrainConfig, num_classes: int, class_prior: Sequence[float] | None = None):
         super().__init__(cfg, num_classes, class_prior)

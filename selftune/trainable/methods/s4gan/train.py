@@ -20,7 +20,7 @@ gradient clipping, the EMA model and poly or cosine decay are the loop's own (`g
 
 Here: the discriminator, the losses and schedules as small pure functions; `Adversary`, the
 discriminator with its optimizer and what it decides; and `S4GAN`, the method, which routes the loop's
-hooks to it and owns s4GAN's knobs (`own_knobs`, `check_config`).
+hooks to it. Its knobs, checks and search piece are the package's `__init__` (its spec).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from selftune.data import derive_seed
-from selftune.errors import ConfigError
 from selftune.trainable import functional
 from selftune.trainable.methods.base import Method
+from selftune.trainable.methods.s4gan import SPEC
 
 if TYPE_CHECKING:
     from selftune.trainable.config import TrainConfig
@@ -310,34 +310,11 @@ class S4GAN(Method):
     this class routes the loop's hooks to it. Pseudo-labels are the labeller's argmax (with `teacher_tta`), not the
     per-class pixel thresholds: `thresholds_at` reports the image gate for every class."""
 
-    name = "s4gan"
-    self_training = True
-    needs_unlabeled = True
-    binary = False  # its discriminator reads K class probabilities, not one sigmoid channel
-    own_knobs = ("lambda_fm", "threshold_st", "threshold_st_schedule", "threshold_st_start", "lr_d", "d_width",
-                 "d_warmup_iters", "st_weight_start")
+    spec = SPEC
 
     def __init__(self, cfg: TrainConfig, num_classes: int, class_prior: Sequence[float] | None = None):
         super().__init__(cfg, num_classes, class_prior)
         self.adversary = Adversary(cfg, num_classes)
-
-    @classmethod
-    def check_config(cls, cfg: TrainConfig) -> None:
-        """Its own labeller, a discriminator that gets to train, and none of the other methods' pixel-threshold
-        knobs (rounds' knobs are refused by the general rule: they are `Rounds.own_knobs`)."""
-        if cfg.teacher_checkpoint is not None:
-            raise ConfigError("teacher_checkpoint is set, but method s4gan pseudo-labels with its own network (gated by "
-                              "the discriminator); drop teacher_checkpoint or choose another method")
-        if cfg.d_warmup_iters >= cfg.max_iters:
-            raise ConfigError(f"d_warmup_iters {cfg.d_warmup_iters} is not shorter than the run (max_iters "
-                              f"{cfg.max_iters}): the discriminator would never train; lower d_warmup_iters")
-        unused = {"min_accept_ratio": (cfg.min_accept_ratio, 0.0), "distribution_alignment":
-                  (cfg.distribution_alignment, False), "fp_weight": (cfg.fp_weight, 0.0),
-                  "strong_aug": (cfg.strong_aug, False), "threshold_schedule": (cfg.threshold_schedule, "constant")}
-        for key, (value, off) in unused.items():
-            if value != off:
-                raise ConfigError(f"{key} is {value!r}, but method s4gan does not use it (the discriminator gates whole "
-                                  f"images with threshold_st); set {key} to {off!r} or choose another method")
 
     def st_weight(self, it: int) -> float:
         c = self.cfg
