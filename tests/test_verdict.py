@@ -53,11 +53,25 @@ def test_helps_hurts_and_no_clear_difference_from_made_up_scores() -> None:
     assert unclear.seed_half_width > 0 and len(unclear.per_seed) == 3
 
 
-def test_one_seed_still_gets_an_interval_from_the_images() -> None:
+def test_one_seed_or_too_few_images_never_decide_and_widen_the_interval() -> None:
+    # one seed sees no training noise: the interval is the whole scale, never the images' alone
     d = intervals.paired_difference(runs_scoring([0.8]), runs_scoring([0.6]))
-    assert d.seeds == 1 and np.isnan(d.seed_half_width) and d.low < d.mean < d.high and d.outcome == "helps"
-    same = intervals.paired_difference(runs_scoring([0.70], images=6, seed=1), runs_scoring([0.70], images=6, seed=2))
-    assert same.outcome == "no clear difference" and same.low < 0 < same.high  # equal runs, their own noise
+    assert d.seeds == 1 and d.seed_half_width == float("inf") and (d.low, d.high) == (-1.0, 1.0)
+    assert d.outcome == "no clear difference" and d.to_dict()["seed_half_width"] is None
+    # one test image (and one seed): it was "95% CI [+0.00, +0.00]" and a 2-pixel difference read "helps"
+    one = intervals.paired_difference(runs_scoring([0.72], images=1), runs_scoring([0.70], images=1))
+    assert one.outcome == "no clear difference" and one.high - one.low == 2.0
+    # many seeds, too few images: the test set's own variance is unseen, so no decision either
+    few = intervals.paired_difference(runs_scoring([0.8, 0.82, 0.81], images=3), runs_scoring([0.6, 0.61, 0.59],
+                                                                                                images=3))
+    assert few.images < intervals.MIN_IMAGES and few.outcome == "no clear difference"
+
+
+def test_a_stricter_level_widens_the_interval() -> None:
+    a, b = runs_scoring([0.74, 0.70, 0.73], seed=1), runs_scoring([0.70, 0.69, 0.70], seed=2)
+    wide = intervals.paired_difference(a, b, confidence=0.99)
+    narrow = intervals.paired_difference(a, b, confidence=0.95)
+    assert wide.mean == narrow.mean and wide.low < narrow.low and wide.high > narrow.high
 
 
 def test_the_statistic_follows_the_sweep_metric() -> None:
@@ -101,18 +115,20 @@ def test_the_headline_says_the_three_words_with_the_interval() -> None:
         assert f"95% CI [{d['low'] * 100:+.2f}, {d['high'] * 100:+.2f}]" in v["headline"]
         assert "3 fresh seeds per arm, 40 iterations each from scratch" in v["headline"]
         assert v["lines"][0] == v["headline"] and any("best trial by val is supervised" in f for f in v["flags"])
-    # per class: words only where the class's own interval excludes 0
+    # per class: a word only where Holm's adjusted interval excludes 0 (never the class's own 95% alone)
     for v in (helps, hurts, unclear):
         for d in v["per_class"].values():
-            assert d["word"] == {"helps": "helped", "hurts": "hurt"}.get(d["outcome"], "")
-            assert (d["word"] == "helped") == (d["low"] > 0)
-    assert "helped none; hurt none" not in helps["lines"][3]
+            if d["word"]:
+                assert (d["word"] == "helped") == (d["holm"]["low"] > 0) and d["holm"]["confidence"] >= 0.95
+                assert (d["word"] == "hurt") == (d["holm"]["high"] < 0)
+    assert any("helped none; hurt none" not in line for line in helps["lines"] if "per class" in line)
 
 
 def test_flags_one_seed_an_untuned_control_and_a_best_checkpoint_before_self_training() -> None:
     v = _verdict([0.8], [0.6], sup={"label": "x", "tuned": False, "trial_id": None, "method": "supervised"})
     flags = " | ".join(v["flags"])
     assert "one seed per arm" in flags and "UNTUNED" in flags and "UNTUNED supervised (base config)" in v["headline"]
+    assert v["outcome"] == "no clear difference" and "at least 3 seeds per arm" in flags  # what it would need
     early = _verdict([0.8, 0.8], [0.6, 0.6], results=[
         {"status": "completed", "best_val_miou": 0.5, "best_iteration": it, "iterations": 40}
         for it in (10, 40, 40, 40)])
@@ -176,6 +192,10 @@ def test_the_time_budget_keeps_the_confirmation_s_time_free() -> None:
     ("confirm_seeds", "three", "confirm_seeds must be a whole number, got 'three'"),
     ("confirm_seeds", 2.5, "confirm_seeds must be a whole number, got 2.5"),
     ("confirm_seeds", True, "confirm_seeds must be a whole number, got True"),
+    ("confirm_max_seeds", 0, "confirm_max_seeds must be an integer >= 1, got 0"),
+    ("confirm_max_seeds", 2.5, "confirm_max_seeds must be a whole number, got 2.5"),
+    ("confirm_max_seeds", 2, "confirm_max_seeds 2 is below confirm_seeds 3"),
+    ("confirm_score", "median", "confirm_score must be one of"),
     ("control", "maybe", "control must be one of tuned, base, none (or true / false), got 'maybe'"),
     ("control_trials", 0, "control_trials must be an integer >= 1, got 0"),
 ])
@@ -199,8 +219,8 @@ def test_a_control_the_space_cannot_serve_fails_before_any_trial(tiny_data: Path
         plan_sweep(SweepConfig(data=str(tiny_data), base=base, space="methods", control_trials=4,
                                storage=str(tmp_path)))
     with pytest.raises(SelftuneError, match=r"budget_iters 200 leaves nothing for the trials: the shared stage \(0\) "
-                                            r"and the verdict's confirmation runs \(2 arms x confirm_seeds 3 x max_t 40\)"
-                                            r" take 240"):
+                                            r"and the verdict's confirmation runs \(2 arms x confirm_max_seeds 5 x max_t "
+                                            r"40\) take 400"):
         plan_sweep(SweepConfig(data=str(tiny_data), base=base, space="methods", num_samples=-1, budget_iters=200,
                                storage=str(tmp_path)))
     assert not any(tmp_path.iterdir())  # nothing written
@@ -227,7 +247,8 @@ def test_supervised_best_a_kill_while_confirming_and_the_answer_is_not_helps(tin
         from selftune.search import SweepConfig, run_sweep
         run_sweep(SweepConfig(name="confirm", data={str(tiny_data)!r}, base={base!r},
                               space="verdict_test_spaces:crippled_self_training", num_samples=2, max_concurrent=1,
-                              scheduler="fifo", storage={str(storage)!r}, num_cpus=2, verbose=0, confirm_seeds=2))
+                              scheduler="fifo", storage={str(storage)!r}, num_cpus=2, verbose=0, confirm_seeds=2,
+                              confirm_max_seeds=2))
     """)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     exp = storage / "confirm"

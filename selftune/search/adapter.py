@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import math
 import os
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -24,10 +26,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from selftune.errors import Interrupted
 from selftune.search.progress import ProgressLines, ray_verbosity
 from selftune.search.study import open_optuna_storage
 from selftune.spaces import SpaceContext, apply_params, call_space, get_space
 from selftune.sweepfolder import (
+    CONTROL_SEARCH_DIR,
     METRIC,
     OBJECTIVE,
     REMOTE_SCHEMES,
@@ -344,7 +348,9 @@ def _callbacks(spec: TunerSpec) -> list[Any]:
     callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback()]
     if spec.verbose == 1:
         class Progress(ProgressLines, tune.Callback):  # the plain progress lines, as a Ray callback
-            pass
+            def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+                if not _sigint_caught():  # after Ctrl-C, fit's message says where the sweep stopped instead
+                    super().on_experiment_end(trials, **info)
 
         rungs = asha_milestones(spec.grace_period, spec.max_t, spec.reduction_factor) if spec.scheduler == "asha" else []
         callbacks.append(Progress(spec.metric, rungs=rungs))
@@ -421,7 +427,7 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
     else:
         scheduler = FIFOScheduler()
     _quiet_console()
-    return tune.Tuner(
+    tuner = tune.Tuner(
         _trainable(spec),
         tune_config=tune.TuneConfig(
             metric=spec.metric, mode="max", search_alg=searcher, scheduler=scheduler,
@@ -440,6 +446,8 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
             sync_config=tune.SyncConfig(sync_artifacts=spec.storage.startswith(REMOTE_SCHEMES)),
         ),
     )
+    tuner._selftune_folder = experiment_path(spec.storage, spec.name)  # for fit's Ctrl-C message
+    return tuner
 
 
 def _remote(fn: Any, cpus: float, gpus: float) -> Any:
@@ -487,16 +495,26 @@ def can_restore(path: str) -> bool:
 def restore_tuner(path: str, spec: TunerSpec, *, restart_errored: bool) -> tune.Tuner:
     """Continue a sweep whose driver died: unfinished trials resume from their checkpoints."""
     _quiet_console()
-    return tune.Tuner.restore(
+    tuner = tune.Tuner.restore(
         path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=not restart_errored,
         restart_errored=restart_errored,
     )
+    tuner._selftune_folder = path  # for fit's Ctrl-C message
+    return tuner
 
 
 def fit(tuner: tune.Tuner, metric: str = METRIC) -> list[dict[str, Any]]:
     """Run the sweep; return one plain dict per trial (id, path, config, last result, error, best checkpoint by
-    `metric`, the sweep's)."""
-    grid = tuner.fit()
+    `metric`, the sweep's). Raises `Interrupted`, naming the `selftune sweep --resume` command, when Ctrl-C (or
+    SIGUSR1) stopped it: Ray Tune catches the signal, saves its state and returns as if the sweep had ended."""
+    folder = getattr(tuner, "_selftune_folder", None)
+    with _SigintWatch() as watch:
+        try:
+            grid = tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C while Ray saved its state, or Ray's handler turned off
+            raise Interrupted(_interrupted_message(folder, None)) from None
+    if watch.interrupted:
+        raise Interrupted(_interrupted_message(folder or grid.experiment_path, grid))
     out = []
     for result in grid:
         best_ck = None
@@ -513,3 +531,84 @@ def fit(tuner: tune.Tuner, metric: str = METRIC) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+# ---------------------------------------------------------------------- Ctrl-C
+
+
+class _SigintWatch:
+    """Whether Ctrl-C stopped `Tuner.fit`. Ray Tune installs its own SIGINT handler for the run, which stops the
+    sweep, saves its state and puts back the handler that was there before; fit then returns normally. This puts a
+    handler of its own in place first: found in place again after fit (while Ray's handling is on), Ray put it back,
+    so Ray got the signal. Called itself (Ray's handler already put back: a second Ctrl-C, or
+    TUNE_DISABLE_SIGINT_HANDLER set), it raises KeyboardInterrupt as Python's default handler does."""
+
+    def __init__(self) -> None:
+        self.installed = False
+        self.called = False
+        self.interrupted = False
+        self.previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.called = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _SigintWatch:
+        try:
+            self.previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handler)
+            self.installed = True
+        except ValueError:  # not the main thread: Ray installs no handler either, and Ctrl-C reaches no thread here
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.installed:
+            return
+        self.interrupted = self.called or (_ray_catches_sigint() and signal.getsignal(signal.SIGINT) == self._handler)
+        signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.default_int_handler)
+
+
+def _sigint_caught() -> bool:
+    """Inside `fit`: whether Ray Tune has caught a Ctrl-C (it put back the handler `_SigintWatch` installed)."""
+    handler = signal.getsignal(signal.SIGINT)
+    return _ray_catches_sigint() and isinstance(getattr(handler, "__self__", None), _SigintWatch)
+
+
+def _ray_catches_sigint() -> bool:
+    """Ray Tune's own SIGINT handling is on (its TUNE_DISABLE_SIGINT_HANDLER unset)."""
+    return os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0").strip() in ("", "0")
+
+
+def sweep_folder_of(experiment_dir: str) -> str:
+    """The sweep folder `selftune sweep --resume` takes for a Ray experiment of it: the experiment's own folder, or,
+    for the tuned control search (<sweep>/control_search, an experiment inside the sweep), the sweep's."""
+    head, _, name = experiment_dir.rstrip("/").rpartition("/")
+    if name == CONTROL_SEARCH_DIR and head:
+        return head
+    return experiment_dir.rstrip("/")
+
+
+def _interrupted_message(experiment_dir: str | None, grid: Any) -> str:
+    """What the user reads after Ctrl-C: where the sweep stopped, that nothing is presented as final, how to go on."""
+    counts = ""
+    if grid is not None:
+        ended = sum(1 for r in grid if r.error is not None or (r.metrics or {}).get("done"))
+        counts = f" ({len(grid)} started, {ended} ended)"
+    during = "its tuned control search" if experiment_dir and sweep_folder_of(experiment_dir) != \
+        experiment_dir.rstrip("/") else "its trials"
+    hint = (f". Continue it with `selftune sweep --resume {sweep_folder_of(experiment_dir)}`: unfinished trials go on "
+            "from their checkpoints") if experiment_dir else ""
+    return (f"Ctrl-C stopped the sweep during {during}{counts}; it is not finished, so no best config or verdict was "
+            f"written{hint}")
+
+
+class _NoRestoreHint(logging.Filter):
+    """Drops Ray's "Resume experiment with: Tuner.restore(...)" after Ctrl-C: selftune's message says
+    `selftune sweep --resume`, which also resumes the Optuna study, the stage and the verdict."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+logging.getLogger("ray.tune.tune").addFilter(_NoRestoreHint())

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from selftune.errors import ConfigError
+from selftune.errors import ConfigError, Interrupted
 from selftune.trainable.config import parse_sets
 
 _FLAG_KEYS = ("data", "space", "searcher", "scheduler", "num_samples", "max_concurrent", "time_budget_s",
@@ -84,8 +86,9 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
     if args.resume:
         _resume_takes_no(args)
-        summary = resume_sweep(args.resume, restart_errored=args.restart_errored, address=args.address,
-                               num_cpus=args.num_cpus)
+        with _ctrl_c_says_how_to_resume(args.resume):
+            summary = resume_sweep(args.resume, restart_errored=args.restart_errored, address=args.address,
+                                   num_cpus=args.num_cpus)
         _print_summary(summary)
         return 0
     if args.restart_errored:
@@ -110,8 +113,37 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
               + (f"shared stage {plan.stage_iters} iterations, " if plan.stage_iters else "")
               + f"storage {plan.experiment_dir}")
         return 0
-    _print_summary(run_sweep(sweep))
+    with _ctrl_c_says_how_to_resume(sweep_folder(sweep)):
+        summary = run_sweep(sweep)
+    _print_summary(summary)
     return 0
+
+
+def sweep_folder(sweep: Any) -> str:
+    """Where `sweep` writes: its storage (made absolute, as the driver makes it) and name."""
+    from selftune.sweepfolder import REMOTE_SCHEMES, experiment_path
+
+    storage = sweep.storage if sweep.storage.startswith(REMOTE_SCHEMES) else str(Path(sweep.storage).expanduser().resolve())
+    return experiment_path(storage, sweep.name)
+
+
+@contextlib.contextmanager
+def _ctrl_c_says_how_to_resume(folder: str) -> Iterator[None]:
+    """Ctrl-C outside the trials (the shared stage, the verdict's confirmation runs, starting Ray): one message, the
+    `selftune sweep --resume` command when the sweep's record is written, else that nothing was (exit 130). During
+    the trials Ray Tune catches it and `adapter.fit` raises `Interrupted` itself."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from selftune.sweepfolder import SWEEP_FILE, is_remote
+
+        folder = folder if is_remote(folder) else str(Path(folder).expanduser().resolve())
+        if is_remote(folder) or (Path(folder) / SWEEP_FILE).is_file():
+            raise Interrupted(f"Ctrl-C stopped the sweep before it ended; it is not finished, so no best config or "
+                              f"verdict was written. Continue it with `selftune sweep --resume {folder}`: what it "
+                              "trained so far goes on from its checkpoints") from None
+        raise Interrupted("Ctrl-C stopped the sweep before its record was written; nothing of it is on disk: run the "
+                          "same command again") from None
 
 
 def _resume_takes_no(args: argparse.Namespace) -> None:

@@ -219,12 +219,12 @@ def _check_control(sweep: SweepConfig, methods: list[str], experiment_dir: str, 
         raise SelftuneError(f"control {sweep.control!r}: the verdict's confirmation runs train into the sweep folder, "
                             f"which must be a local or shared (NFS) path, not {experiment_dir}; or set control: none")
     if sweep.budget_iters is not None:
-        reserve = 2 * sweep.confirm_seeds * max_t + stage_iters
+        reserve = 2 * sweep.max_seeds * max_t + stage_iters
         if sweep.budget_iters <= reserve:
             raise SelftuneError(
                 f"budget_iters {sweep.budget_iters} leaves nothing for the trials: the shared stage ({stage_iters}) and "
-                f"the verdict's confirmation runs (2 arms x confirm_seeds {sweep.confirm_seeds} x max_t {max_t}) take "
-                f"{reserve}; raise budget_iters, lower confirm_seeds, or set control: none")
+                f"the verdict's confirmation runs (2 arms x confirm_max_seeds {sweep.max_seeds} x max_t {max_t}) "
+                f"take {reserve}; raise budget_iters, lower confirm_max_seeds, or set control: none")
     if sweep.control_trials is not None and (sweep.control != "tuned" or "supervised" in methods):
         why = (f"control is {sweep.control!r}" if sweep.control != "tuned" else
                f"space {sweep.space!r} has supervised trials, and the best of them is the control")
@@ -341,7 +341,7 @@ def _tuner_spec(plan: SweepPlan, started: float | None = None) -> Any:
 
     s = plan.sweep
     verdict = s.control != "none" and bool(set(plan.methods) & set(self_training_methods()))
-    confirm_runs = 2 * s.confirm_seeds if verdict else 0
+    confirm_runs = 2 * s.max_seeds if verdict else 0
     return TunerSpec(
         name=s.name, storage=plan.storage, base=plan.base, data_root=plan.data_root, space=s.space, ctx=plan.ctx,
         searcher=s.searcher, seed=s.seed, scheduler=s.scheduler, max_t=plan.max_t, grace_period=plan.grace_period,
@@ -394,7 +394,7 @@ def run_sweep(sweep: SweepConfig) -> SweepSummary:
             _out_of_space_is_a_message(plan, lambda: adapter.fit(adapter.build_tuner(_tuner_spec(plan, started)),
                                                                  sweep.metric))
         close_open_trials(plan.optuna_storage, sweep.name)
-        return _finish(plan)
+        return _finish(plan, started)
 
 
 def resume_sweep(path: str, *, restart_errored: bool = False, address: str | None = None,
@@ -433,7 +433,7 @@ def resume_sweep(path: str, *, restart_errored: bool = False, address: str | Non
                 adapter.restore_tuner(path, _tuner_spec(plan, started), restart_errored=restart_errored) if restore
                 else adapter.build_tuner(_tuner_spec(plan, started)), sweep.metric))
         close_open_trials(plan.optuna_storage, sweep.name)
-        return _finish(plan)
+        return _finish(plan, started)
 
 
 def _out_of_space_is_a_message(plan: SweepPlan, fit: Any) -> None:
@@ -504,7 +504,7 @@ def _iterations_done(run_dir: Path) -> int:
     return 0
 
 
-def _finish(plan: SweepPlan) -> SweepSummary:
+def _finish(plan: SweepPlan, started: float | None = None) -> SweepSummary:
     """Export the best trial; then the verdict (unless `control: none`)."""
     from selftune.search.export import export_best, rank_trials, render
 
@@ -518,7 +518,7 @@ def _finish(plan: SweepPlan) -> SweepSummary:
     _hparams(plan, trials)
     verdict = None
     if plan.sweep.control != "none":
-        verdict = run_verdict(plan, rank_trials(experiment_dir, plan.sweep.metric, "max"), trials)
+        verdict = run_verdict(plan, rank_trials(experiment_dir, plan.sweep.metric, "max"), trials, started)
     if verdict is not None:
         entries[0]["verdict"] = {k: verdict.get(k) for k in ("headline", "outcome", "difference", "arms", "flags")}
         text = render(entries[0])
@@ -539,21 +539,20 @@ def _hparams(plan: SweepPlan, trials: list[Any]) -> None:
     write_hparams(trials, rungs)
 
 
-def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]) -> dict[str, Any] | None:
+def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any], started_at: float | None = None
+                ) -> dict[str, Any] | None:
     """The verdict (`selftune.search.verdict`): pick both arms' best configs by val, retrain them with fresh seeds
     as Ray tasks (resumed run by run after a crash), score every run image by image, write verdict.json."""
     import json
 
-    from selftune.search import adapter
+    from selftune.search import sequential
     from selftune.search.verdict import (
         arm_summary,
         build_verdict,
         confirm_runs,
         fresh_seeds,
         no_verdict,
-        score_images,
         self_training_methods,
-        train_run,
     )
     from selftune.trainable.config import TrainConfig
 
@@ -583,29 +582,43 @@ def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]
 
     base = TrainConfig.from_dict(plan.base)
     sup_config = sup_entry["config"] if sup_entry is not None else base.as_supervised().to_dict()
-    seeds = fresh_seeds(base.seed, s.confirm_seeds)
+    planned = sequential.looks(min(s.confirm_seeds, s.max_seeds), s.max_seeds)
+    alphas = sequential.nominal_alphas(planned)
     threads = max(1, int(s.cpus_per_trial))
-    runs = confirm_runs(best_st["config"], sup_config, seeds, plan.stage_model, Path(exp) / CONFIRM_DIR, threads)
-    iters = TrainConfig.from_dict(runs[0].config).max_iters
-    print(f"selftune: confirming: {best_st['config']['method']} (trial {best_st['trial_id']}) and "
-          f"{'tuned supervised (trial ' + sup_entry['trial_id'] + ')' if sup_entry else 'the untuned base config'}"
-          f", {len(seeds)} fresh seeds each, {iters} iterations per run", file=sys.stderr)
-    results = adapter.run_tasks(
-        [(train_run, (r.config, plan.data_root, r.out_dir)) for r in runs], cpus=s.cpus_per_trial,
-        gpus=s.gpus_per_trial, desc="confirmation",
-        progress=lambda: (sum(_iterations_done(Path(r.out_dir)) for r in runs), iters * len(runs)))
-    missing = [r.out_dir for r, res in zip(runs, results, strict=True) if not Path(res["best_model"]).is_file()]
-    if missing:
-        record = no_verdict(f"confirmation run(s) without a best model (diverged before any evaluation?): "
-                            f"{', '.join(missing)}")
-        write_atomic(Path(exp) / VERDICT_FILE, json.dumps(record, indent=1))
-        return record
     from selftune.data import split_exists
 
     split = "test" if split_exists(Path(plan.data_root), "test") else "val"
-    cms = adapter.run_tasks(
-        [(score_images, (res["best_model"], plan.data_root, split, base.point_radius, base.point_ring))
-         for res in results], cpus=s.cpus_per_trial, gpus=s.gpus_per_trial)
+    print(f"selftune: confirming: {best_st['config']['method']} (trial {best_st['trial_id']}) and "
+          f"{'tuned supervised (trial ' + sup_entry['trial_id'] + ')' if sup_entry else 'the untuned base config'}"
+          f", fresh seeds per arm: {planned[0]}" + (f", up to {planned[-1]} while unclear" if len(planned) > 1 else ""),
+          file=sys.stderr)
+    runs: list[Any] = []
+    results: list[dict[str, Any]] = []
+    cms: list[Any] = []
+    looks: list[dict[str, Any]] = []
+    stopped = ""
+    for k, n in enumerate(planned):
+        wave = confirm_runs(best_st["config"], sup_config, fresh_seeds(base.seed, n)[len(runs) // 2:],
+                            plan.stage_model, Path(exp) / CONFIRM_DIR, threads)
+        done = _confirm_wave(plan, wave, split, base)
+        if done is None:
+            record = no_verdict(f"confirmation run(s) without a best model (diverged before any evaluation?) among "
+                                f"{', '.join(r.out_dir for r in wave)}")
+            write_atomic(Path(exp) / VERDICT_FILE, json.dumps(record, indent=1))
+            return record
+        runs, results, cms = runs + wave, results + done[0], cms + done[1]
+        look = look_at(runs, cms, split, plan, alphas[k])
+        looks.append(look["summary"])
+        nxt = planned[k + 1] if k + 1 < len(planned) else None
+        decision = sequential.decide(look["low"], look["high"], look["mean"], seeds=n, seeds_next=nxt,
+                                     spread=look["spread"], image_half_width=look["image_half_width"],
+                                     last_alpha=alphas[-1])
+        if decision.stop:
+            stopped = decision.reason
+            break
+        if not _time_for_wave(plan, started_at, results, 2 * (nxt - n)):
+            stopped = "budget (time_budget_s has no room for the next wave)"
+            break
     search_dir = Path(exp) / CONTROL_SEARCH_DIR
     control_trials = read_trials(str(search_dir)) if (search_dir / SWEEP_FILE).is_file() else []
     trial_iters, search_iters = _iterations(trials), _iterations(control_trials)
@@ -617,12 +630,64 @@ def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]
     record = build_verdict(
         st=arm_summary(best_st, "self-training", True),
         sup=arm_summary(sup_entry, "supervised" if tuned else "supervised (untuned base config)", tuned),
-        runs=runs, results=results, cms=list(cms), split=split, class_names=plan.class_names, metric=s.metric,
+        runs=runs, results=results, cms=cms, split=split, class_names=plan.class_names, metric=s.metric,
         best_by_val={"trial_id": best["trial_id"], "method": best["config"]["method"], "metric": best["metric"],
                      "value": best["value"]},
-        compute=compute, stage_model=plan.stage_model, seed=s.seed)
+        compute=compute, stage_model=plan.stage_model, seed=s.seed, alpha=alphas[len(looks) - 1], looks=looks,
+        planned=planned, stopped=stopped, score=s.confirm_score)
     write_atomic(Path(exp) / VERDICT_FILE, json.dumps(record, indent=1))
     return record
+
+
+def _confirm_wave(plan: SweepPlan, wave: list[Any], split: str, base: Any) -> tuple[list[Any], list[Any]] | None:
+    """Train one wave of confirmation runs as Ray tasks (each resumed from its checkpoint after a crash), then score
+    each image by image; None when a run left no model to score."""
+    from selftune.search import adapter
+    from selftune.search.verdict import score_images, train_run
+    from selftune.trainable.config import TrainConfig
+
+    s = plan.sweep
+    iters = TrainConfig.from_dict(wave[0].config).max_iters
+    results = adapter.run_tasks(
+        [(train_run, (r.config, plan.data_root, r.out_dir)) for r in wave], cpus=s.cpus_per_trial,
+        gpus=s.gpus_per_trial, desc=f"confirmation, {len(wave) // 2} seed{'s' if len(wave) > 2 else ''}",
+        progress=lambda: (sum(_iterations_done(Path(r.out_dir)) for r in wave), iters * len(wave)))
+    if any(not Path(res["best_model"]).is_file() for res in results):
+        return None
+    cms = adapter.run_tasks(
+        [(score_images, (res["best_model"], plan.data_root, split, base.point_radius, base.point_ring))
+         for res in results], cpus=s.cpus_per_trial, gpus=s.gpus_per_trial)
+    return list(results), list(cms)
+
+
+def look_at(runs: list[Any], cms: list[Any], split: str, plan: SweepPlan, alpha: float) -> dict[str, Any]:
+    """The paired difference of the runs so far at a look's level `1 - alpha`."""
+    import numpy as np
+
+    from selftune.search import intervals
+
+    seeds = sorted({r.seed for r in runs})
+    by = {(r.arm, r.seed): cm for r, cm in zip(runs, cms, strict=True)}
+    a = np.stack([by[("self_training", x)] for x in seeds])
+    b = np.stack([by[("supervised", x)] for x in seeds])
+    _, stat = intervals.statistic_for(plan.sweep.metric, plan.class_names)
+    d = intervals.paired_difference(a, b, stat, seed=plan.sweep.seed, confidence=1 - alpha)
+    summary = {"seeds": len(seeds), "mean": d.mean, "low": d.low, "high": d.high, "confidence": 1 - alpha,
+               "outcome": d.outcome}
+    print(f"selftune: verdict look at {len(seeds)} seeds: {d.mean * 100:+.2f} points, "
+          f"{(1 - alpha) * 100:.1f}% interval [{d.low * 100:+.2f}, {d.high * 100:+.2f}]", file=sys.stderr)
+    return {"summary": summary, "mean": d.mean, "low": d.low, "high": d.high, "spread": d.spread,
+            "image_half_width": d.image_half_width}
+
+
+def _time_for_wave(plan: SweepPlan, started_at: float | None, results: list[dict[str, Any]], runs: int) -> bool:
+    """With time_budget_s: is there time for `runs` more confirmation runs, at the pace of the slowest so far?"""
+    budget = plan.sweep.time_budget_s
+    if budget is None or started_at is None or not results:
+        return True
+    slowest = max(float(r.get("seconds") or 0.0) for r in results)
+    waves = math.ceil(runs / max(1, plan.sweep.max_concurrent))
+    return time.monotonic() - started_at + waves * slowest <= budget
 
 
 def _iterations(trials: list[Any]) -> int:

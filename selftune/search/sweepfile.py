@@ -72,7 +72,11 @@ class SweepConfig:
     control: str = "tuned"  # the verdict's supervised arm: tuned (the best supervised trial; a space without
     # supervised trials gets a tuned supervised control search first) | base (the base config, untuned, labelled
     # so) | none (no verdict). true / false are read as tuned / none
-    confirm_seeds: int = 3  # the verdict retrains both arms' best configs with this many fresh seeds each
+    confirm_seeds: int = 3  # the verdict retrains both arms' best configs with this many fresh seeds each: its first look
+    confirm_max_seeds: int | None = None  # the most seeds per arm: while the interval neither excludes 0 nor is futile,
+    # waves of confirm_seeds more, the 5% error spent across the looks in advance (O'Brien-Fleming); None: 5, or
+    # confirm_seeds when larger. The budget reserves the most
+    confirm_score: str = "best"  # which weights of a confirmation run are scored on test (`verdict.SCORES`)
     control_trials: int | None = None  # trials of the tuned control search (a space without supervised trials);
     # None: as many as the best self-training method got
 
@@ -179,12 +183,24 @@ class SweepConfig:
                 raise ConfigError(f"shared_stage max_iters must be an integer >= 1, got {n!r}")
             if "checkpoint" in stage and not (isinstance(stage["checkpoint"], str) and stage["checkpoint"].strip()):
                 raise ConfigError(f"shared_stage checkpoint must be a path, got {stage['checkpoint']!r}")
-        for key in ("confirm_seeds", "control_trials"):
+        for key in ("confirm_seeds", "confirm_max_seeds", "control_trials"):
             v = getattr(self, key)
             if (v is not None or key == "confirm_seeds") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(f"{key} must be an integer >= 1, got {v!r}")
+        if self.confirm_max_seeds is not None and self.confirm_max_seeds < self.confirm_seeds:
+            raise ConfigError(f"confirm_max_seeds {self.confirm_max_seeds} is below confirm_seeds {self.confirm_seeds} "
+                              "(the first look's seeds); set confirm_max_seeds >= confirm_seeds")
+        from selftune.search.verdict import SCORES
+
+        if self.confirm_score not in SCORES:
+            raise ConfigError(f"confirm_score must be one of {', '.join(SCORES)}; got {self.confirm_score!r}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}")
+
+    @property
+    def max_seeds(self) -> int:
+        """The most seeds per arm the verdict may run (`confirm_max_seeds`, resolved)."""
+        return self.confirm_max_seeds if self.confirm_max_seeds is not None else max(5, self.confirm_seeds)
 
     def check_metric(self, class_names: tuple[str, ...] | list[str], binary: bool) -> None:
         """`metric` must be one the trials report and a sweep can maximise on a dataset of classes `class_names`

@@ -16,17 +16,22 @@ No Ray here: `selftune.search.run` hands these functions to `adapter.run_task(s)
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from selftune.search import intervals
+from selftune.search import intervals, sequential
 from selftune.trainable.config import TrainConfig
 
 CONTROL_MODES = ("tuned", "base", "none")  # sweep key control
 FRESH_SEED_OFFSET = 1000  # confirmation seed i is base seed + 1000 + i: no trial trains with it
+SCORES = {  # sweep key confirm_score: which weights of a confirmation run are scored on test
+    "best": "each run's EMA model at its best val evaluation",
+}
 
 
 def self_training_methods() -> tuple[str, ...]:
@@ -86,10 +91,12 @@ def train_run(config: dict[str, Any], data_root: str, out_dir: str, progress: bo
     out = Path(out_dir)
     state = out / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE
     started = state.is_file() or (out / ckpt.PREVIOUS_FILE).is_file()  # state.pt, or its predecessor after a kill
+    t0 = time.monotonic()
     result = train(TrainConfig.from_dict(config), Path(data_root), out, progress=progress,
                    resume_from=state.parent if started else None)
     return {"status": result.status, "best_val_miou": result.best_val_miou, "best_iteration": result.best_iteration,
-            "iterations": result.iterations, "best_model": str(out / ckpt.BEST_FILE), "message": result.message}
+            "iterations": result.iterations, "best_model": str(out / ckpt.BEST_FILE), "message": result.message,
+            "seconds": time.monotonic() - t0}
 
 
 def score_images(model_file: str, data_root: str, split: str, point_radius: float, point_ring: float) -> np.ndarray:
@@ -114,16 +121,19 @@ def arm_summary(entry: dict[str, Any] | None, label: str, tuned: bool) -> dict[s
 def build_verdict(*, st: dict[str, Any], sup: dict[str, Any], runs: list[ConfirmRun], results: list[dict[str, Any]],
                   cms: list[np.ndarray], split: str, class_names: list[str], metric: str,
                   best_by_val: dict[str, Any] | None, compute: dict[str, int], stage_model: str | None,
-                  seed: int = 0) -> dict[str, Any]:
-    """verdict.json: the arms, every confirmation run, the difference with its interval, per class, the flags."""
+                  seed: int = 0, alpha: float = sequential.ALPHA, looks: list[dict[str, Any]] | None = None,
+                  planned: list[int] | None = None, stopped: str = "", score: str = "best") -> dict[str, Any]:
+    """verdict.json: the arms, every confirmation run, the difference with its interval (at the last look's level
+    `1 - alpha`: 95% for one look), per class (Holm), the sequential looks, the flags."""
     st_cfg = TrainConfig.from_dict(next(r.config for r in runs if r.arm == "self_training"))
     seeds = sorted({r.seed for r in runs})
     by = {(r.arm, r.seed): (r, res, cm) for r, res, cm in zip(runs, results, cms, strict=True)}
     a = np.stack([by[("self_training", s)][2] for s in seeds])
     b = np.stack([by[("supervised", s)][2] for s in seeds])
     stat_name, stat = intervals.statistic_for(metric, class_names)
-    diff = intervals.paired_difference(a, b, stat, seed=seed)
-    per_class = intervals.per_class_differences(a, b, class_names, seed=seed)
+    diff = intervals.paired_difference(a, b, stat, seed=seed, confidence=1 - alpha)
+    per_class = intervals.holm_calls(a, b, class_names, alpha=alpha, seed=seed)
+    absent = [n for n in class_names if n not in per_class]
     run_rows = []
     for s in seeds:
         for arm, arr in (("self_training", a), ("supervised", b)):
@@ -135,35 +145,53 @@ def build_verdict(*, st: dict[str, Any], sup: dict[str, Any], runs: list[Confirm
     st_start = self_training_starts(st_cfg)
     flags = []
     early = [r["seed"] for r in run_rows if r["arm"] == "self_training" and (r["best_iteration"] or 0) <= st_start]
-    if early:
+    if early and score == "best":
         flags.append(f"the self-training arm's best checkpoint predates self-training (iteration <= {st_start}) on "
                      f"seed {', '.join(map(str, early))}: that run's score is its supervised part")
     diverged = sorted({r["arm"] for r in run_rows if r["status"] == "diverged"})
     if diverged:
         flags.append(f"diverged: the {' and '.join(a.replace('_', '-') for a in diverged)} arm on some seed")
     if len(seeds) == 1:
-        flags.append("one seed per arm: the interval covers the test images only, not seed-to-seed variance")
+        flags.append("one seed per arm sees no training noise, the largest source of variance: the verdict cannot "
+                     "say helps or hurts; it needs at least 3 seeds per arm (confirm_seeds: 3)")
+    if diff.images < intervals.MIN_IMAGES:
+        flags.append(f"the {split} split has {diff.images} image{'s' if diff.images != 1 else ''}: too few to estimate "
+                     f"the test set's own variance (at least {intervals.MIN_IMAGES}); the verdict cannot decide")
     if not sup.get("tuned", True):
         flags.append("the supervised arm is the UNTUNED base config (control: base): the difference includes tuning")
     if best_by_val is not None and best_by_val.get("method") == "supervised":
         flags.append(f"the sweep's best trial by val is supervised ({best_by_val['trial_id']}, "
                      f"{best_by_val['metric']} {best_by_val['value']:.4f})")
+    if absent:
+        flags.append(f"no {split} pixels of class{'es' if len(absent) > 1 else ''} {', '.join(absent)}: "
+                     f"{'they are' if len(absent) > 1 else 'it is'} not in the per-class list")
     record: dict[str, Any] = {
         "format": 2, "outcome": diff.outcome, "split": split, "statistic": stat_name, "metric": metric,
         "split_note": ("test: scored once, after every choice" if split == "test" else
                        "val: the split the trials were selected on (the dataset has no test split)"),
-        "difference": diff.to_dict(), "seeds": seeds,
+        "difference": diff.to_dict(), "seeds": seeds, "score": score, "score_note": SCORES[score],
         "arms": {"self_training": {**st, "mean": float(np.nanmean([stat(x.sum(0)) for x in a]))},
                  "supervised": {**sup, "mean": float(np.nanmean([stat(x.sum(0)) for x in b]))}},
         "iterations": st_cfg.max_iters, "start": "the shared stage" if stage_model and stage_model in (
             st_cfg.teacher_checkpoint, st_cfg.init_checkpoint) else (st_cfg.init_checkpoint or "scratch"),
         "runs": run_rows, "best_trial_by_val": best_by_val, "flags": flags, "compute": compute,
-        "per_class": {n: {**d.to_dict(), "word": {"helps": "helped", "hurts": "hurt"}.get(d.outcome, "")}
-                      for n, d in per_class.items()},
+        "per_class": per_class, "absent_classes": absent,
+        "sequential": {"planned": planned or [len(seeds)], "looks": looks or [], "stopped": stopped or "max seeds",
+                       "alpha": alpha},
+        "rules_out": rules_out(diff),
     }
     record["headline"] = headline(record)
     record["lines"] = summary_lines(record)  # what the console, the report and compare print, word for word
     return record
+
+
+def rules_out(d: intervals.Difference) -> dict[str, Any]:
+    """What an interval says beyond its word: the largest effect it leaves open either way, and the seeds per arm
+    an effect of the observed size would need at the spread seen (None: the images' own width is larger)."""
+    if d.seeds < 2 or not (math.isfinite(d.low) and math.isfinite(d.high)) or d.images < intervals.MIN_IMAGES:
+        return {"within": None, "seeds_needed": None}
+    needed = sequential.seeds_needed(d.mean, d.spread, d.image_half_width) if d.outcome == intervals.UNCLEAR else None
+    return {"within": max(abs(d.low), abs(d.high)), "seeds_needed": needed}
 
 
 def _pts(x: float) -> str:
@@ -177,28 +205,52 @@ def headline(v: dict[str, Any]) -> str:
     answer = {"helps": "self-training HELPS", "hurts": "self-training HURTS",
               "no clear difference": "NO CLEAR DIFFERENCE between self-training and supervised"}[d["outcome"]]
     sup_name = f"tuned supervised (trial {sup['trial_id']})" if sup.get("tuned") else "UNTUNED supervised (base config)"
+    seq = v.get("sequential") or {}
+    planned = seq.get("planned") or [len(v["seeds"])]
+    looked = (f" (look {len(seq.get('looks') or [1])} of {len(planned)}: {seq.get('stopped')})"
+              if len(planned) > 1 else "")
     return (f"VERDICT: {answer}: {st['method']} (trial {st['trial_id']}) vs {sup_name}, {v['split']} "
             f"{v['statistic']} {_pts(d['mean'])} points, 95% CI [{_pts(d['low'])}, {_pts(d['high'])}]; "
-            f"{len(v['seeds'])} fresh seed{'s' if len(v['seeds']) != 1 else ''} per arm, {v['iterations']} "
+            f"{len(v['seeds'])} fresh seed{'s' if len(v['seeds']) != 1 else ''} per arm{looked}, {v['iterations']} "
             f"iterations each from {v['start']}")
 
 
 def summary_lines(v: dict[str, Any], top: int = 3) -> list[str]:
-    """The headline, each arm's mean, the classes helped and hurt (interval excluding 0 only), the flags."""
+    """The headline, what the interval rules out, each arm's mean, the classes helped and hurt (Holm), the
+    looks, the compute, the flags."""
     if v.get("format") != 2 or v.get("outcome") is None:
         return [v.get("headline", "VERDICT: (no headline)")]
     lines = [v["headline"]]
+    ro, d = v.get("rules_out") or {}, v["difference"]
+    if v["outcome"] == "no clear difference" and ro.get("within") is not None:
+        need = ro.get("seeds_needed")
+        more = (f"; a difference of {_pts(d['mean'])} points would need about {need} seeds per arm at the seed spread "
+                f"seen ({d.get('spread', 0) * 100:.1f} points)" if need else
+                "; more seeds cannot separate a difference this small: the test images' own uncertainty is larger")
+        lines.append(f"  rules out: self-training changes {v['split']} {v['statistic']} by less than "
+                     f"{ro['within'] * 100:.1f} points either way{more}")
     for arm in ("self_training", "supervised"):
         a = v["arms"][arm]
         per_seed = ", ".join(f"{r[v['split']] * 100:.1f}" for r in v["runs"] if r["arm"] == arm)
         lines.append(f"  {arm.replace('_', '-')}: {v['split']} {v['statistic']} {a['mean'] * 100:.2f} (per seed "
                      f"{per_seed})")
-    helped = [(n, d) for n, d in v["per_class"].items() if d["word"] == "helped"]
-    hurt = [(n, d) for n, d in v["per_class"].items() if d["word"] == "hurt"]
-    fmt = lambda items: ", ".join(f"{n} {_pts(d['mean'])} [{_pts(d['low'])}, {_pts(d['high'])}]"  # noqa: E731
-                                  for n, d in sorted(items, key=lambda x: -abs(x[1]["mean"]))[:top]) or "none"
-    lines.append(f"  per class ({v['split']} IoU points, intervals excluding 0 only): helped {fmt(helped)}; "
-                 f"hurt {fmt(hurt)}")
+    helped = [(n, c) for n, c in v["per_class"].items() if c.get("word") == "helped"]
+    hurt = [(n, c) for n, c in v["per_class"].items() if c.get("word") == "hurt"]
+
+    def fmt(items: list[tuple[str, dict[str, Any]]]) -> str:
+        shown = sorted(items, key=lambda x: -abs(x[1]["mean"]))[:top]
+        return ", ".join(f"{n} {_pts(c['mean'])} [{_pts(c.get('holm', c)['low'])}, {_pts(c.get('holm', c)['high'])}]"
+                         for n, c in shown) or "none"
+    lines.append(f"  per class ({v['split']} IoU points; called only under Holm's correction over "
+                 f"{len(v['per_class'])} classes): helped {fmt(helped)}; hurt {fmt(hurt)}")
+    seq = v.get("sequential") or {}
+    if len(seq.get("planned") or []) > 1:
+        looks = "; ".join(f"{lk['seeds']} seeds: {_pts(lk['mean'])} [{_pts(lk['low'])}, {_pts(lk['high'])}] at "
+                          f"{lk['confidence'] * 100:.1f}%" for lk in seq.get("looks", []))
+        lines.append(f"  sequential (looks at {', '.join(map(str, seq['planned']))} seeds, 5% error spent "
+                     f"O'Brien-Fleming): {looks}; stopped: {seq.get('stopped')}")
+    if v.get("score_note"):
+        lines.append(f"  scored: {v['score_note']}, the same for both arms")
     c = v.get("compute") or {}
     if c:
         search = f", control search {c['control_search']}" if c.get("control_search") else ""
