@@ -6,6 +6,8 @@ from __future__ import annotations
 class SelftuneError(Exception):
     """A user-facing error: bad input, bad config, bad data. The CLI prints it and exits 2."""
 
+    exit_code = 2
+
 
 class ConfigError(SelftuneError, ValueError):
     """A config key or value is wrong; the message names the key and the value."""
@@ -21,3 +23,10 @@ class StorageError(SelftuneError, OSError):
 
     def __str__(self) -> str:
         return self.strerror or super().__str__()
+
+
+class Interrupted(SelftuneError):
+    """A sweep (or run) stopped by Ctrl-C (SIGINT) before it ended; the message says how to continue it. Nothing it
+    wrote is presented as final. The CLI prints it and exits 130, the shell's code for SIGINT."""
+
+    exit_code = 130
