@@ -19,9 +19,11 @@ from selftune.data.particles import ParticleSpec
 TINY_SPEC = DemoSpec(size=32, n_train=6, n_val=4, n_test=4, n_unlabeled=12, seed=0)
 TINY_PARTICLES = ParticleSpec(size=32, n_train=3, n_val=2, n_test=2, n_unlabeled=8)
 
-# A 32 px Unet with the smallest timm encoder: seconds per run on one CPU thread.
+# A 32 px Unet with the smallest timm encoder and the demo's light decoder (docs/benchmarks.md, "The demo's
+# decoder"): seconds per run on one CPU thread.
+TINY_DECODER = [64, 32, 16, 16, 16]
 TINY_CONFIG: dict[str, Any] = dict(
-    arch="Unet", encoder="tu-mobilenetv3_small_050", crop_size=32, batch_size=4, unlabeled_batch_size=4,
+    arch="Unet", encoder="tu-mobilenetv3_small_050", decoder_channels=TINY_DECODER, crop_size=32, batch_size=4, unlabeled_batch_size=4,
     train_eval_size=4, max_iters=40, eval_every=10, warmup_iters=2, st_start_iter=10, st_rampup_iters=10,
     patience=0, ema_decay=0.9, num_threads=1,
 )
@@ -36,7 +38,7 @@ TINY_RUN: dict[str, Any] = {
 
 # The tiny config as `selftune train --set` items.
 TINY_SETS = [
-    "encoder=tu-mobilenetv3_small_050", "arch=Unet", "crop_size=32", "batch_size=4", "unlabeled_batch_size=4",
+    "encoder=tu-mobilenetv3_small_050", "arch=Unet", "decoder_channels=[64, 32, 16, 16, 16]", "crop_size=32", "batch_size=4", "unlabeled_batch_size=4",
     "train_eval_size=4", "warmup_iters=2", "st_start_iter=2", "st_rampup_iters=2", "eval_every=3",
     "thresholds=[0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]", "log_images=false", "num_threads=1",
 ]

@@ -116,9 +116,9 @@ def test_early_stopping_counts_evaluations(tiny_data: Path, tmp_path: Path) -> N
         (dict(encoder="resnet_bogus"), r"encoder 'resnet_bogus'"),
         (dict(encoder="tu-not_a_timm_model"), r"encoder 'tu-not_a_timm_model'"),
         (dict(thresholds=[0.5] * 3), r"thresholds has 3 values but the dataset has 7 classes"),
-        (dict(arch="FPN", encoder="resnet18", crop_size=40), r"crop_size must be a multiple of 32"),
+        (dict(arch="FPN", encoder="resnet18", crop_size=40, decoder_channels=[]), r"crop_size must be a multiple of 32"),
         (dict(class_weighting="explicit", class_weights=[1.0, 2.0]), r"class_weights has 2 values"),
-        (dict(arch="DPT", encoder="resnet18"), r"arch='DPT' with encoder='resnet18'.*Only Timm encoders"),
+        (dict(arch="DPT", encoder="resnet18", decoder_channels=[]), r"arch='DPT' with encoder='resnet18'.*Only Timm encoders"),
         (dict(device="cuda"), r"device 'cuda' requested but no CUDA GPU is available"),
     ],
 )

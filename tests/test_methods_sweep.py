@@ -165,7 +165,7 @@ def test_bad_shared_stage_keys_and_foreign_checkpoints(tiny_data: Path, tmp_path
     with pytest.raises(SelftuneError, match="unknown shared_stage key 'iters'"):
         SweepConfig(shared_stage={"iters": 5})
     fpn = tmp_path / "fpn"
-    train(TrainConfig.from_dict(tiny_config(arch="FPN", method="supervised", max_iters=2, eval_every=2,
+    train(TrainConfig.from_dict(tiny_config(arch="FPN", decoder_channels=[], method="supervised", max_iters=2, eval_every=2,
                                             log_images=False)), tiny_data, fpn, progress=False)
     sweep = SweepConfig(name="bad", data=str(tiny_data), base=BASE, space="methods", storage=str(tmp_path / "r"),
                         shared_stage={"checkpoint": str(fpn)})

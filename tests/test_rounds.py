@@ -17,7 +17,7 @@ from tests.helpers import Reports, crash_and_resume, read_metrics, same, same_we
 def fpn_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A short supervised run of another architecture than the tiny student (FPN, not Unet)."""
     run = tmp_path_factory.mktemp("fpn") / "run"
-    train(tiny(method="supervised", arch="FPN", max_iters=2, eval_every=2, log_images=False), tiny_data, run,
+    train(tiny(method="supervised", arch="FPN", decoder_channels=[], max_iters=2, eval_every=2, log_images=False), tiny_data, run,
           progress=False)
     return run
 

@@ -99,7 +99,8 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
     if sweep.data and not Path(data_root).is_dir():
         raise SelftuneError(f"data folder not found: {sweep.data}")
 
-    ctx0 = SpaceContext(num_classes=len(base.thresholds), max_iters=max_t, eval_every=base.eval_every)
+    ctx0 = SpaceContext(num_classes=len(base.thresholds), max_iters=max_t, eval_every=base.eval_every,
+                        arch=base.arch)
     report0 = check_space(sweep.space, base, ctx0)  # name and ranges first: cheap and most likely wrong
     methods = _methods_of(report0, base)
     self_training = bool(set(methods) & set(self_training_methods()))
@@ -113,7 +114,7 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
     from selftune.trainable.model import check_encoder_weights
 
     check_encoder_weights(base.encoder, base.encoder_weights)
-    ctx = SpaceContext(num_classes=k, max_iters=max_t, eval_every=base.eval_every)
+    ctx = SpaceContext(num_classes=k, max_iters=max_t, eval_every=base.eval_every, arch=base.arch)
     report = check_space(sweep.space, base, ctx) if k != ctx0.num_classes else report0
 
     if sweep.grace_period is not None:
@@ -137,6 +138,7 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
         optuna_storage = "journal:" + str(Path.cwd() / f"optuna_{sweep.name}.log")
     else:
         optuna_storage = "journal:" + str(Path(experiment_dir) / JOURNAL_FILE)
+    _check_fair_share(sweep, methods)
     stage_model, stage_iters = _check_shared_stage(sweep, base, methods, summary.class_names, experiment_dir)
     _check_control(sweep, methods, experiment_dir, max_t, stage_iters)
     return SweepPlan(
@@ -351,19 +353,39 @@ def _tuner_spec(plan: SweepPlan, started: float | None = None) -> Any:
         optuna_storage=plan.optuna_storage, keep_checkpoints=s.keep_checkpoints, max_failures=s.max_failures,
         reuse_actors=s.reuse_actors, wandb_project=s.wandb_project, mlflow_uri=s.mlflow_uri, verbose=s.verbose,
         stage_model=plan.stage_model, stage_iters=plan.stage_iters, metric=s.metric,
-        enqueue=fair_share(plan.methods, startup_trials(s.num_samples, s.budget_iters, plan.max_t)),
+        enqueue=fair_share(plan.methods, startup_trials(s.num_samples, s.budget_iters, plan.max_t),
+                           s.trials_per_method),
         confirm_runs=confirm_runs, started=started,
     )
 
 
-def fair_share(methods: tuple[str, ...] | list[str], startup: int) -> tuple[dict[str, Any], ...]:
-    """The first trials of a space over several methods: the methods in turn, whole cycles covering TPE's random
-    start-up (at least one cycle), so every method is tried before TPE chooses (a categorical choice alone gave the
-    demo's 12 trials no rounds trial at all). Only the method is fixed; the other knobs are sampled as usual."""
+def fair_share(methods: tuple[str, ...] | list[str], startup: int, per_method: int = 1) -> tuple[dict[str, Any], ...]:
+    """The first trials of a space over several methods: the methods in turn, `per_method` whole cycles (more when
+    TPE's random start-up needs them), so every method is tried before TPE chooses (a categorical choice alone gave
+    the demo's 12 trials no rounds trial at all). Only the method is fixed; the other knobs are sampled as usual."""
     if len(methods) < 2:
         return ()
-    cycles = max(1, math.ceil(startup / len(methods)))
+    cycles = max(per_method, math.ceil(startup / len(methods)))
     return tuple({"method": m} for _ in range(cycles) for m in methods)
+
+
+def _check_fair_share(sweep: SweepConfig, methods: list[str]) -> None:
+    """A space over several methods needs a trial of each at least: fewer is refused (the shared stage trained for
+    nobody, methods never tried, a verdict without one of its arms); fewer than the fair share is a warning."""
+    n = sweep.num_samples
+    if len(methods) < 2 or n == -1:
+        return
+    if n < len(methods):
+        raise SelftuneError(f"num_samples {n} is fewer than the {len(methods)} methods of space {sweep.space!r} "
+                            f"({', '.join(methods)}): {', '.join(methods[n:])} would never run; set num_samples >= "
+                            f"{len(methods)} ({len(methods) * sweep.trials_per_method} for trials_per_method "
+                            f"{sweep.trials_per_method})")
+    if n < len(methods) * sweep.trials_per_method:
+        import warnings
+
+        warnings.warn(f"num_samples {n} is fewer than the fair share ({len(methods)} methods x trials_per_method "
+                      f"{sweep.trials_per_method}): some methods get fewer trials than others and TPE never chooses",
+                      UserWarning, stacklevel=2)
 
 
 @dataclass

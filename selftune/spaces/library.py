@@ -34,6 +34,7 @@ class SpaceContext:
     num_classes: int = 7
     max_iters: int = 1200  # the base config's run length (the sweep's max_t)
     eval_every: int = 50
+    arch: str = ""  # the base config's architecture: which decoder widths `decoder` may offer
 
 
 # ---------------------------------------------------------------------- shared pieces
@@ -108,11 +109,29 @@ def thresholds_shared(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
 def wide(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     """Core plus EMA decay, clipping, ST start/ramp, threshold schedule, losses, weighting, acceptance floor,
     distribution alignment, pseudo-label loss normalization, scale, strong aug (UniMatch's set), feature
-    perturbation."""
+    perturbation, and the decoder's width where the architecture has one (`decoder`)."""
     threshold_offsets(trial, ctx)
     _core_training(trial, ctx)
     _wide_extras(trial, ctx)
+    decoder(trial, ctx)
     return {}
+
+
+DECODER_WIDTHS = {  # `decoder`'s choices: smp's default first, then lighter (the demo's is the third)
+    5: ["256,128,64,32,16", "128,64,32,16,16", "64,32,16,16,16", "32,16,16,8,8"],
+    1: ["256", "128", "64"],
+}
+
+
+def decoder(trial: Trial, ctx: SpaceContext) -> None:
+    """The decoder's widths (`decoder_channels`) for the architectures that take them: a piece to add to a space.
+    A Unet's 5 stages narrow together (the decoder holds almost all of a small encoder's FLOPs); DeepLabV3(+), PAN
+    and UPerNet take one width. Other architectures: nothing searched."""
+    from selftune.trainable.config import DECODER_CHANNELS
+
+    n = DECODER_CHANNELS.get(ctx.arch)
+    if n is not None:
+        trial.suggest_categorical("decoder_channels", DECODER_WIDTHS[n])
 
 
 def _shared_training(trial: Trial, ctx: SpaceContext) -> None:
