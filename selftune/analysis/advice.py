@@ -2,8 +2,9 @@
 
 Each rule reads one topic off a `Findings` and returns its lines, or an empty list when it has nothing to
 say. `next_steps` runs the rules in `RULES` order, the order the report and the summary list them in.
-The first rules, `ALERTS`, say when a sweep failed or is too small to read (no class learned beyond the
-majority one, classes at IoU 0 in every top trial, most trials stopped by patience, too few trials):
+The first rules, `ALERTS`, say when a sweep failed or is too small to read (trial records that cannot be read,
+no class learned beyond the majority one, classes at IoU 0 in every top trial, most trials stopped by patience,
+too few trials):
 the report leads with them, and range advice is held back while the sweep failed or is too small.
 """
 
@@ -19,6 +20,7 @@ import pandas as pd
 
 from selftune.analysis.tables import STATUS_WORDS, Sweep, _fmt
 from selftune.sweepfolder import (
+    DAMAGED,
     DIVERGED,
     EARLY_STOPPED,
     ERRORED,
@@ -122,6 +124,16 @@ def _position(value: float, dist: Any) -> float | None:
 
 def _data_check(f: Findings) -> str:
     return f"`selftune data check {f.sweep.meta.get('data_root') or 'DATA'}`"
+
+
+def damaged_records(f: Findings) -> list[str]:
+    """Trials whose result.json cannot be read: left out of every ranking, their files named."""
+    bad = f.trials[f.trials["status"] == DAMAGED]
+    if not len(bad):
+        return []
+    files = "; ".join(str(r.message) if isinstance(r.message, str) else str(r.trial_id) for r in bad.itertuples())
+    return [f"{len(bad)} trial(s) have a record that cannot be read, so how they ended is unknown and they are left "
+            f"out of the ranking: {files}. Copy those trial folders again from where the sweep ran."]
 
 
 def nothing_learned(f: Findings) -> list[str]:
@@ -359,7 +371,7 @@ def still_running(f: Findings) -> list[str]:
 
 
 Rule = Callable[[Findings], list[str]]
-ALERTS: tuple[Rule, ...] = (nothing_learned, dead_classes, mostly_patience, too_few_trials)
+ALERTS: tuple[Rule, ...] = (damaged_records, nothing_learned, dead_classes, mostly_patience, too_few_trials)
 RULES: tuple[Rule, ...] = (
     *ALERTS, best_trial, still_improving, param_ranges, pinned_offsets, no_importance, asha_cuts, budget_cuts, diverged,
     errored, early_stopped, still_running,

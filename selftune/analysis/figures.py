@@ -24,6 +24,7 @@ from matplotlib.lines import Line2D
 from selftune.analysis.tables import Sweep, _fmt
 from selftune.sweepfolder import (
     COMPLETED,
+    DAMAGED,
     DIVERGED,
     EARLY_STOPPED,
     ERRORED,
@@ -53,6 +54,7 @@ STATUS_STYLE: dict[str, Style] = {
     DIVERGED: Style("diverged", "#c53030", "v", "triangle-down", ":", "dot"),
     ERRORED: Style("errored", "#4a5568", "D", "diamond", ":", "dot"),
     RUNNING: Style("running", "#6b46c1", ">", "triangle-right", "-", "solid"),
+    DAMAGED: Style("record damaged", "#a0aec0", "h", "hexagon", ":", "dot"),
 }
 BAD = FAILED
 

@@ -72,6 +72,8 @@ def verdict_section(a: Analysis) -> list[str]:
     """The report's first section: the verdict (when the sweep wrote one) and the per-method breakdown."""
     parts: list[str] = []
     v = a.verdict
+    if v is None and a.verdict_note:  # that it is missing, where it would be
+        parts += ["<h2>Verdict</h2>", f"<p class='verdict'>{html.escape(a.verdict_note)}</p>"]
     if v is not None:
         style = {"helps": "win", "hurts": "lose"}.get(v.outcome or "", "")
         lines = v.lines()

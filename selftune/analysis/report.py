@@ -35,7 +35,7 @@ from selftune.analysis.study import (
     trial_values,
 )
 from selftune.analysis.tables import DEFAULT_METRIC, NoResultsYet, Sweep, asha_rungs, load_sweep, method_table
-from selftune.analysis.verdict import Verdict, load_verdict
+from selftune.analysis.verdict import Verdict, load_verdict, verdict_note
 from selftune.errors import SelftuneError
 from selftune.fileio import write_atomic
 from selftune.sweepfolder import trials_that_count
@@ -376,8 +376,10 @@ def analyze(path: str, out: str | None = None, *, metric: str = DEFAULT_METRIC, 
     key_params = [p for p in importance.ranked() if p in varied and p != METHOD][:3] or \
         [p for p in varied if p != METHOD][:3]
     rungs = asha_rungs(sweep.meta)
+    verdict = load_verdict(path, warn=False)  # one damaged or missing is said where the verdict would be
     a = Analysis(sweep, "", study, importance, color_by, key_params, rungs, asha_review(sweep, rungs),
-                 [], verdict=load_verdict(path), methods=method_table(sweep), complete_importance=complete, notes=notes,
+                 [], verdict=verdict, verdict_note=None if verdict else verdict_note(path, sweep.meta),
+                 methods=method_table(sweep), complete_importance=complete, notes=notes,
                  method_importance=method_importances(astudy), dashboard_importance=dashboard_importances(study))
     a.next_steps = next_steps(sweep, importance, dists, a.asha, key_params)
     a.alerts = alerts(sweep, importance, dists, a.asha, key_params)  # next_steps starts with them

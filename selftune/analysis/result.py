@@ -37,6 +37,7 @@ class Analysis:
     asha: pd.DataFrame
     next_steps: list[str]  # every advice line, the alerts first
     verdict: Verdict | None = None  # verdict.json: the best self-training trial against the supervised control
+    verdict_note: str | None = None  # without one: why the sweep should have one (missing, damaged) or not yet
     methods: pd.DataFrame | None = None  # per method (param.method): trials and best value; None without methods
     complete_importance: Importance | None = None  # the same evaluator over COMPLETE trials only (optuna.importance)
     method_importance: dict[str, Importance] = field(default_factory=dict)  # per method: its knobs, its trials
@@ -116,6 +117,8 @@ def summary_text(a: Analysis, top_k: int = 5) -> str:
     lines = []
     if a.verdict is not None:  # what the sweep was for, first
         lines += [*a.verdict.lines(), ""]
+    elif a.verdict_note:  # where the verdict would be: that it is missing, naming the file
+        lines += [f"VERDICT: {a.verdict_note}", ""]
     if a.methods is not None:
         lines += [f"per method ({s.metric}):", a.methods.drop(columns="statuses").to_string(
             index=False, formatters={f"best {s.metric}": _fmt}), ""]

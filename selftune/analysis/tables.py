@@ -279,7 +279,8 @@ def trials_frame(records: list[TrialRecord], meta: dict[str, Any], metric: str, 
         row["best_model"] = best_model if t.results and _exists(best_model) else None
         row["path"] = t.path
         row["node_id"] = last.get("node_id")
-        row["message"] = last.get("message") if isinstance(last.get("message"), str) else _error_message(t)
+        row["message"] = t.damaged or (last.get("message") if isinstance(last.get("message"), str)
+                                       else _error_message(t))
         rows.append(row)
     df = pd.DataFrame(rows)
     for c in ("number", "iteration", "reports", "best_iteration"):

@@ -11,12 +11,13 @@ control run, no interval) still read, labelled as such.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from selftune.sweepfolder import read_verdict
+from selftune.sweepfolder import read_verdict, verdict_problem
 
 OLD_FORMAT = ("old verdict (before confirmation runs): the best trial against one untuned control run, no interval; "
               "rerun the sweep's verdict to get one")
@@ -121,7 +122,17 @@ class Verdict:
         return df.sort_values("difference (points)", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def load_verdict(path: str) -> Verdict | None:
-    """The sweep's verdict, or None when the sweep has no verdict.json (control: none, or not finished)."""
-    record = read_verdict(path)
+def load_verdict(path: str, *, warn: bool = True) -> Verdict | None:
+    """The sweep's verdict, or None when the sweep has no verdict.json (control: none, or not finished) or one that
+    cannot be read. With `warn`, a damaged one, or a missing one the sweep should have, is warned about, naming the
+    file (the words of `verdict_note`, which a caller showing them itself asks for instead)."""
+    record = read_verdict(path, warn=False)
+    if record is None and warn and (why := verdict_problem(path)):
+        warnings.warn(why, stacklevel=2)
     return Verdict(record) if record is not None else None
+
+
+def verdict_note(path: str, meta: dict[str, Any] | None = None) -> str | None:
+    """Why the sweep at `path` has no verdict to show though it should (verdict.json damaged, or missing while its
+    best_config.yaml carries one or it ended with a control), or that it has not ended yet; None otherwise."""
+    return verdict_problem(path, meta)

@@ -29,6 +29,7 @@ from selftune.sweepfolder.layout import (
 from selftune.sweepfolder.outcome import (
     COMPLETED,
     CUT,
+    DAMAGED,
     DIVERGED,
     EARLY_STOPPED,
     ERRORED,
@@ -46,6 +47,7 @@ from selftune.sweepfolder.outcome import (
     trials_that_count,
     who_stopped,
 )
+from selftune.sweepfolder.paths import rebase, rebase_config, recorded_folder, resolve_meta
 from selftune.sweepfolder.trials import (
     TrialRecord,
     as_uri,
@@ -54,6 +56,7 @@ from selftune.sweepfolder.trials import (
     read_text,
     read_trials,
     read_verdict,
+    verdict_problem,
 )
 
 __all__ = [
@@ -63,6 +66,7 @@ __all__ = [
     "CONTROL_DIR",
     "CONTROL_SEARCH_DIR",
     "CUT",
+    "DAMAGED",
     "DIVERGED",
     "EARLY_STOPPED",
     "ERRORED",
@@ -96,9 +100,14 @@ __all__ = [
     "read_text",
     "read_trials",
     "read_verdict",
+    "rebase",
+    "rebase_config",
+    "recorded_folder",
+    "resolve_meta",
     "trial_dirname",
     "trial_number_from_dirname",
     "trial_outcome",
     "trials_that_count",
+    "verdict_problem",
     "who_stopped",
 ]

@@ -16,15 +16,16 @@ STOPPED_BY_BUDGET = "stopped_by_budget"  # ended by the sweep (time_budget_s, bu
 DIVERGED = "diverged"  # a non-finite loss ended it
 ERRORED = "errored"  # it raised, or reported nothing
 RUNNING = "running"  # still going (a half-finished sweep)
+DAMAGED = "damaged"  # its result.json cannot be read: how it ended is unknown, and it is never read as anything else
 
-OUTCOMES = (COMPLETED, EARLY_STOPPED, STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET, DIVERGED, ERRORED, RUNNING)
-FAILED = (DIVERGED, ERRORED)  # ended without a value worth ranking, whatever they reported before
+OUTCOMES = (COMPLETED, EARLY_STOPPED, STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET, DIVERGED, ERRORED, RUNNING, DAMAGED)
+FAILED = (DIVERGED, ERRORED, DAMAGED)  # without a value worth ranking, whatever they reported before
 FINISHED = (COMPLETED, EARLY_STOPPED)  # ended on their own: told to Optuna as COMPLETE
 CUT = (STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET)  # ended from outside: told to Optuna as PRUNED
 OUTCOME_WORDS = {  # how the report, the summary and the console say each outcome
     COMPLETED: "completed", EARLY_STOPPED: "stopped by patience", STOPPED_BY_SCHEDULER: "stopped by ASHA",
     STOPPED_BY_BUDGET: "stopped by the sweep budget", DIVERGED: "diverged", ERRORED: "errored",
-    RUNNING: "running or pending",
+    RUNNING: "running or pending", DAMAGED: "record damaged",
 }
 
 
@@ -53,6 +54,7 @@ def optuna_state(outcome: str) -> str:
         STOPPED_BY_BUDGET: "PRUNED",
         DIVERGED: "FAIL",
         ERRORED: "FAIL",
+        DAMAGED: "FAIL",
     }[outcome]
 
 

@@ -17,8 +17,17 @@ import pyarrow.fs as pafs
 import yaml
 
 from selftune.errors import SelftuneError
-from selftune.sweepfolder.layout import ERROR_FILES, SWEEP_FILE, VERDICT_FILE, trial_number_from_dirname
-from selftune.sweepfolder.outcome import DIVERGED, FINISHED, trial_outcome
+from selftune.sweepfolder.layout import (
+    BEST_CONFIG_FILE,
+    CONFIRM_DIR,
+    ERROR_FILES,
+    SWEEP_FILE,
+    VERDICT_FILE,
+    is_remote,
+    trial_number_from_dirname,
+)
+from selftune.sweepfolder.outcome import DAMAGED, DIVERGED, FINISHED, trial_outcome
+from selftune.sweepfolder.paths import resolve_meta
 
 ENDED_BY_ITSELF = (*FINISHED, DIVERGED)  # a last report's status that says the loop ended the run
 # what every driver's selftune_sweep.yaml holds (selftune.search.run.SweepPlan.meta); one that lacks any was cut short
@@ -39,6 +48,7 @@ class TrialRecord:
     checkpoints: list[str] = field(default_factory=list)
     number: int | None = None  # Ray's creation index (the `_<n>_` in the folder name), 1-based
     error_file: str | None = None  # error.txt of the last failure, if any
+    damaged: str | None = None  # why its result.json cannot be read, naming the file; None when it reads
 
     @property
     def finished(self) -> bool:
@@ -46,6 +56,8 @@ class TrialRecord:
 
     @property
     def outcome(self) -> str:
+        if self.damaged:  # not the last readable report's word: what came after it is unknown
+            return DAMAGED
         last = self.results[-1] if self.results else None
         return trial_outcome(last, errored=self.errored, finished=self.finished)
 
@@ -81,7 +93,8 @@ def _is_file(fs: pafs.FileSystem, path: str) -> bool:
 
 
 def read_sweep_meta(path: str) -> dict[str, Any]:
-    """The driver's record of the sweep (resolved sweep file, data root, fingerprint, max_t)."""
+    """The driver's record of the sweep (resolved sweep file, data root, fingerprint, max_t), its paths into the
+    folder where the sweep ran read as paths into `path` (`paths.resolve_meta`: a copied folder points into itself)."""
     fs, root = filesystem(str(path))
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
@@ -113,7 +126,7 @@ def read_sweep_meta(path: str) -> dict[str, Any]:
     missing = [k for k in DRIVER_KEYS if k not in meta]
     if "selftune_version" in meta and missing:  # written by the driver, so it had all of them: cut short
         raise SelftuneError(f"{file} is cut short (no {', '.join(missing)}){again}")
-    return meta
+    return resolve_meta(meta, str(path))  # a copied or moved folder points into itself
 
 
 def _read_state(fs: pafs.FileSystem, root: str) -> dict[str, dict[str, Any]]:
@@ -141,21 +154,35 @@ def _read_state(fs: pafs.FileSystem, root: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _read_results(fs: pafs.FileSystem, path: str) -> list[dict[str, Any]]:
-    """Every complete line of result.json; a line cut by a killed driver (always the last) is dropped."""
+def _read_results(fs: pafs.FileSystem, path: str, shown: str) -> tuple[list[dict[str, Any]], str | None]:
+    """Every report of result.json, and why the file is damaged (naming it as `shown`) or None. A last line cut by a
+    killed driver (a JSON object begun, no newline after it) is dropped quietly: Ray writes each report as one line
+    and a newline. Any other line that is not a JSON object (garbage, a line cut inside the file, bytes that are not
+    text) is damage: the reports around it are kept, and the trial is never read as ending with the last of them."""
     if not _is_file(fs, path):
-        return []
-    results = []
-    for line in read_text(fs, path).splitlines():
-        line = line.strip()
-        if line:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                break
-            if isinstance(row, dict):
-                results.append(row)
-    return results
+        return [], None
+    try:
+        text = read_text(fs, path)
+    except UnicodeDecodeError:
+        return [], f"{shown} is damaged (not text)"
+    results: list[dict[str, Any]] = []
+    bad: list[int] = []
+    lines = text.split("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            results.append(row)
+        elif not (n == len(lines) and line.lstrip().startswith("{")):  # the last line, cut short: not damage
+            bad.append(n)
+    if not bad:
+        return results, None
+    where = f"line {bad[0]}" if len(bad) == 1 else f"{len(bad)} lines (the first: line {bad[0]})"
+    return results, f"{shown} is damaged ({where} of {len(lines) - (not lines[-1])} not a JSON report)"
 
 
 def _read_params(fs: pafs.FileSystem, tdir: str, results: list[dict[str, Any]], state: dict[str, dict[str, Any]],
@@ -200,7 +227,10 @@ def read_trials(path: str) -> list[TrialRecord]:
         tdir = info.path
         if not _is_file(fs, _join(tdir, "params.json")):
             continue
-        results = _read_results(fs, _join(tdir, "result.json"))
+        results, damaged = _read_results(fs, _join(tdir, "result.json"), as_uri(path, _join(tdir, "result.json")))
+        if damaged:
+            warnings.warn(f"{damaged}: that trial is left out of the ranking, and how it ended is unknown; copy the "
+                          "trial folder again from where the sweep ran", stacklevel=2)
         params = _read_params(fs, tdir, results, state, path)
         if params is None:  # left out whole: a record without its params would export the base config as its own
             seen.update(t for t, s in state.items() if s["dir"] == posixpath.basename(tdir))
@@ -225,7 +255,7 @@ def read_trials(path: str) -> list[TrialRecord]:
             number = trial_number_from_dirname(name, trial_id)
         records.append(TrialRecord(
             trial_id, as_uri(path, tdir), params, results, status, errored, [as_uri(path, c) for c in checkpoints],
-            number, as_uri(path, error_file) if error_file else None,
+            number, as_uri(path, error_file) if error_file else None, damaged,
         ))
         seen.add(trial_id)
     for trial_id, s in state.items():  # created by Ray but not started yet: no folder
@@ -236,18 +266,97 @@ def read_trials(path: str) -> list[TrialRecord]:
     return sorted(records, key=lambda r: r.trial_id)
 
 
-def read_verdict(path: str) -> dict[str, Any] | None:
-    """The sweep's verdict against its supervised control (verdict.json), or None when it has none."""
-    fs, root = filesystem(str(path))
+# verdict.json's keys that the report reads, and the type each must have when present (None allowed)
+VERDICT_TYPES: dict[str, tuple[type, ...]] = {
+    "format": (int,), "headline": (str,), "outcome": (str,), "split": (str,), "lines": (list,), "flags": (list,),
+    "difference": (dict,), "arms": (dict,), "runs": (list,), "per_class": (dict,), "scores": (dict,),
+}
+VERDICT_ITEMS: dict[str, type] = {"arms": dict, "runs": dict, "per_class": dict}  # each value / item of these
+_TYPE_WORDS = {int: "a whole number", str: "a string", list: "a list", dict: "a mapping"}
+
+
+def _verdict_type_error(data: dict[str, Any]) -> str | None:
+    """What in a verdict.json of the right shape has the wrong type (`key` should be ..., got ...), or None."""
+    for key, kinds in VERDICT_TYPES.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            return f"`{key}` should be {_TYPE_WORDS[kinds[0]]}, got {type(value).__name__} {_short(value)}"
+    for key, kind in VERDICT_ITEMS.items():
+        value = data.get(key)
+        items = value.items() if isinstance(value, dict) else enumerate(value or [])
+        for name, item in items:
+            if not isinstance(item, kind):
+                return f"`{key}` entry {name!r} should be {_TYPE_WORDS[kind]}, got {type(item).__name__} {_short(item)}"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_verdict(path: str, *, warn: bool = True) -> dict[str, Any] | None:
+    """The sweep's verdict against its supervised control (verdict.json), or None when it has none. One that cannot
+    be read (not JSON, or a key of the wrong type) is None too, with a warning naming the file and what is wrong
+    (unless not `warn`; `verdict_problem` says it): it is never read as a verdict."""
+    data, problem = _read_verdict(str(path))
+    if problem and warn:
+        warnings.warn(problem, stacklevel=2)
+    return data
+
+
+def _read_verdict(path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(verdict.json's record, None), (None, why it is damaged) or (None, None) when there is none."""
+    fs, root = filesystem(path)
     file = _join(root, VERDICT_FILE)
     if not _is_file(fs, file):
-        return None
+        return None, None
+    shown = as_uri(path, file)
+    again = "the sweep's verdict is left out; `selftune sweep --resume` writes it again"
     try:
         data = json.loads(read_text(fs, file))
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         data = None
     if not isinstance(data, dict):
-        warnings.warn(f"{as_uri(str(path), file)} is damaged (not a JSON object): the sweep's verdict is left out; "
-                      "`selftune sweep --resume` writes it again", stacklevel=2)
+        return None, f"{shown} is damaged (not a JSON object): {again}"
+    wrong = _verdict_type_error(data)
+    if wrong:
+        return None, f"{shown} is damaged ({wrong}): {again}"
+    return data, None
+
+
+def verdict_problem(path: str, meta: dict[str, Any] | None = None) -> str | None:
+    """Why the sweep at `path` has no verdict to show though it should, naming the file, or None: its verdict.json is
+    damaged (`read_verdict`), or missing while best_config.yaml carries the verdict the sweep wrote, or missing while
+    the sweep ended (best_config.yaml is there) with a control other than none. A sweep with a control that has not
+    ended says it is not there yet; one on s3:// or gs:// writes none."""
+    fs, root = filesystem(str(path))
+    file, best = _join(root, VERDICT_FILE), _join(root, BEST_CONFIG_FILE)
+    if _is_file(fs, file):
+        return _read_verdict(str(path))[1]
+    if is_remote(str(path)):
         return None
-    return data
+    shown = as_uri(str(path), file)
+    meta = meta if meta is not None else read_sweep_meta(path)
+    control = meta.get("sweep", {}).get("control") if isinstance(meta.get("sweep"), dict) else None
+    carried = None
+    if _is_file(fs, best):
+        try:
+            doc = yaml.safe_load(read_text(fs, best))
+            carried = doc.get("provenance", {}).get("verdict") if isinstance(doc, dict) else None
+        except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
+            carried = None
+        if isinstance(carried, dict):
+            return (f"{shown} is missing, though {BEST_CONFIG_FILE} carries the verdict the sweep wrote "
+                    f"({str(carried.get('headline') or '?')[:120]}); its runs, per-class differences and flags went "
+                    f"with it. `selftune sweep --resume {path}` writes it again from the confirmation runs in "
+                    f"{CONFIRM_DIR}/")
+        if control not in (None, "none", False):
+            return (f"{shown} is missing: the sweep ran with control {control!r}, which writes it when the sweep "
+                    f"ends, and it ended ({BEST_CONFIG_FILE} is there). `selftune sweep --resume {path}` writes it "
+                    "again")
+        return None
+    if control not in (None, "none", False):
+        return (f"no {VERDICT_FILE} yet: the sweep (control {control!r}) writes it when it ends, and it has not ended "
+                f"(no {BEST_CONFIG_FILE})")
+    return None

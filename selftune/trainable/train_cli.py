@@ -56,7 +56,7 @@ def run_train(args: argparse.Namespace) -> int:
     from selftune.trainable.config import TrainConfig, demo_config
     from selftune.trainable.loop import train
 
-    cfg = TrainConfig.from_yaml(args.config) if args.config else demo_config()
+    cfg = _in_its_sweep_folder(args.config, TrainConfig.from_yaml(args.config)) if args.config else demo_config()
     overrides = parse_sets(args.overrides)
     if overrides:
         cfg = cfg.replace(**overrides)
@@ -73,6 +73,26 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"best EMA model: {best}")
     print(f"run folder: {result.out_dir} (tensorboard --logdir {result.out_dir})")
     return EXIT_DIVERGED if result.status == "diverged" else 0
+
+
+def _in_its_sweep_folder(config_file: Path, cfg: Any) -> Any:
+    """A config inside a sweep folder (its best_config.yaml) of a sweep that was copied or moved: its checkpoint
+    paths into the folder where the sweep ran are read as paths into the folder it is in now (the shared stage of
+    the copy, not of the original, which may be gone or be another sweep's)."""
+    import yaml
+
+    from selftune.sweepfolder import SWEEP_FILE, rebase_config, recorded_folder
+
+    folder = config_file.expanduser().resolve().parent
+    try:
+        meta = yaml.safe_load((folder / SWEEP_FILE).read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return cfg  # not in a sweep folder (or its record is unreadable: then the paths are read as written)
+    recorded = recorded_folder(meta) if isinstance(meta, dict) else None
+    if recorded is None or recorded.rstrip("/") == str(folder):
+        return cfg
+    changed = {k: v for k, v in rebase_config(cfg.to_dict(), recorded, str(folder)).items() if v != getattr(cfg, k)}
+    return cfg.replace(**changed) if changed else cfg
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
