@@ -2,7 +2,8 @@
 
     python bench/bench_loop.py [--quick]      or      python -m bench.bench_loop [--quick]
 
-Both sides run the demo config (smp Unet + resnet18, 64 px, 8 labelled + 8 unlabelled images
+Both sides run the demo sweep's model (smp Unet + tu-mobilenetv3_small_050 with its light decoder,
+`decoder_channels` (64, 32, 16, 16, 16)), 64 px, 8 labelled + 8 unlabelled images
 per step) with self-training from step 0, on the same batches:
 
 - bare: the minimum a self-training step needs, written inline: teacher forward on the
@@ -44,7 +45,6 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/bench_loop.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 
@@ -72,7 +72,11 @@ WINDOW = 5  # steps per timed window (train()'s eval_every)
 def bench_config(threads: int) -> TrainConfig:
     """The demo config, self-training from the first step (the steady state), evaluations made cheap
     (they are excluded from the step times anyway)."""
-    return demo_config(warmup_iters=0, st_start_iter=0, st_rampup_iters=1, device="cpu", num_threads=threads, patience=0,
+    from selftune.search.sweepfile import demo_sweep
+
+    model = {k: demo_sweep().base[k] for k in ("arch", "encoder", "decoder_channels")}
+    return demo_config(**model, warmup_iters=0, st_start_iter=0, st_rampup_iters=1, device="cpu", num_threads=threads,
+                       patience=0,
                        eval_every=WINDOW, val_max_images=4, train_eval_size=4, log_images=False)
 
 
@@ -93,8 +97,7 @@ def draw_batches(cfg: TrainConfig, data: Path, n: int) -> tuple[list, float]:
 def bare_loop(cfg: TrainConfig, num_classes: int, batches: list) -> list[float]:
     """Seconds per step of each window of the bare self-training loop."""
     torch.manual_seed(cfg.seed)
-    model = smp.create_model(cfg.arch, encoder_name=cfg.encoder, encoder_weights=None, in_channels=3,
-                             classes=num_classes)
+    model = build_model(cfg, num_classes)
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     thr = torch.tensor(cfg.thresholds)
@@ -256,7 +259,7 @@ def sweep_windows(cfg: TrainConfig, data: Path, steps: int, n: int, *, name: str
                             space="bench.bench_loop:same_config", searcher="random", scheduler="fifo",
                             num_samples=n, max_concurrent=n, cpus_per_trial=max(cfg.num_threads, 1),
                             gpus_per_trial=1.0 / n if cfg.device == "cuda" else 0.0, num_cpus=num_cpus,
-                            storage=tmp, verbose=0)
+                            storage=tmp, verbose=0, control="none")  # steps only: no verdict after it
         trials = read_trials(str(run_sweep(sweep).experiment_dir))
     return [[r["step_seconds"] for r in t.results] for t in trials]
 
@@ -272,7 +275,7 @@ def tune_run(cfg: TrainConfig, data: Path, steps: int) -> list[float]:
 def eval_seconds(data: Path, threads: int) -> float:
     """Seconds of one evaluation with the demo config (EMA + raw model on all val images, EMA on the
     train subset)."""
-    cfg = demo_config(device="cpu", num_threads=threads)
+    cfg = bench_config(threads).replace(eval_every=demo_config().eval_every, val_max_images=0, train_eval_size=16)
     classes = read_classes(data)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, classes.num_classes)
@@ -302,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, default=0,
                         help="crop size in pixels (default: 64, the demo's; 320 with --device cuda, the seeds')")
     parser.add_argument("--arch", help="smp architecture (default: Unet; DeepLabV3Plus with --device cuda)")
-    parser.add_argument("--encoder", help="encoder (default: resnet18; resnet50 with --device cuda)")
+    parser.add_argument("--encoder", help="encoder (default: the demo's; resnet50 with --device cuda)")
     parser.add_argument("--fractional", default="1,2,4",
                         help="CUDA: trial counts sharing the GPU (gpus_per_trial = 1/n); empty to skip")
     parser.add_argument("--workers", type=int, default=0, help="data loader workers (default 0, the demo's)")
@@ -323,10 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data = ensure_demo()
     cuda = args.device == "cuda"
-    cfg = bench_config(threads).replace(
-        crop_size=args.crop or (320 if cuda else 64), num_workers=args.workers,
-        arch=args.arch or ("DeepLabV3Plus" if cuda else "Unet"), encoder=args.encoder or ("resnet50" if cuda else "resnet18"),
-    )
+    cfg = bench_config(threads)
+    model = {"arch": args.arch or ("DeepLabV3Plus" if cuda else cfg.arch),
+             "encoder": args.encoder or ("resnet50" if cuda else cfg.encoder)}
+    if (model["arch"], model["encoder"]) != (cfg.arch, cfg.encoder):
+        model["decoder_channels"] = []  # another model: smp's own decoder
+    cfg = cfg.replace(crop_size=args.crop or (320 if cuda else 64), num_workers=args.workers, **model)
     num_classes = read_classes(data).num_classes
     repeats = args.repeats or (1 if args.quick else 3)
     windows = args.windows or (3 if args.quick else 7)

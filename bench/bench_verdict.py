@@ -5,6 +5,7 @@
                                                          # retrained with 3 more seeds as the ground truth
     python bench/bench_verdict.py sweeps --full          # full profile (a GPU node): 5 sweeps, 5 truth seeds each
     python bench/bench_verdict.py known                  # the verdict on two settings whose answer is known
+    python bench/bench_verdict.py scoring --seeds 6      # which weights of a run to score: the seed spread of each
 
 sweeps: each sweep is `selftune sweep --demo --seed S` as a user runs it (the real CLI, timed). Its verdict
 names two configs (the best self-training and the best supervised trial, retrained with fresh seeds 1000..);
@@ -167,6 +168,68 @@ def known(args: argparse.Namespace) -> int:
     return 0
 
 
+def scoring(args: argparse.Namespace) -> int:
+    """Which weights of a confirmation run should the verdict score? Both known settings retrained with
+    `--seeds` paired seeds (each run keeping its last 4 evaluations' EMA models), every run scored three ways on
+    test: its best val evaluation, the mean of its last 4 evaluations, their averaged weights. Per scoring: the
+    mean paired difference and the seed spread (sd) of the paired differences; the lowest spread that does not move
+    the mean is the choice, fixed for both arms."""
+    import statistics
+
+    import numpy as np
+    import ray
+
+    from selftune.data.demo import ensure_demo
+    from selftune.search import adapter, intervals
+    from selftune.search.sweepfile import demo_sweep
+    from selftune.search.verdict import SCORES, confirm_runs, score_run, train_run
+    from selftune.trainable.config import TrainConfig, parse_sets
+
+    work = Path(args.work) / "scoring"
+    data = str(ensure_demo())
+    base = TrainConfig.from_dict(demo_sweep().base)
+    seeds = [1000 + i for i in range(args.seeds)]
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    rows = []
+    try:
+        stage_dir = work / "stage"
+        train_run(base.as_supervised(max_iters=150, log_images=False, num_threads=args.num_cpus).to_dict(), data,
+                  str(stage_dir))
+        stage = str(stage_dir / "best_model_ema.pt")
+        sup = base.as_supervised().to_dict()
+        st_sets = TrainConfig.from_dict({**base.to_dict(), **parse_sets([f"{k}={v}" for k, v in ST_SETTINGS.items()])})
+        settings = {
+            "mean teacher (V3.1 thresholds) vs supervised, from scratch": (
+                base.replace(method="ema_self_training").to_dict(), sup, None),
+            "rounds + floor vs supervised continued, from the stage": (
+                st_sets.replace(method="rounds", rounds=2, teacher_checkpoint=stage, min_accept_ratio=0.2).to_dict(),
+                sup, stage),
+        }
+        for i, (name, (st, su, start)) in enumerate(settings.items()):
+            runs = confirm_runs(st, su, seeds, start, work / f"setting{i}", threads=1, keep_last=4)
+            adapter.run_tasks([(train_run, (r.config, data, r.out_dir)) for r in runs], cpus=1, gpus=0,
+                              desc=f"setting {i}: {len(runs)} runs")
+            for score in SCORES:
+                cms = adapter.run_tasks([(score_run, (r.out_dir, score, data, "test", base.point_radius,
+                                                      base.point_ring)) for r in runs], cpus=1, gpus=0)
+                a = np.stack([cm for r, cm in zip(runs, cms, strict=True) if r.arm == "self_training"])
+                b = np.stack([cm for r, cm in zip(runs, cms, strict=True) if r.arm == "supervised"])
+                d = intervals.paired_difference(a, b)
+                per_arm = {arm: [float(intervals.miou(x.sum(0))) for x in arr] for arm, arr in
+                           (("self_training", a), ("supervised", b))}
+                rows.append({"setting": name, "score": score, "seeds": len(seeds), "mean": round(d.mean * 100, 2),
+                             "sd_paired": round(d.spread * 100, 2), "low": round(d.low * 100, 2),
+                             "high": round(d.high * 100, 2), "seed_half_width": round(d.seed_half_width * 100, 2),
+                             "sd_st": round(statistics.stdev(per_arm["self_training"]) * 100, 2),
+                             "sd_sup": round(statistics.stdev(per_arm["supervised"]) * 100, 2),
+                             "per_seed": " ".join(f"{x * 100:+.1f}" for x in d.per_seed)})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        ray.shutdown()
+    _write(RESULTS / f"verdict_scoring{args.suffix}.csv", rows)
+    return 0
+
+
 def _per_method(exp: Path) -> str:
     """Trials per method and how many of each ASHA or the budget cut, e.g. 'supervised 3 (1 cut)'."""
     from collections import Counter
@@ -229,7 +292,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["sweeps", "known"])
+    p.add_argument("what", choices=["sweeps", "known", "scoring"])
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="the 2-CPU profile (the default): sweep seeds 0,1,2 and 3 "
                    "ground-truth seeds each")
@@ -243,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.sweep_seeds = args.sweep_seeds or ("0,1,2,3,4" if args.full else "0,1,2")
     args.truth_seeds = args.truth_seeds or (5 if args.full else 3)
-    return sweeps(args) if args.what == "sweeps" else known(args)
+    return {"sweeps": sweeps, "known": known, "scoring": scoring}[args.what](args)
 
 
 if __name__ == "__main__":

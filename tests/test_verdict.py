@@ -277,3 +277,57 @@ def test_supervised_best_a_kill_while_confirming_and_the_answer_is_not_helps(tin
     assert any("best trial by val is supervised" in f for f in v["flags"])
     assert v["outcome"] != "helps"  # a mean teacher at LR 1e-7 against supervised at 3e-3
     assert (v["outcome"] == "hurts") == (v["difference"]["high"] < 0)
+
+
+def test_a_methods_sweep_with_fewer_trials_than_methods_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    base = tiny_config()
+    with pytest.raises(SelftuneError, match=r"num_samples 2 is fewer than the 4 methods of space 'methods' "
+                                            r"\(supervised, ema_self_training, rounds, s4gan\): rounds, s4gan would "
+                                            r"never run"):
+        plan_sweep(SweepConfig(data=str(tiny_data), base=base, space="methods", num_samples=2, storage=str(tmp_path)))
+    with pytest.warns(UserWarning, match="fewer than the fair share"):
+        plan_sweep(SweepConfig(data=str(tiny_data), base=base, space="methods", num_samples=5, trials_per_method=2,
+                               storage=str(tmp_path)))
+    assert [p["method"] for p in fair_share(("a", "b"), 1, per_method=2)] == ["a", "b", "a", "b"]
+
+
+def test_budget_iters_holds_the_control_search_too(tiny_data: Path, tmp_path: Path) -> None:
+    """A space without supervised trials: the trials get half of what the confirmation leaves, the control search
+    (as many iterations as the best self-training method's trials) the other half."""
+    from selftune.search.run import _tuner_spec
+
+    plan = plan_sweep(SweepConfig(data=str(tiny_data), base=tiny_config(), space="thresholds", num_samples=-1,
+                                  budget_iters=1000, storage=str(tmp_path)))
+    reserve = 2 * 5 * 40  # 2 arms x confirm_max_seeds (5 by default) x max_t
+    assert _tuner_spec(plan).budget_iters == 1000 - (1000 - reserve) // 2
+    with_sup = plan_sweep(SweepConfig(data=str(tiny_data), base=tiny_config(), space="methods", num_samples=-1,
+                                      budget_iters=1000, storage=str(tmp_path)))
+    assert _tuner_spec(with_sup).budget_iters == 1000  # its own supervised trials are the control
+
+
+def test_a_budget_that_did_not_hold_is_said_with_by_how_much() -> None:
+    from selftune.search.verdict import budget_lines
+
+    assert budget_lines({"total": 900, "budget_iters": 1000, "seconds": 100.0, "time_budget_s": 120.0}) == []
+    over = budget_lines({"total": 1100, "budget_iters": 1000, "seconds": 54.0, "time_budget_s": 20.0})
+    assert "1100 iterations in all against budget_iters 1000 (100 over" in over[0]
+    assert "54 s against time_budget_s 20 (34 s over" in over[1]
+
+
+def test_a_run_keeps_its_last_evaluations_and_each_score_reads_them(tiny_data: Path, tmp_path: Path) -> None:
+    from selftune.search.verdict import SCORES, score_run
+    from selftune.trainable import checkpoint as ckpt
+    from selftune.trainable.loop import train
+
+    cfg = TrainConfig.from_dict(tiny_config(method="supervised", max_iters=12, eval_every=3, keep_last=2,
+                                            log_images=False))
+    train(cfg, tiny_data, tmp_path / "run", progress=False)
+    kept = sorted(p.name for p in (tmp_path / "run" / "last").glob("ema_*.pt"))
+    assert kept == ["ema_00000009.pt", "ema_00000012.pt"]
+    scores = {s: score_run(str(tmp_path / "run"), s, str(tiny_data), "test", 3.0, 0.0) for s in SCORES}
+    images = scores["best"].shape[0]
+    assert scores["last_mean"].sum() == 2 * scores["best"].sum() and scores["average"].shape[0] == images
+    avg = ckpt.load(tmp_path / "run" / "last" / "average.pt")
+    a, b = (ckpt.load(tmp_path / "run" / "last" / k)["model"] for k in kept)
+    key = next(k for k, v in avg["model"].items() if v.is_floating_point() and not (a[k] == b[k]).all())
+    assert ((a[key] + b[key]) / 2 - avg["model"][key]).abs().max() < 1e-6  # the mean of the two

@@ -344,11 +344,16 @@ def _tuner_spec(plan: SweepPlan, started: float | None = None) -> Any:
     s = plan.sweep
     verdict = s.control != "none" and bool(set(plan.methods) & set(self_training_methods()))
     confirm_runs = 2 * s.max_seeds if verdict else 0
+    budget_iters = s.budget_iters
+    if budget_iters is not None and verdict and s.control == "tuned" and "supervised" not in plan.methods:
+        # a tuned control search follows, with as many iterations as the best self-training method's trials ran:
+        # the trials get half of what the stage and the confirmation leave, so both fit in budget_iters
+        budget_iters -= (budget_iters - plan.stage_iters - confirm_runs * plan.max_t) // 2
     return TunerSpec(
         name=s.name, storage=plan.storage, base=plan.base, data_root=plan.data_root, space=s.space, ctx=plan.ctx,
         searcher=s.searcher, seed=s.seed, scheduler=s.scheduler, max_t=plan.max_t, grace_period=plan.grace_period,
         reduction_factor=s.reduction_factor, num_samples=s.num_samples, time_budget_s=s.time_budget_s,
-        budget_iters=s.budget_iters,
+        budget_iters=budget_iters,
         max_concurrent=s.max_concurrent, cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial,
         optuna_storage=plan.optuna_storage, keep_checkpoints=s.keep_checkpoints, max_failures=s.max_failures,
         reuse_actors=s.reuse_actors, wandb_project=s.wandb_project, mlflow_uri=s.mlflow_uri, verbose=s.verbose,
@@ -592,8 +597,10 @@ def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]
     if best_st is not None and tuned:
         sup_entries = [e for e in ranked if e["config"]["method"] == "supervised"]
         if not sup_entries:
-            n = s.control_trials or sum(1 for e in st_entries if e["config"]["method"] == best_st["config"]["method"])
-            sup_entries = run_control_search(plan, n, best_st["config"])
+            method = best_st["config"]["method"]
+            n = s.control_trials or sum(1 for e in st_entries if e["config"]["method"] == method)
+            iters = None if s.control_trials else _iterations([t for t in trials if _method_of(t) == method])
+            sup_entries = run_control_search(plan, n, best_st["config"], iters, started_at)
         sup_entry = sup_entries[0] if sup_entries else None
         if sup_entry is None:
             record = no_verdict("the tuned control search finished no evaluation")
@@ -621,7 +628,8 @@ def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]
     stopped = ""
     for k, n in enumerate(planned):
         wave = confirm_runs(best_st["config"], sup_config, fresh_seeds(base.seed, n)[len(runs) // 2:],
-                            plan.stage_model, Path(exp) / CONFIRM_DIR, threads)
+                            plan.stage_model, Path(exp) / CONFIRM_DIR, threads,
+                            keep_last=0 if s.confirm_score == "best" else s.confirm_last)
         done = _confirm_wave(plan, wave, split, base)
         if done is None:
             record = no_verdict(f"confirmation run(s) without a best model (diverged before any evaluation?) among "
@@ -647,7 +655,9 @@ def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]
     confirm_iters = sum(int(res["iterations"]) for res in results)
     total = trial_iters + search_iters + plan.stage_iters + confirm_iters
     compute = {"trials": trial_iters, "control_search": search_iters, "stage": plan.stage_iters,
-               "confirmation": confirm_iters, "confirmation_share": confirm_iters / max(1, total)}
+               "confirmation": confirm_iters, "confirmation_share": confirm_iters / max(1, total),
+               "total": total, "budget_iters": s.budget_iters, "time_budget_s": s.time_budget_s,
+               "seconds": None if started_at is None else round(time.monotonic() - started_at, 1)}
     best = ranked[0]
     record = build_verdict(
         st=arm_summary(best_st, "self-training", True),
@@ -665,7 +675,7 @@ def _confirm_wave(plan: SweepPlan, wave: list[Any], split: str, base: Any) -> tu
     """Train one wave of confirmation runs as Ray tasks (each resumed from its checkpoint after a crash), then score
     each image by image; None when a run left no model to score."""
     from selftune.search import adapter
-    from selftune.search.verdict import score_images, train_run
+    from selftune.search.verdict import score_run, train_run
     from selftune.trainable.config import TrainConfig
 
     s = plan.sweep
@@ -677,8 +687,8 @@ def _confirm_wave(plan: SweepPlan, wave: list[Any], split: str, base: Any) -> tu
     if any(not Path(res["best_model"]).is_file() for res in results):
         return None
     cms = adapter.run_tasks(
-        [(score_images, (res["best_model"], plan.data_root, split, base.point_radius, base.point_ring))
-         for res in results], cpus=s.cpus_per_trial, gpus=s.gpus_per_trial)
+        [(score_run, (r.out_dir, s.confirm_score, plan.data_root, split, base.point_radius, base.point_ring))
+         for r in wave], cpus=s.cpus_per_trial, gpus=s.gpus_per_trial)
     return list(results), list(cms)
 
 
@@ -712,16 +722,24 @@ def _time_for_wave(plan: SweepPlan, started_at: float | None, results: list[dict
     return time.monotonic() - started_at + waves * slowest <= budget
 
 
+def _method_of(trial: Any) -> str:
+    """The method a trial ran (its config's)."""
+    return str((getattr(trial, "config", None) or {}).get("method", ""))
+
+
 def _iterations(trials: list[Any]) -> int:
     """Optimizer iterations the trials ran, in all (each trial's last evaluated iteration)."""
     return sum(max((int(r.get("iteration", 0)) for r in t.results), default=0) for t in trials)
 
 
-def run_control_search(plan: SweepPlan, trials: int, st_config: dict[str, Any]) -> list[dict[str, Any]]:
+def run_control_search(plan: SweepPlan, trials: int, st_config: dict[str, Any], iterations: int | None = None,
+                       started: float | None = None) -> list[dict[str, Any]]:
     """The tuned control of a space without supervised trials: `trials` trials of the `supervised` space (the shared
     knobs) in <sweep>/control_search, its own Ray experiment and Optuna study, resumed after a crash; ranked. Its
     base is the best self-training trial's config made supervised, so what the space fixed for the self-training
-    trials (binary mode, its loss) holds for the control too."""
+    trials (binary mode, its loss) holds for the control too. Equal tuning in iterations: it stops once its trials
+    ran `iterations` (what the best self-training method's trials ran) in all; and it keeps inside the sweep's
+    time_budget_s with the confirmation's time kept free, like the trials."""
     import dataclasses
 
     from selftune.search import adapter
@@ -737,9 +755,11 @@ def run_control_search(plan: SweepPlan, trials: int, st_config: dict[str, Any]) 
     path.mkdir(parents=True, exist_ok=True)
     if not (path / SWEEP_FILE).is_file():
         write_atomic(path / SWEEP_FILE, yaml.safe_dump(meta, sort_keys=False))
-    spec = dataclasses.replace(_tuner_spec(plan), name=CONTROL_SEARCH_DIR, storage=plan.experiment_dir, base=base,
-                               space="supervised", num_samples=trials, time_budget_s=None, budget_iters=None,
-                               stage_model=None, stage_iters=0, enqueue=())
+    main = _tuner_spec(plan, started)
+    reserve = main.confirm_runs * main.max_t  # IterationBudget starts with the confirmation's reserve spent
+    spec = dataclasses.replace(main, name=CONTROL_SEARCH_DIR, storage=plan.experiment_dir, base=base,
+                               space="supervised", num_samples=trials, stage_model=None, stage_iters=0, enqueue=(),
+                               budget_iters=None if iterations is None else iterations + reserve)
     tuner = (adapter.restore_tuner(str(path), spec, restart_errored=False) if adapter.can_restore(str(path))
              else adapter.build_tuner(spec))
     adapter.fit(tuner, plan.sweep.metric)

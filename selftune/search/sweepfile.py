@@ -78,7 +78,9 @@ class SweepConfig:
     # confirm_seeds when larger. The budget reserves the most
     trials_per_method: int = 1  # fair share: a space over several methods runs each this many times (in turn, only
     # the method fixed) before TPE chooses; more when TPE's random start-up needs more trials
-    confirm_score: str = "best"  # which weights of a confirmation run are scored on test (`verdict.SCORES`)
+    confirm_score: str = "best"  # which weights of a confirmation run are scored on test (`verdict.SCORES`): best
+    # (its best val evaluation), last_mean (its last confirm_last evaluations' models), average (their weights)
+    confirm_last: int = 4  # the evaluations confirm_score last_mean and average take, from the end of each run
     control_trials: int | None = None  # trials of the tuned control search (a space without supervised trials);
     # None: as many as the best self-training method got
 
@@ -185,9 +187,10 @@ class SweepConfig:
                 raise ConfigError(f"shared_stage max_iters must be an integer >= 1, got {n!r}")
             if "checkpoint" in stage and not (isinstance(stage["checkpoint"], str) and stage["checkpoint"].strip()):
                 raise ConfigError(f"shared_stage checkpoint must be a path, got {stage['checkpoint']!r}")
-        for key in ("confirm_seeds", "confirm_max_seeds", "control_trials", "trials_per_method"):
+        for key in ("confirm_seeds", "confirm_max_seeds", "control_trials", "trials_per_method",
+                    "confirm_last"):
             v = getattr(self, key)
-            if (v is not None or key in ("confirm_seeds", "trials_per_method")) and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            if (v is not None or key in ("confirm_seeds", "trials_per_method", "confirm_last")) and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(f"{key} must be an integer >= 1, got {v!r}")
         if self.confirm_max_seeds is not None and self.confirm_max_seeds < self.confirm_seeds:
             raise ConfigError(f"confirm_max_seeds {self.confirm_max_seeds} is below confirm_seeds {self.confirm_seeds} "

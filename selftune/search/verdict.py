@@ -31,6 +31,8 @@ CONTROL_MODES = ("tuned", "base", "none")  # sweep key control
 FRESH_SEED_OFFSET = 1000  # confirmation seed i is base seed + 1000 + i: no trial trains with it
 SCORES = {  # sweep key confirm_score: which weights of a confirmation run are scored on test
     "best": "each run's EMA model at its best val evaluation",
+    "last_mean": "the mean of each run's EMA models at its last confirm_last evaluations (pixels pooled)",
+    "average": "each run's EMA weights averaged over its last confirm_last evaluations",
 }
 
 
@@ -64,14 +66,15 @@ class ConfirmRun:
 
 
 def confirm_runs(st_config: dict[str, Any], sup_config: dict[str, Any], seeds: list[int], stage_model: str | None,
-                 folder: Path, threads: int) -> list[ConfirmRun]:
+                 folder: Path, threads: int, keep_last: int = 0) -> list[ConfirmRun]:
     """Both arms on every seed: the self-training config as its trial ran; the supervised one with its own knobs
     from the same start (the shared stage when the self-training trial started from it) for the same iterations.
-    Patience off, the runs' threads set to their allocation, no images or test scores logged."""
+    Patience off, the runs' threads set to their allocation, no images or test scores logged, the EMA models of
+    the last `keep_last` evaluations kept (for `confirm_score` last_mean and average)."""
     st = TrainConfig.from_dict(st_config)
     from_stage = stage_model is not None and stage_model in (st.teacher_checkpoint, st.init_checkpoint)
     start = stage_model if from_stage else st.init_checkpoint
-    common = {"patience": 0, "log_images": False, "report_test": False, "num_threads": threads}
+    common = {"patience": 0, "log_images": False, "report_test": False, "num_threads": threads, "keep_last": keep_last}
     runs = []
     for seed in seeds:
         a = st.replace(seed=seed, **common)
@@ -107,6 +110,42 @@ def score_images(model_file: str, data_root: str, split: str, point_radius: floa
 
     _, cms = confusions_per_image(model_file, data_root, split, points=PointTargets(point_radius, point_ring))
     return cms.numpy()
+
+
+def score_run(out_dir: str, score: str, data_root: str, split: str, point_radius: float, point_ring: float
+              ) -> np.ndarray:
+    """int64 [images, K, K]: a confirmation run scored image by image as `score` says (`SCORES`): its best model;
+    the sum of its last evaluations' models' matrices (their mean, pixels pooled); or their averaged weights."""
+    from selftune.trainable import checkpoint as ckpt
+    from selftune.trainable.loop import LAST_DIR
+
+    out = Path(out_dir)
+    if score == "best":
+        return score_images(str(out / ckpt.BEST_FILE), data_root, split, point_radius, point_ring)
+    last = sorted((out / LAST_DIR).glob("ema_*.pt"))
+    if not last:
+        raise FileNotFoundError(f"{out / LAST_DIR} holds no ema_*.pt: the run kept none of its last models")
+    if score == "last_mean":
+        return sum(score_images(str(f), data_root, split, point_radius, point_ring) for f in last)
+    averaged = out / LAST_DIR / "average.pt"
+    average_models(last, averaged)
+    return score_images(str(averaged), data_root, split, point_radius, point_ring)
+
+
+def average_models(files: list[Path], out: Path) -> None:
+    """Average the weights of model files of one run (float tensors; counters take the last file's), written to
+    `out` in the same format (a model file `evaluate` reads)."""
+    from selftune.trainable import checkpoint as ckpt
+
+    loaded = [ckpt.load(f) for f in files]
+    last = loaded[-1]
+    model = {}
+    for key, value in last["model"].items():
+        if value.is_floating_point():
+            model[key] = sum(d["model"][key].double() for d in loaded).div(len(loaded)).to(value.dtype)
+        else:
+            model[key] = value
+    ckpt.save_atomic({**last, "model": model, "averaged": [str(f.name) for f in files]}, out)
 
 
 def arm_summary(entry: dict[str, Any] | None, label: str, tuned: bool) -> dict[str, Any]:
@@ -257,8 +296,23 @@ def summary_lines(v: dict[str, Any], top: int = 3) -> list[str]:
         lines.append(f"  compute (iterations): trials {c.get('trials', 0)}{search}, shared stage {c.get('stage', 0)}, "
                      f"confirmation {c.get('confirmation', 0)} ({c.get('confirmation_share', 0) * 100:.0f}% of the "
                      "sweep)")
+        lines += budget_lines(c)
     lines += [f"  note: {f}" for f in v["flags"]]
     return lines
+
+
+def budget_lines(c: dict[str, Any]) -> list[str]:
+    """A budget the sweep did not hold, and by how much (the stage, the trials, a control search and the
+    confirmation all count); nothing when it held."""
+    out = []
+    if c.get("budget_iters") and c.get("total", 0) > c["budget_iters"]:
+        out.append(f"  over budget: {c['total']} iterations in all against budget_iters {c['budget_iters']} "
+                   f"({c['total'] - c['budget_iters']} over: runs already started finish their iterations)")
+    if c.get("time_budget_s") and c.get("seconds") and c["seconds"] > c["time_budget_s"]:
+        out.append(f"  over budget: {c['seconds']:.0f} s against time_budget_s {c['time_budget_s']:.0f} "
+                   f"({c['seconds'] - c['time_budget_s']:.0f} s over: the verdict's runs finish once started; the "
+                   "sweep keeps their time free by the slowest method's pace so far)")
+    return out
 
 
 def no_verdict(reason: str) -> dict[str, Any]:
@@ -267,6 +321,6 @@ def no_verdict(reason: str) -> dict[str, Any]:
     return {"format": 2, "outcome": None, "headline": line, "lines": [line], "flags": [], "reason": reason}
 
 
-__all__ = ["CONTROL_MODES", "ConfirmRun", "arm_summary", "build_verdict", "confirm_runs", "fresh_seeds", "headline",
-           "no_verdict", "score_images", "self_training_methods", "self_training_starts", "summary_lines",
+__all__ = ["CONTROL_MODES", "SCORES", "ConfirmRun", "arm_summary", "average_models", "build_verdict", "confirm_runs", "fresh_seeds", "headline",
+           "no_verdict", "score_images", "score_run", "self_training_methods", "self_training_starts", "summary_lines",
            "train_run"]

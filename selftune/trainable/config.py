@@ -169,6 +169,9 @@ class TrainConfig:
     select_metric: str = "val_miou"  # the val metric the run's best checkpoint, patience and each round's
     # labeller follow (`evaluation.selectable_metrics`: val_miou, val_f1 on 2 classes, val_iou/<class>, ...); a
     # sweep sets it to its own `metric`, so the trials keep the checkpoint the sweep ranks them by
+    keep_last: int = 0  # also keep the EMA model of each of the last this-many evaluations (those within
+    # keep_last x eval_every of the end) as last/ema_<iteration>.pt: the verdict scores their mean or their
+    # averaged weights (sweep key confirm_score); 0 keeps none
     log_images: bool = True  # TensorBoard panels of input | truth | pseudo-label | prediction
     report_test: bool = False  # also report test_miou (EMA model) at each evaluation: for benchmarks only,
     # never used for selection or early stopping; needs ROOT/test
@@ -264,7 +267,7 @@ class TrainConfig:
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be in [0, 2^32 - 1], got {self.seed!r}")
         for name in ("num_workers", "train_eval_size", "val_max_images", "warmup_iters", "st_start_iter",
-                     "st_rampup_iters", "threshold_ramp_iters", "patience", "num_threads", "seed"):
+                     "st_rampup_iters", "threshold_ramp_iters", "patience", "num_threads", "seed", "keep_last"):
             _at_least(name, getattr(self, name), 0)
         for name in ("lr",):
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):

@@ -214,6 +214,9 @@ def _train(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path |
             metrics = evaluation_metrics(run, it, lr_used)
             val_miou = metrics["val_miou"]
             keep_best(run, _selected(metrics, cfg.select_metric), it)  # best_model_ema.pt, the round's best, patience
+            if cfg.keep_last and p.iteration > method.end() - cfg.keep_last * cfg.eval_every:
+                ckpt.save_best(last_path(run.out_dir, p.iteration), st.teacher, cfg, run.classes.names, p.iteration,
+                               metrics["val_miou"])  # the last evaluations' EMA models (the verdict's scores)
             if method.round_over(p.iteration, p.bad_evals) and not method.is_last():
                 next_round(run, method.next_round(p.iteration))  # the round's best EMA model labels the next one
             p.status = _finished_status(p.iteration, method, p.bad_evals) or "running"
@@ -437,6 +440,14 @@ def _selected(metrics: dict[str, Any], name: str) -> float:
 
 def _label(name: str) -> str:
     return "val mIoU" if name == "val_miou" else name
+
+
+LAST_DIR = "last"  # a run's last evaluations' EMA models (`cfg.keep_last`)
+
+
+def last_path(out_dir: Path, iteration: int) -> Path:
+    """Where the EMA model of the evaluation after step `iteration` is kept (`cfg.keep_last`)."""
+    return out_dir / LAST_DIR / f"ema_{iteration:08d}.pt"
 
 
 def keep_best(run: Run, val_miou: float, it: int) -> None:
