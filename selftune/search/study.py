@@ -18,9 +18,15 @@ def open_optuna_storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url)
 
 
+NOT_STARTED = "not_started"  # selftune_status of an enqueued trial the sweep ended before starting
+
+
 def close_open_trials(url: str, study_name: str) -> int:
-    """After a sweep ends, tell Optuna about trials Ray stopped without a completion (time or
-    iteration budget): PRUNED if they reported an evaluation, FAIL if not. Returns how many."""
+    """After a sweep ends, leave no trial of its study open. Trials Ray stopped without a completion (time or
+    iteration budget) are told PRUNED if they reported an evaluation, FAIL if not. Trials still WAITING (enqueued
+    for the methods' fair share, never asked for because the sweep ended first) are FAIL, with Optuna's
+    `fail_reason` and selftune_status `not_started` saying why: optuna-dashboard showed them pending for good.
+    Returns how many were closed."""
     study = optuna.load_study(study_name=study_name, storage=open_optuna_storage(url))
     closed = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -28,5 +34,14 @@ def close_open_trials(url: str, study_name: str) -> int:
         study._storage.set_trial_user_attr(t._trial_id, "selftune_status",
                                            "stopped_by_budget" if t.intermediate_values else "errored")
         study.tell(t.number, state=state)
+        closed += 1
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        fixed = t.system_attrs.get("fixed_params") or {}  # what enqueue_trial fixed (the method)
+        params = ", ".join(f"{k}={v}" for k, v in fixed.items()) if isinstance(fixed, dict) and fixed else "no params"
+        why = (f"never started: enqueued ({params}) so that every method is tried before TPE chooses, but the sweep "
+               "ended (its num_samples, time or iteration budget) before reaching it")
+        study._storage.set_trial_system_attr(t._trial_id, "fail_reason", why)  # Optuna's own key for why a trial failed
+        study._storage.set_trial_user_attr(t._trial_id, "selftune_status", NOT_STARTED)
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # tell() refuses WAITING
         closed += 1
     return closed
