@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,15 @@ from selftune import __version__
 from selftune.errors import SelftuneError
 from selftune.fileio import write_atomic
 from selftune.spaces import apply_params
-from selftune.sweepfolder import DIVERGED, ERRORED, METRIC, TRIAL_RUN_DIR, metric_mode, read_sweep_meta, read_trials
+from selftune.sweepfolder import (
+    FAILED,
+    METRIC,
+    STAGE_DIR,
+    TRIAL_RUN_DIR,
+    metric_mode,
+    read_sweep_meta,
+    read_trials,
+)
 from selftune.trainable.config import TrainConfig
 
 # Ray's bookkeeping in every report: left out when the available metrics are listed
@@ -43,7 +52,7 @@ def rank_trials(path: str, metric: str | None = None, mode: str | None = None) -
     _check_metric(metric, records)
     entries = []
     for t in records:
-        if t.outcome in (DIVERGED, ERRORED):
+        if t.outcome in FAILED:  # diverged, errored, or its result.json damaged (read_trials warns naming it)
             continue
         scored = [r for r in t.results if _score(r, metric) is not None]
         if not scored:
@@ -54,6 +63,7 @@ def rank_trials(path: str, metric: str | None = None, mode: str | None = None) -
         config = apply_params(base, t.params)
         if meta.get("shared_stage_model") and get_method(config.method).uses_shared_stage:  # as the trial ran
             config = config.replace(teacher_checkpoint=meta["shared_stage_model"])
+            _check_stage_model(path, meta["shared_stage_model"])
         entries.append({
             "trial_id": t.trial_id,
             "metric": metric,
@@ -74,6 +84,16 @@ def rank_trials(path: str, metric: str | None = None, mode: str | None = None) -
     for rank, e in enumerate(entries, 1):
         e["rank"] = rank
     return entries
+
+
+def _check_stage_model(path: str, model: str) -> None:
+    """The shared stage's model an exported config starts from: read in this sweep folder (a copied folder points
+    into itself), and warned about, naming it, when the folder lacks it (copied without shared_stage/)."""
+    if "://" in model or Path(model).is_file():
+        return
+    warnings.warn(f"the shared stage's model {model}, which the exported rounds config starts from "
+                  f"(teacher_checkpoint), is missing from {path}: copy its {STAGE_DIR}/ folder with the sweep, or "
+                  "`selftune train` from this config fails naming it", stacklevel=3)
 
 
 def _check_metric(metric: str, records: list[Any]) -> None:
