@@ -14,13 +14,13 @@ from selftune.errors import SelftuneError
 from selftune.fileio import write_atomic
 from selftune.spaces import apply_params
 from selftune.sweepfolder import (
-    FAILED,
     METRIC,
     STAGE_DIR,
     TRIAL_RUN_DIR,
     metric_mode,
     read_sweep_meta,
     read_trials,
+    trials_that_count,
 )
 from selftune.trainable.config import TrainConfig
 
@@ -38,6 +38,8 @@ def rank_trials(path: str, metric: str | None = None, mode: str | None = None) -
     """Trials with at least one evaluation, best `metric` first (highest, or lowest for a loss: `mode` from the
     name unless given); each with provenance and resolved config, at its best evaluation by `metric`.
     Without `metric`, the sweep's own (`metric` in selftune_sweep.yaml; val_miou when it records none)."""
+    import pandas as pd
+
     from selftune.trainable.methods import get_method  # imports torch: here, not at `selftune --help`
 
     meta = read_sweep_meta(path)
@@ -50,14 +52,17 @@ def rank_trials(path: str, metric: str | None = None, mode: str | None = None) -
     base = TrainConfig.from_dict(meta["base"])
     records = read_trials(path)
     _check_metric(metric, records)
-    entries = []
-    for t in records:
-        if t.outcome in FAILED:  # diverged, errored, or its result.json damaged (read_trials warns naming it)
-            continue
+    bests: dict[int, dict[str, Any]] = {}
+    for i, t in enumerate(records):
         scored = [r for r in t.results if _score(r, metric) is not None]
-        if not scored:
-            continue
-        best = max(scored, key=lambda r: sign * _score(r, metric))  # the first of equal best ones
+        if scored:
+            bests[i] = max(scored, key=lambda r: sign * _score(r, metric))  # the first of equal best ones
+    table = pd.DataFrame({"status": [t.outcome for t in records],
+                          f"best.{metric}": [bests[i][metric] if i in bests else None for i in range(len(records))]})
+    entries = []
+    # the one rule of the trials that count, analysis' too: a value of the metric, not diverged, errored or damaged
+    for i in trials_that_count(table, metric).index:
+        t, best = records[i], bests[i]
         ck_name = best.get("checkpoint_dir_name")
         checkpoint = f"{t.path}/{ck_name}" if ck_name and f"{t.path}/{ck_name}" in t.checkpoints else None
         config = apply_params(base, t.params)
