@@ -282,7 +282,8 @@ def test_workstation_sweep_file_fills_two_gpus() -> None:
 def test_workstation_sweep_file_passes_check(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from selftune.cli import main
 
-    assert main(["sweep", str(WORKSTATION), "--check", "--data", str(tiny_data), "--storage", str(tmp_path)]) == 0
+    assert main(["sweep", str(WORKSTATION), "--check", "--data", str(tiny_data), "--storage", str(tmp_path),
+                 "--set", "crop_size=32"]) == 0  # its 256 px crop on these 32 px tiles is refused by name
     assert "'workstation-2gpu' is valid" in capsys.readouterr().out
 
 

@@ -30,7 +30,7 @@ def test_unknown_key_suggests_the_field() -> None:
         ({"max_iters": 2.5}, r"max_iters must be an integer, got 2.5"),
         ({"thresholds": [0.5, 1.2]}, r"thresholds\[1\] must be in \[0, 1\], got 1.2"),
         ({"arch": "UNet"}, r"arch must be one of .*got 'UNet'"),
-        ({"scale_min": 1.5, "scale_max": 1.0}, r"scale_min must be > 0 and <= scale_max"),
+        ({"scale_min": 1.5, "scale_max": 1.0}, r"must satisfy 0.1 <= scale_min <= scale_max <= 10"),
         ({"strong_aug": "yes"}, r"strong_aug must be true or false, got 'yes'"),
         ({"class_weighting": "explicit"}, r"class_weights is empty"),
         ({"ema_decay": 1.5}, r"ema_decay must be in \[0, 1\], got 1.5"),

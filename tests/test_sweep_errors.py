@@ -6,6 +6,8 @@ from pathlib import Path
 
 from selftune.cli import main
 
+SMALL_CROP = ["--set", "crop_size=32"]  # the demo's 64 px crop on the 32 px tiles of `tiny_data` is refused by name
+
 
 def _sweep(args: list[str], capsys) -> tuple[int, str]:
     rc = main(["sweep", *args])
@@ -13,7 +15,7 @@ def _sweep(args: list[str], capsys) -> tuple[int, str]:
 
 
 def test_unknown_space(tiny_data: Path, tmp_path: Path, capsys) -> None:
-    rc, err = _sweep(["--demo", "--data", str(tiny_data), "--space", "thresold", "--storage", str(tmp_path)], capsys)
+    rc, err = _sweep(["--demo", "--data", str(tiny_data), *SMALL_CROP, "--space", "thresold", "--storage", str(tmp_path)], capsys)
     assert rc == 2 and "unknown space 'thresold'" in err
     assert not any(tmp_path.iterdir())  # nothing written
 
@@ -24,9 +26,9 @@ def test_space_parameter_not_a_field_and_empty_range(tiny_data: Path, tmp_path: 
         "def empty(trial, ctx):\n    trial.suggest_float('lr', 1e-3, 1e-4, log=True)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    rc, err = _sweep(["--demo", "--data", str(tiny_data), "--space", "badspaces:typo", "--check"], capsys)
+    rc, err = _sweep(["--demo", "--data", str(tiny_data), *SMALL_CROP, "--space", "badspaces:typo", "--check"], capsys)
     assert rc == 2 and "parameter 'st_wieght' is not a config field" in err
-    rc, err = _sweep(["--demo", "--data", str(tiny_data), "--space", "badspaces:empty", "--check"], capsys)
+    rc, err = _sweep(["--demo", "--data", str(tiny_data), *SMALL_CROP, "--space", "badspaces:empty", "--check"], capsys)
     assert rc == 2 and "parameter 'lr' has an inverted range [0.001, 0.0001]" in err
 
 
@@ -45,13 +47,13 @@ def test_missing_data_folder(tmp_path: Path, capsys) -> None:
 def test_unwritable_storage(tiny_data: Path, tmp_path: Path, capsys) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    rc, err = _sweep(["--demo", "--data", str(tiny_data), "--storage", str(blocker / "results"), "--check"], capsys)
+    rc, err = _sweep(["--demo", "--data", str(tiny_data), *SMALL_CROP, "--storage", str(blocker / "results"), "--check"], capsys)
     assert rc == 2 and "storage path" in err and "is not writable" in err
     assert blocker.read_text() == "not a folder"
 
 
 def test_unreachable_address(tiny_data: Path, tmp_path: Path, capsys) -> None:
-    rc, err = _sweep(["--demo", "--data", str(tiny_data), "--storage", str(tmp_path), "--address", "127.0.0.1:9"],
+    rc, err = _sweep(["--demo", "--data", str(tiny_data), *SMALL_CROP, "--storage", str(tmp_path), "--address", "127.0.0.1:9"],
                      capsys)
     assert rc == 2 and "cannot reach the Ray cluster at --address 127.0.0.1:9" in err
 
@@ -60,7 +62,7 @@ def test_gpus_requested_where_there_are_none(tiny_data: Path, tmp_path: Path, ca
     import ray
 
     try:
-        rc, err = _sweep(["--demo", "--data", str(tiny_data), "--storage", str(tmp_path), "--gpus-per-trial", "1",
+        rc, err = _sweep(["--demo", "--data", str(tiny_data), *SMALL_CROP, "--storage", str(tmp_path), "--gpus-per-trial", "1",
                           "--num-cpus", "1"], capsys)
     finally:
         ray.shutdown()
@@ -69,11 +71,11 @@ def test_gpus_requested_where_there_are_none(tiny_data: Path, tmp_path: Path, ca
 
 
 def test_bad_base_value(tiny_data: Path, capsys) -> None:
-    rc, err = _sweep(["--demo", "--data", str(tiny_data), "--set", "lr=-1", "--check"], capsys)
+    rc, err = _sweep(["--demo", "--data", str(tiny_data), *SMALL_CROP, "--set", "lr=-1", "--check"], capsys)
     assert rc == 2 and "lr must be a positive number, got -1" in err
 
 
 def test_missing_teacher_checkpoint(tiny_data: Path, tmp_path: Path, capsys) -> None:
-    rc, err = _sweep(["--demo", "--data", str(tiny_data), "--space", "thresholds", "--set", f"teacher_checkpoint={tmp_path / 'gone.pt'}",
+    rc, err = _sweep(["--demo", "--data", str(tiny_data), *SMALL_CROP, "--space", "thresholds", "--set", f"teacher_checkpoint={tmp_path / 'gone.pt'}",
                       "--check"], capsys)
     assert rc == 2 and "teacher_checkpoint: checkpoint file not found" in err and "gone.pt" in err

@@ -44,6 +44,7 @@ _EXPORTS = {
     "UnlabeledDataset": "selftune.data.datasets",
     "PoolDraw": "selftune.data.datasets",
     "DatasetSummary": "selftune.data.validate",
+    "check_crop": "selftune.data.validate",
     "class_frequencies": "selftune.data.validate",
     "dataset_fingerprint": "selftune.data.validate",
     "fingerprint_matches": "selftune.data.validate",
@@ -83,6 +84,7 @@ __all__ = [
     "PoolDraw",
     "UnlabeledDataset",
     "batch_indices",
+    "check_crop",
     "class_frequencies",
     "class_palette",
     "collate",
@@ -143,6 +145,7 @@ if TYPE_CHECKING:
     from selftune.data.points import Point, PointTargets, point_targets, read_points
     from selftune.data.validate import (
         DatasetSummary,
+        check_crop,
         class_frequencies,
         dataset_fingerprint,
         fingerprint_matches,

@@ -163,8 +163,10 @@ def validate_dataset(root: Path, *, need_unlabeled: bool, num_classes: int | Non
     for c in range(k):
         if pixels[c] == 0:
             notes.append(f"class {c} ({classes.names[c]!r}) has no train pixels: its suggested weight is 0")
-        elif not seen_in["val"][c]:
-            notes.append(f"class {c} ({classes.names[c]!r}) does not occur in val: its IoU cannot be measured there")
+        absent = [split for split, seen in seen_in.items() if split != "train" and not seen[c]]
+        if absent:  # val and test each: a sweep ranks on val, its verdict scores on test
+            notes.append(f"class {c} ({classes.names[c]!r}) does not occur in {' or '.join(absent)}: its IoU cannot "
+                         f"be measured there, and {'that split' if len(absent) == 1 else 'each'}'s mIoU leaves it out")
     if len(sizes) > 1:
         notes.append(f"labelled images come in {len(sizes)} sizes ({_sizes_text(sizes)}); crops handle that")
     return DatasetSummary(
@@ -173,6 +175,41 @@ def validate_dataset(root: Path, *, need_unlabeled: bool, num_classes: int | Non
         image_sizes=tuple(sorted(sizes)), warnings=notes, points=point_stats,
         point_targets=(points or PointTargets()) if point_stats else None,
     )
+
+
+MIN_RESCALED_SIDE = 2  # px: torch's uint8 bilinear resize fails inside (an internal assert) on a 1 px output
+CROP_MULTIPLE = 32  # the crop the suggestions round down to: what most encoders need
+
+
+def check_crop(crop_size: int, scale_min: float, scale_max: float, image_sizes: Sequence[tuple[int, int]]) -> None:
+    """Refuse, naming the key, a crop no labelled image can fill and a rescale no image can take (one ConfigError),
+    before anything is trained. `image_sizes` are the (height, width) of the labelled images (`validate_dataset`).
+
+    A `crop_size` larger than every image's shorter side even at `scale_max` (the largest rescale) makes every
+    training crop mostly padding: slower steps on the same pixels (512 on 64 px tiles: 3.6x the time). A
+    `scale_min` that shrinks the smallest image under 2 px fails inside torch's resize. The loop (`selftune
+    train`, each trial) and the sweep's planner (over the crop and rescale range its space can give) both call
+    this, so a sweep refuses what its trials would."""
+    from selftune.errors import ConfigError
+
+    if not image_sizes:
+        return
+    fill = max(min(h, w) for h, w in image_sizes)  # the largest square crop an image can fill, at scale 1
+    if crop_size > fill * scale_max:
+        h, w = max(image_sizes, key=min)
+        limit = int(fill * scale_max)
+        suggest = limit - limit % CROP_MULTIPLE if limit >= CROP_MULTIPLE else limit
+        raise ConfigError(
+            f"crop_size {crop_size} is larger than any labelled image can fill: the largest is {w}x{h} px, {limit} px "
+            f"on its shorter side at scale_max {scale_max:g}; every training crop would be mostly padding "
+            f"({crop_size ** 2 / max(1, limit) ** 2:.1f}x the pixels an image fills) and each step slower for nothing; "
+            f"set crop_size to {max(1, suggest)} or less (or raise scale_max)")
+    small = min(min(h, w) for h, w in image_sizes)
+    if small * scale_min < MIN_RESCALED_SIDE:
+        h, w = min(image_sizes, key=min)
+        raise ConfigError(
+            f"scale_min {scale_min:g} shrinks the smallest labelled image ({w}x{h} px) to under {MIN_RESCALED_SIDE} "
+            f"px, which the rescale cannot make; set scale_min to at least {MIN_RESCALED_SIDE / small:.2g}")
 
 
 def _sizes_text(sizes: set[tuple[int, int]]) -> str:
@@ -222,6 +259,7 @@ def _fingerprint(root: Path, *, label_bytes: bool) -> str:
 __all__ = [
     "DatasetSummary",
     "PointStats",
+    "check_crop",
     "class_frequencies",
     "dataset_fingerprint",
     "fingerprint_matches",

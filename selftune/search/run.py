@@ -116,6 +116,12 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
     check_encoder_weights(base.encoder, base.encoder_weights)
     ctx = SpaceContext(num_classes=k, max_iters=max_t, eval_every=base.eval_every, arch=base.arch)
     report = check_space(sweep.space, base, ctx) if k != ctx0.num_classes else report0
+    from selftune.data import check_crop  # each trial's loop checks the same, with its own values (issue 35)
+
+    low = {n: getattr(report.params.get(n), "low", None) for n in ("scale_min", "scale_max")}
+    check_crop(int(report.upper("crop_size", base)), float(low["scale_min"] or report.constants.get("scale_min",
+               base.scale_min)), float(low["scale_max"] or report.constants.get("scale_max", base.scale_max)),
+               summary.image_sizes)
 
     if sweep.grace_period is not None:
         grace = sweep.grace_period

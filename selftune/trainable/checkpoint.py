@@ -13,10 +13,13 @@ state.prev.pt.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import math
 import os
+import shutil
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -234,6 +237,8 @@ def save_state(path: Path, st: TrainingState, cfg: TrainConfig, class_names: tup
     evaluation it follows (its metrics.jsonl line, restored from here if a crash lost it); in a run's
     checkpoint/ folder, the complete state.pt it replaces is kept as the run's state.prev.pt."""
     previous = previous_path(path)
+    for folder in dict.fromkeys([path.parent, *([previous.parent] if previous is not None else [])]):
+        _still_writable(folder, st.progress.iteration)
     if previous is not None and path.is_file() and zipfile.is_zipfile(path):  # a whole file, not one cut short
         _keep_as(path, previous)
     p = st.progress
@@ -249,8 +254,28 @@ def save_state(path: Path, st: TrainingState, cfg: TrainConfig, class_names: tup
     }, path)
 
 
+def _still_writable(folder: Path, iteration: int) -> None:
+    """Before a checkpoint: `folder` still takes files. The run checked it before its first step; one that turned
+    read-only since (a remount, a changed permission) is named as such, not by the error of the first file
+    operation to meet it (a read-only checkpoint/ read 'Invalid cross-device link' when its state.pt was kept as
+    state.prev.pt across the two mounts)."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".selftune-write-check-"):
+            pass
+    except OSError as exc:
+        run = folder.parent if folder.name == CHECKPOINT_DIR else folder
+        raise StorageError(exc.errno, (
+            f"cannot save the checkpoint of iteration {iteration}: {folder} is not writable any more "
+            f"({exc.strerror or exc}; it took files when the run started, so it turned read-only while the run ran). "
+            f"Nothing there was changed: make it writable, then `selftune train --resume --out {run}` (or `selftune "
+            "sweep --resume` for a sweep) continues from its last checkpoint")) from None
+
+
 def _keep_as(path: Path, previous: Path) -> None:
-    """Make `previous` the file at `path` now: a hard link (state.pt stays in place), or a move where links fail."""
+    """Make `previous` the file at `path` now: a hard link (state.pt stays in place), or a move where links fail,
+    or a copy where the two are on different file systems (a checkpoint/ mounted on its own)."""
     tmp = previous.with_name(f".{previous.name}.{os.getpid()}.tmp")
     try:
         try:
@@ -259,8 +284,16 @@ def _keep_as(path: Path, previous: Path) -> None:
         except OSError:
             if tmp.exists():
                 tmp.unlink()
-            os.replace(path, previous)  # until the new state.pt is in place, resume falls back to this one
+            try:
+                os.replace(path, previous)  # until the new state.pt is in place, resume falls back to this one
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, previous)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise StorageError(exc.errno, f"cannot keep {path} as {previous}: {exc.strerror}") from None
 
 

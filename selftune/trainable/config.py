@@ -291,9 +291,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {v!r}")
-        if not 0 < self.scale_min <= self.scale_max:
+        if not 0.1 <= self.scale_min <= self.scale_max <= 10:  # near 0 a 1 px rescale fails inside torch (issue 35)
             raise ConfigError(
-                f"scale_min must be > 0 and <= scale_max, got scale_min={self.scale_min!r}, "
+                f"scale_min and scale_max must satisfy 0.1 <= scale_min <= scale_max <= 10 (a rescale to under a "
+                f"tenth, or over 10x, of an image is no augmentation), got scale_min={self.scale_min!r}, "
                 f"scale_max={self.scale_max!r}"
             )
         if not self.thresholds:

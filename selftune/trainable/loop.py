@@ -285,6 +285,9 @@ def setup(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path | 
     _check_out_dir(out_dir)
     summary = validate_dataset(data_root, need_unlabeled=get_method(cfg.method).needs_unlabeled,
                                points=point_targets(cfg))
+    from selftune.data.validate import check_crop  # the sweep's planner makes the same check (issue 35)
+
+    check_crop(cfg.crop_size, cfg.scale_min, cfg.scale_max, summary.image_sizes)
     classes = read_classes(data_root)
     k = classes.num_classes
     _check_select_metric(cfg.select_metric, classes.names)
