@@ -166,7 +166,7 @@ def test_histogram_auc_is_the_exact_rank_auc_when_bins_separate_the_scores() -> 
     (dict(binary=True, pos_threshold=1.2), r"pos_threshold must be in \[0\.5, 1\], got 1\.2"),
     (dict(binary=True, pos_weight=0), r"pos_weight must be a positive number"),
     (dict(pos_weight=10.0), r"pos_weight is 10\.0, but it is a knob of binary mode and binary is false"),
-    (dict(binary=True, method="s4gan"), r"binary mode works with methods supervised, ema_self_training and rounds"),
+    (dict(binary=True, method="s4gan"), r"binary mode works with methods supervised, ema_self_training, rounds and diverse_head"),
     (dict(binary=True, min_accept_ratio=0.2), r"min_accept_ratio is 0\.2, but binary mode does not use it"),
     (dict(auc_bins=1), r"auc_bins must be >= 2"),
 ])

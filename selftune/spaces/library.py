@@ -164,6 +164,17 @@ def s4gan(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     return {"method": "s4gan"}
 
 
+def diverse_head(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
+    """DiverseHead: the heads, their dropout and freezing, the vote's weight, the heads that learn from the
+    pseudo-labels, the ST weight (its piece of `methods`), LR, warmup and patience."""
+    get_method("diverse_head").space(trial, ctx)
+    trial.suggest_float("lr", 1e-4, 3e-3, log=True)
+    trial.suggest_int("warmup_iters", 0, max(1, ctx.max_iters // 20))
+    evals = max(2, ctx.max_iters // ctx.eval_every)
+    trial.suggest_int("patience", max(1, evals // 8), max(2, evals // 2))
+    return {"method": "diverse_head"}
+
+
 def methods(trial: Trial, ctx: SpaceContext) -> dict[str, Any]:
     """The method first (every registered one: supervised, the mean teacher, self-training in rounds, s4GAN, ...),
     then the knobs every method shares (`_shared_training`: LR, warmup, dice weight, class weighting, scale), then
@@ -233,6 +244,7 @@ SPACES = {
     "supervised": supervised,
     "methods": methods,
     "s4gan": s4gan,
+    "diverse_head": diverse_head,
     "binary": binary,
     "binary_points": binary_points,
 }

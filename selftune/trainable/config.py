@@ -350,9 +350,11 @@ class TrainConfig:
         ignores; then the method's own checks."""
         method = get_method(self.method)
         for other in METHODS.values():
-            if other is not method and (key := self.first_changed(other.own_knobs)):
-                raise ConfigError(f"{key} is {getattr(self, key)!r}, but only method {other.name} uses it (method is "
-                                  f"{self.method!r}); set method {other.name} or drop {key}")
+            theirs = tuple(k for k in other.own_knobs if k not in method.shares)  # rounds reads the mean teacher's heads
+            if other is not method and (key := self.first_changed(theirs)):
+                users = " or ".join([other.name, *(m.name for m in METHODS.values() if key in m.shares)])
+                raise ConfigError(f"{key} is {getattr(self, key)!r}, but only method {users} uses it (method is "
+                                  f"{self.method!r}); set method {users} or drop {key}")
         method.check_unused(self)
         method.check(self)
         self._check_schedules(method)

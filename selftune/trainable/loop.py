@@ -166,6 +166,7 @@ def _train(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path |
             images, masks = run.to_device.labeled(next(labeled))
             st_weight = method.st_weight(it)
             self_training = method.uses_unlabeled(it)
+            method.before_step(st.model, it)  # e.g. diverse_head's frozen heads for this step
             with run.autocast():
                 if self_training:
                     step_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_STRONG_AUG, it))
@@ -174,7 +175,7 @@ def _train(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path |
                     pseudo = method.pseudo_batch(run.labeller, run.to_device.images(images_u), it, step_gen)
                     logits = st.model(torch.cat([images, pseudo.images]))  # one forward: one set of BN statistics
                     logits_l, logits_u, student_u = logits[: len(images)], logits[len(images) :], pseudo.images
-                    loss_sup = run.loss_fn(logits_l, masks)
+                    loss_sup = method.supervised_loss(logits_l, masks, run.loss_fn)  # each head's, with heads
                     loss_st = method.unlabeled_loss(logits_u, pseudo, run.loss_fn)
                     if cfg.fp_weight > 0:
                         loss_st = loss_st + cfg.fp_weight * method.perturbed_loss(st.model, pseudo, run.loss_fn,
@@ -183,7 +184,7 @@ def _train(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path |
                     accepted_now = pseudo.accepted.sum()
                 else:
                     logits_l, logits_u, student_u = st.model(images), None, None
-                    loss_sup = run.loss_fn(logits_l, masks)
+                    loss_sup = method.supervised_loss(logits_l, masks, run.loss_fn)
                     loss_st = accepted_now = torch.zeros((), device=device)
                 # a method's own loss (s4GAN's feature matching; 0 for the others)
                 loss = loss_sup + st_weight * loss_st + method.extra_loss(images, masks, logits_l, student_u, logits_u, it)

@@ -11,6 +11,8 @@ import torch
 from selftune.errors import ConfigError, DataError
 from selftune.trainable import checkpoint as ckpt
 from selftune.trainable.config import TrainConfig
+from selftune.trainable.heads import load_without_heads, replace_head
+from selftune.trainable.methods import get_method
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
@@ -30,6 +32,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
             f"cannot build arch={cfg.arch!r} with encoder={cfg.encoder!r}, encoder_weights={cfg.encoder_weights!r}: "
             f"{str(exc)[:500]}"
         ) from exc
+    if (heads := get_method(cfg.method).heads(cfg)) is not None:  # the method's own heads (`MethodSpec.heads`)
+        replace_head(model, heads.count, heads.dropout, cfg.arch)
     multiple = input_multiple(model)
     if cfg.crop_size % multiple:
         raise ConfigError(f"crop_size must be a multiple of {multiple} for arch {cfg.arch!r} with encoder "
@@ -67,10 +71,14 @@ def weights_from(key: str, path: str | None, names: tuple[str, ...]) -> LoadedWe
 
 
 def load_weights(model: torch.nn.Module, loaded: LoadedWeights, key: str, what: str) -> None:
-    """Load `loaded` into `model`; a mismatch fails as ConfigError naming the key, the file and both models."""
+    """Load `loaded` into `model`; a mismatch fails as ConfigError naming the key, the file and both models. A model
+    with a method's heads takes a one-head model's encoder and decoder, its heads keeping their init
+    (`heads.load_without_heads`)."""
     try:
         model.load_state_dict(loaded.weights)
     except RuntimeError as exc:
+        if load_without_heads(model, loaded.weights, f"{key} {loaded.info['file']}"):  # a one-head model's body
+            return
         first = str(exc).strip().splitlines()
         raise ConfigError(
             f"{key}: {loaded.info['file']} holds a {loaded.config.arch}/{loaded.config.encoder} model that does not "

@@ -1,7 +1,7 @@
 """The training methods and the one list of them (`REGISTRY`). Importing this imports no torch.
 
     from selftune.trainable.methods import create_method, get_method, method_names
-    method_names()                        # ('supervised', 'ema_self_training', 'rounds', 's4gan')
+    method_names()                        # ('supervised', 'ema_self_training', 'rounds', 's4gan', 'diverse_head')
     get_method("rounds").uses_shared_stage  # True: a method's traits are its spec's (`spec.MethodSpec`)
     method = create_method(cfg, num_classes)  # the loop's `cfg.method`, its torch class built
 
@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from selftune.errors import ConfigError
-from selftune.trainable.methods import ema_self_training, rounds, s4gan, supervised
+from selftune.trainable.methods import diverse_head, ema_self_training, rounds, s4gan, supervised
 from selftune.trainable.methods.spec import Knob, MethodSpec
 
-_BUILT_IN = (supervised.SPEC, ema_self_training.SPEC, rounds.SPEC, s4gan.SPEC)
+_BUILT_IN = (supervised.SPEC, ema_self_training.SPEC, rounds.SPEC, s4gan.SPEC, diverse_head.SPEC)
 
 REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in _BUILT_IN}
 DEFAULT_METHOD = ema_self_training.SPEC.name  # the config's `method` when not given

@@ -2,6 +2,8 @@
 
 The loop calls a method without knowing which one runs. Per step it asks:
 
+0. `before_step(student, it)`: the method readies the student for step `it` (diverse_head: which heads are frozen,
+   their dropout stream); then the labelled loss is `supervised_loss`.
 1. `uses_unlabeled(it)`: does this step draw an unlabelled batch? Then `pseudo_batch(labeller, images_u, it,
    generator)` gives the student's input and targets (no gradient) and `unlabeled_loss` (plus `perturbed_loss`,
    UniMatch's feature-perturbation stream, when `fp_weight` > 0) its loss, weighted by `st_weight(it)`.
@@ -14,7 +16,8 @@ At each evaluation: `window_metrics` (the method's own statistics), `keep_if_bes
 `labeller_weights` is the frozen labeller a resumed run restores, `student_from_labeller` whether the student
 starts from `teacher_checkpoint`. `state_dict` / `load_state_dict` round-trip the method's own state in the
 checkpoint. The student sees the labelled and the unlabelled images in one forward pass (one set of BatchNorm
-statistics per step).
+statistics per step). A model with a method's heads (`spec.Heads`, `selftune.trainable.heads`) returns every head's
+logits, [B, N, K, H, W], in training: the losses here are then the mean of each head's.
 
 What a method needs, which knobs it takes and its config checks are its spec's (`spec.MethodSpec`, no torch), the
 class attribute `spec`; the registry (`selftune.trainable.methods`) is the one list of specs. This base class is
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from selftune.trainable import functional
+from selftune.trainable.heads import mean_over_heads
 from selftune.trainable.methods import supervised
 from selftune.trainable.methods.spec import MethodSpec
 
@@ -47,6 +51,8 @@ class PseudoBatch:
     predicted: torch.Tensor  # int64 [K]: pixels the teacher assigned to each class
     weak_images: torch.Tensor | None = None  # the teacher's input (before strong aug), for feature perturbation
     weak_labels: torch.Tensor | None = None  # the targets on it (before CutMix)
+    # A method that labels from the student's own forward (diverse_head) fills labels, accepted and predicted in
+    # `unlabeled_loss`; the loop counts them after it.
 
 
 @dataclass
@@ -140,11 +146,14 @@ class Method:
         (and the acceptance floor) on its probabilities after `align`, or binary mode's positive and negative
         thresholds. `update=False` leaves the method's state alone (for the TensorBoard panels, which must show
         what the student trains on without changing it)."""
-        probs = functional.tta_probs(teacher, images_u, self.cfg.teacher_tta)
+        return self.threshold(functional.tta_probs(teacher, images_u, self.cfg.teacher_tta), it, update=update)
+
+    def threshold(self, probs: torch.Tensor, it: int, *, update: bool = True) -> functional.PseudoLabels:
+        """`label`'s rule on a teacher's class probabilities [B, K, H, W] at step `it`."""
         if self.cfg.binary:  # positive / negative thresholds (no alignment: the config refuses it)
             pos, neg = self.binary_thresholds()
             return functional.binary_pseudo_labels(probs[:, 1], pos, neg, self.cfg.ignore_index)
-        return functional.pseudo_labels(self.align(probs, update=update), self.thresholds_tensor(it, images_u.device),
+        return functional.pseudo_labels(self.align(probs, update=update), self.thresholds_tensor(it, probs.device),
                                         self.cfg.ignore_index, self.cfg.min_accept_ratio)
 
     def align(self, probs: torch.Tensor, *, update: bool) -> torch.Tensor:
@@ -174,12 +183,18 @@ class Method:
         """What the student sees of the teacher's (images, pseudo-labels): here the same batch."""
         return images, labels
 
+    def supervised_loss(self, logits_l: torch.Tensor, masks: torch.Tensor, loss_fn: functional.SegmentationLoss
+                        ) -> torch.Tensor:
+        """The labelled batch's loss: `loss_fn`, the mean of each head's for a model with several heads."""
+        return mean_over_heads(logits_l, lambda logits: loss_fn(logits, masks))
+
     def unlabeled_loss(
         self, logits_u: torch.Tensor, batch: PseudoBatch, loss_fn: functional.SegmentationLoss
     ) -> torch.Tensor:
         """The unlabelled loss (before the st_weight ramp): the supervised loss on the pseudo-labels,
-        a mean over accepted pixels, or over all pixels with `st_loss_normalization: all_pixels`."""
-        loss = loss_fn(logits_u, batch.labels)
+        a mean over accepted pixels, or over all pixels with `st_loss_normalization: all_pixels`; the mean of each
+        head's for a model with several heads."""
+        loss = mean_over_heads(logits_u, lambda logits: loss_fn(logits, batch.labels))
         if self.cfg.st_loss_normalization == "all_pixels":
             loss = loss * functional.valid_share(batch.labels, self.cfg.ignore_index)
         return loss
@@ -197,6 +212,10 @@ class Method:
         return self.unlabeled_loss(logits, replace(batch, images=batch.weak_images, labels=batch.weak_labels), loss_fn)
 
     # ------------------------------------------------------------------ hooks around the optimizer step
+
+    def before_step(self, student: torch.nn.Module, it: int) -> None:
+        """Before step `it`'s forward pass: ready the student (diverse_head freezes some heads and seeds their
+        dropout). Default: nothing."""
 
     def extra_loss(self, images_l: torch.Tensor, masks: torch.Tensor, logits_l: torch.Tensor,
                    images_u: torch.Tensor | None, logits_u: torch.Tensor | None, it: int) -> torch.Tensor:

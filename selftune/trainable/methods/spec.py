@@ -100,6 +100,22 @@ def one_stage(cfg: Config) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
+class Heads:
+    """The decision heads a method puts on the model in place of smp's segmentation head (`model.build_model`): `count`
+    heads, each conv3x3 + BatchNorm + ReLU (+ dropout at `dropout`) + conv1x1 to the classes, on the decoder's output.
+    In training the model returns every head's logits, [B, count, K, H, W]; in eval mode their mean, [B, K, H, W], so
+    scoring, export and the verdict read it like any model."""
+
+    count: int
+    dropout: float = 0.0
+
+
+def smp_head(cfg: Config) -> Heads | None:
+    """smp's own segmentation head (a method that puts no heads of its own on the model)."""
+    return None
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """A method as the registry lists it: everything about it that needs no torch.
 
@@ -122,6 +138,9 @@ class MethodSpec:
         stage_lengths: iterations of each stage a run of `cfg` trains (rounds: each round's).
         starts_at: the first iteration pseudo-labels can change the model (`self_training_starts`); None:
             `st_start_iter` for a self-training method, max_iters for one that never self-trains.
+        heads: the decision heads of the model a run of `cfg` trains (`Heads`), or None for smp's own head; every
+            model built from such a config (the student, its EMA, a labeller, an exported or scored model) has them.
+        shares: other methods' knobs it reads too (rounds: the mean teacher's `heads`), not refused with it.
     """
 
     name: str
@@ -137,6 +156,8 @@ class MethodSpec:
     check: Callable[[Config], None] = _nothing
     stage_lengths: Callable[[Config], tuple[int, ...]] = one_stage
     starts_at: Callable[[Config], int] | None = None
+    heads: Callable[[Config], Heads | None] = smp_head
+    shares: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():
@@ -177,4 +198,4 @@ class MethodSpec:
         return cls  # type: ignore[no-any-return]
 
 
-__all__ = ["Config", "Knob", "MethodSpec", "one_stage"]
+__all__ = ["Config", "Heads", "Knob", "MethodSpec", "one_stage", "smp_head"]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from selftune.trainable import augment, functional
+from selftune.trainable.heads import agreement, head_logits
 from selftune.trainable.methods.base import Method
 from selftune.trainable.methods.ema_self_training import SPEC
 
@@ -25,6 +26,9 @@ class EmaSelfTraining(Method):
     Two class-balancing options change what passes the thresholds: `distribution_alignment` rescales the
     teacher's probabilities towards the labelled class frequencies, and `min_accept_ratio` keeps the
     most confident share of every predicted class.
+    With `heads` > 1 the model has several heads (`selftune.trainable.heads`): each learns from the labels and the
+    pseudo-labels, the teacher's prediction is their mean, and with `head_agreement` a pixel is also rejected unless
+    that share of the teacher's heads predict its class.
     """
 
     spec = SPEC
@@ -32,6 +36,22 @@ class EmaSelfTraining(Method):
     def __init__(self, cfg: TrainConfig, num_classes: int, class_prior: Sequence[float] | None = None):
         super().__init__(cfg, num_classes, class_prior)
         self.predicted_mean: torch.Tensor | None = None  # running mean of teacher probabilities (alignment)
+
+    @torch.no_grad()
+    def label(self, teacher: torch.nn.Module, images_u: torch.Tensor, it: int, *, update: bool = True
+              ) -> functional.PseudoLabels:
+        """`Method.label`; with `head_agreement`, pixels fewer of the teacher's heads vote for are rejected too (their
+        agreement is on the batch as given, one pass for every head; with `teacher_tta` that pass is one more)."""
+        c = self.cfg
+        if c.head_agreement <= 0:
+            return super().label(teacher, images_u, it, update=update)
+        logits = head_logits(teacher, images_u).float()  # [B, N, K, H, W]; N = 1 for a one-head labeller
+        probs = (functional.class_probs(logits.mean(dim=1)) if c.teacher_tta == "none"
+                 else functional.tta_probs(teacher, images_u, c.teacher_tta))
+        pl = self.threshold(probs, it, update=update)
+        accepted = pl.accepted & (agreement(logits, pl.predicted) >= c.head_agreement)
+        labels = torch.where(accepted, pl.predicted, torch.full_like(pl.predicted, c.ignore_index))
+        return functional.PseudoLabels(labels, accepted, pl.confidence, pl.predicted)
 
     def align(self, probs: torch.Tensor, *, update: bool) -> torch.Tensor:
         """With `distribution_alignment`: `probs` scaled by the labelled class frequencies over the running mean of

@@ -4,7 +4,7 @@ class is `train.Rounds`, the mean teacher with a frozen labeller per round."""
 from __future__ import annotations
 
 from selftune.errors import ConfigError
-from selftune.trainable.methods.ema_self_training import pseudo_label_piece
+from selftune.trainable.methods.ema_self_training import HEAD_KNOBS, check_heads, model_heads, pseudo_label_piece
 from selftune.trainable.methods.spec import Config, Knob, MethodSpec
 
 KNOBS = (
@@ -32,7 +32,9 @@ def round_lengths(cfg: Config) -> tuple[int, ...]:
 
 
 def check(cfg: Config) -> None:
-    """At least one round to train, one iteration per round, and `round_iters` matching the rounds and max_iters."""
+    """At least one round to train, one iteration per round, `round_iters` matching the rounds and max_iters, and
+    the mean teacher's heads."""
+    check_heads(cfg)
     n = trained_rounds(cfg)
     if n < 1:
         raise ConfigError(f"rounds is {cfg.rounds} and teacher_checkpoint gives the first round: nothing is left "
@@ -67,6 +69,7 @@ SPEC = MethodSpec(
     implementation="selftune.trainable.methods.rounds.train:Rounds",
     self_training=True, needs_unlabeled=True, uses_shared_stage=True, knobs=KNOBS, space=space, check=check,
     stage_lengths=round_lengths, starts_at=starts_at,
+    heads=model_heads, shares=HEAD_KNOBS,  # the mean teacher's heads: each round's student, labeller and EMA have them
 )
 
 __all__ = ["KNOBS", "SPEC", "round_lengths", "trained_rounds"]
