@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from selftune.cli import main
+from selftune.coerce import parse_duration
 from selftune.errors import ConfigError
-from selftune.search.sweepfile import SweepConfig, demo_sweep, parse_duration
+from selftune.search.sweepfile import SweepConfig, demo_sweep
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ def test_unknown_key_suggests_the_field() -> None:
     ("data", "match"),
     [
         ({"lr": -1}, r"lr must be a positive number, got -1"),
-        ({"max_iters": 2.5}, r"max_iters must be an integer, got 2.5"),
+        ({"max_iters": 2.5}, r"max_iters must be a whole number, got 2.5"),
         ({"thresholds": [0.5, 1.2]}, r"thresholds\[1\] must be in \[0, 1\], got 1.2"),
         ({"arch": "UNet"}, r"arch must be one of .*got 'UNet'"),
         ({"scale_min": 1.5, "scale_max": 1.0}, r"must satisfy 0.1 <= scale_min <= scale_max <= 10"),
@@ -123,8 +123,8 @@ def test_schedules_left_at_their_defaults_follow_a_shorter_run() -> None:
     ({"class_weights": [1.0, 2.0]}, r"class_weights is \[1.0, 2.0\] but class_weighting is 'none', which ignores it"),
     ({"round_init": "fresh"}, "round_init is 'fresh', but only method rounds uses it"),
     ({"rounds": 3}, "rounds is 3, but only method rounds uses it"),
-    ({"max_iters": float("inf")}, "max_iters must be an integer, got inf"),
-    ({"patience": float("nan")}, "patience must be an integer, got nan"),
+    ({"max_iters": float("inf")}, "max_iters must be a whole number, got inf"),
+    ({"patience": float("nan")}, "patience must be a whole number, got nan"),
     ({"lr": float("inf")}, "lr must be a finite number, got inf"),
     ({"seed": 2**64}, r"seed must be in \[0, 2\^32 - 1\], got 18446744073709551616"),
 ])

@@ -28,7 +28,7 @@ def test_the_light_decoder_is_built_and_is_smaller() -> None:
                                                                 "channels >= 1, got 0"),
     ({"arch": "Unet", "decoder_channels": [64, 32, -8, 16, 16]}, r"decoder_channels\[2\] must be"),
     ({"arch": "FPN", "decoder_channels": [64]}, "decoder_channels is \\[64\\], but arch 'FPN' has no such knob"),
-    ({"arch": "Unet", "decoder_channels": [64, 32, 16.5, 16, 16]}, r"decoder_channels\[2\] must be an integer"),
+    ({"arch": "Unet", "decoder_channels": [64, 32, 16.5, 16, 16]}, r"decoder_channels\[2\] must be a whole number"),
 ])
 def test_bad_decoder_channels_fail_by_name(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

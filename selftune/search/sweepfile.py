@@ -1,23 +1,21 @@
 """The sweep file: one typed object for data, base config, space, searcher, scheduler, resources, storage.
 
 Documented key by key in docs/sweep.md. Unknown keys fail by name, like `TrainConfig`; every value is converted
-to its key's type or refused naming the key, the value and the fix (`_coerce`): integers, finite numbers,
+to its key's type or refused naming the key, the value and the fix (`selftune.coerce`, the train config's rule): integers, finite numbers,
 durations for the `_s` keys ("10m", "1h30m"), strings, mappings.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from selftune.coerce import coerce
 from selftune.errors import ConfigError
 from selftune.trainable.config import TrainConfig, demo_config, read_yaml_mapping, reject_unknown
 
@@ -245,86 +243,30 @@ def _hints() -> dict[str, Any]:
     return typing.get_type_hints(SweepConfig)
 
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(hours?|h|minutes?|min|m|seconds?|sec|s)?\s*", re.IGNORECASE)
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0}
-
-
-def parse_duration(key: str, text: str) -> float:
-    """Seconds from "90", "90s", "10m", "10 min", "1h30m", "1.5h"; a ConfigError naming `key` otherwise."""
-    total, pos, parts = 0.0, 0, 0
-    while pos < len(text):
-        m = _DURATION.match(text, pos)
-        if m is None or m.end() == pos:
-            break
-        unit = (m.group(2) or "s")[0].lower()
-        total += float(m.group(1)) * _UNIT_S[unit]
-        pos, parts = m.end(), parts + 1
-    if pos != len(text) or parts == 0:
-        raise ConfigError(f"{key} must be seconds or a duration such as 90s, 10m, 1h30m; got {text!r}")
-    return total
-
-
 def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """`value` as sweep key `key`'s type `hint`, or a ConfigError naming the key, the value and the fix."""
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)  # `int | None`
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key} must not be null (leave the key out for its default)")
-    kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-    kind = typing.get_origin(kind) or kind  # dict[str, Any] -> dict
-    if kind is bool:
-        if not isinstance(value, bool):  # YAML reads "maybe" as a string, which would count as true
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, str):  # '3' (a quoted number)
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, float) and math.isfinite(value) and value == int(value):
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be a whole number, got {value!r}")
-        if abs(value) > MAX_INT and key != "seed":  # the seed's own, smaller range is checked with its name
-            raise ConfigError(f"{key} is too large: {value} (at most {MAX_INT})")
-        return value
-    if kind is float:
-        if isinstance(value, str):
-            value = parse_duration(key, value) if key.endswith("_s") else _number(key, value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            extra = " (leave the key out for no limit)" if key.endswith("_s") else ""
-            raise ConfigError(f"{key} must be a finite number, got {value!r}{extra}")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}; quote it in YAML: {key}: '{value}'")
-        return value
-    if kind is dict and not isinstance(value, dict):
-        raise ConfigError(f"{key} must be a mapping of keys, got {value!r}")
+    """`value` as sweep key `key`'s type (`selftune.coerce`, the train config's rule too), no larger than Ray,
+    Optuna and numpy take (the seed's own, smaller range is checked with its name)."""
+    value = coerce(key, value, hint)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT and key != "seed":
+        raise ConfigError(f"{key} is too large: {value} (at most {MAX_INT})")
     return value
-
-
-def _number(key: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{key} must be a number, got {text!r}") from None
 
 
 DEMO_ITERS = 300  # the demo sweep's trial length; the lengths below are its fractions of it
 DEMO_LENGTHS = {"eval_every": 25, "warmup_iters": 10, "st_start_iter": 25, "st_rampup_iters": 50,
                 "threshold_ramp_iters": 600}  # demo_config's 600 is kept as is at 300 iterations
 DEMO_STAGE_ITERS = 150
+DEMO_TIME_BUDGET_S = 540.0  # stage, trials and confirmation; Ray's start, the data and the scoring fit in 10 minutes
+DEMO_CONFIRM_SCORE = "best"
 DEMO_DECODER = (64, 32, 16, 16, 16)  # 2.3x faster steps than smp's (256, 128, 64, 32, 16) at -0.3 supervised val mIoU
 # points (3 seeds; bench/bench_decoder.py, docs/benchmarks.md); (32, 16, 16, 8, 8) was 3.4x but -2.2 points
 
 
 def demo_sweep(base: dict[str, Any] | None = None, **overrides: Any) -> SweepConfig:
     """`selftune sweep --demo`: a complete small sweep on the demo data, sized for 2 CPU cores, 10 minutes:
-    the `methods` space, a shared supervised first stage, and the verdict (both arms' best configs retrained with
-    2 fresh seeds each). The time budget counts the stage, the trials and the confirmation.
+    the `methods` space (each method twice in turn, then TPE), a shared supervised first stage, and the verdict
+    (both arms' best configs retrained with 3 fresh seeds each, up to 5 while unclear). The time budget counts the
+    stage, the trials and the confirmation, and is a safety net: the demo is sized to end before it.
 
     `base`: train config keys set over the demo's (`--set`). The lengths the demo derives from its run length
     (evaluation interval, warmup, self-training start and ramp, threshold ramp, the shared stage) follow a changed
@@ -340,11 +282,15 @@ def demo_sweep(base: dict[str, Any] | None = None, **overrides: Any) -> SweepCon
     demo_base = demo_config(encoder="tu-mobilenetv3_small_050", decoder_channels=list(DEMO_DECODER),
                             max_iters=DEMO_ITERS, patience=4,
                             **{k: scaled(v) for k, v in DEMO_LENGTHS.items()}).to_dict()
+    from selftune.trainable.methods import method_names
+
     sweep = dict(
-        name="demo", data=None, base={**demo_base, **sets}, space="methods", num_samples=12, max_concurrent=2,
-        cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=480.0,
+        name="demo", data=None, base={**demo_base, **sets}, space="methods", max_concurrent=2,
+        num_samples=max(12, 3 * len(method_names())),  # two thirds the methods in turn, then TPE chooses
+        trials_per_method=2, cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=DEMO_TIME_BUDGET_S,
         shared_stage={"max_iters": scaled(DEMO_STAGE_ITERS)},
-        confirm_seeds=2,  # the verdict's retraining: 4 runs of 300 iterations, inside the 480 s with the trials
+        confirm_seeds=3, confirm_max_seeds=5,  # the verdict: 3 fresh seeds per arm, 5 while the answer is unclear
+        confirm_score=DEMO_CONFIRM_SCORE,
     )
     sweep.update(overrides)
     return SweepConfig.from_dict(sweep)

@@ -20,14 +20,15 @@ import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 import yaml
 
+from selftune.coerce import coerce
 from selftune.data.points import POINT_RADIUS, POINT_RING
 from selftune.errors import ConfigError
-from selftune.trainable.methods import REGISTRY as METHODS
 from selftune.trainable.methods import DEFAULT_METHOD, MethodSpec, all_knobs, get_method, on_register
+from selftune.trainable.methods import REGISTRY as METHODS
 
 ARCHS = (
     "Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "PAN", "DeepLabV3",
@@ -197,7 +198,7 @@ class TrainConfig:
         known = set(cls.field_names())
         reject_unknown(data, known, "config key")
         hints = get_type_hints(cls)
-        kwargs = {k: _coerce(k, v, hints[k]) for k, v in data.items()}
+        kwargs = {k: coerce(k, v, hints[k]) for k, v in data.items()}
         return cls(**_scale_schedules(kwargs))
 
     @classmethod
@@ -561,52 +562,6 @@ def reject_unknown(data: dict[str, Any], known: set[str] | list[str], what: str)
 
 
 # ---------------------------------------------------------------------- coercion helpers
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Turn YAML/JSON/Optuna values into the field's type, or fail naming the key."""
-    origin = get_origin(hint)
-    args = get_args(hint)
-    optional = type(None) in args
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key} must not be null")
-    if optional:
-        inner = [a for a in args if a is not type(None)]
-        hint = inner[0] if len(inner) == 1 else hint
-        origin, args = get_origin(hint), get_args(hint)
-    if origin is tuple:
-        if isinstance(value, str) and "," in value:  # "64,32,16,16,16": a list from a space's categorical or --set
-            value = [v.strip() for v in value.split(",")]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list of numbers, got {value!r}")
-        return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
-    if hint in (int, float) and isinstance(value, str):
-        try:  # YAML 1.1 reads `3e-4` (no dot) as a string
-            value = float(value)
-        except ValueError:
-            raise ConfigError(f"{key} must be a number, got {value!r}") from None
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if hint is int:
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or (isinstance(value, float) and not math.isfinite(value)) or float(value) != int(value)):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return int(value)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        if not math.isfinite(float(value)):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    return value
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
