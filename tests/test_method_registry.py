@@ -200,7 +200,7 @@ def test_the_toy_method_runs_in_a_tiny_sweep_and_analysis_reads_its_traits(tiny_
         assert [r["iteration"] for r in rows] == [3, 6] and rows[-1]["status"] == "completed"
         if cfg.method == "fixed_threshold":
             assert (cfg.ft_threshold, cfg.ft_weight) == (t.params["ft_threshold"], t.params["ft_weight"])
-    union, _ = declared_hparams(trials, [])
+    union, _ = declared_hparams(trials)
     assert {"ft_threshold", "ft_weight", "method"} <= union.keys()  # TensorBoard's HPARAMS columns
     loaded = load_sweep(summary.experiment_dir)
     st = self_training_trials(loaded)

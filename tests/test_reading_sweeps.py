@@ -96,7 +96,7 @@ def test_hparams_declares_every_trials_knobs(tmp_path: Path) -> None:
     records = read_trials(str(path))
     for t in records:
         (Path(t.path) / "train").mkdir()
-    assert write_hparams(records, [10.0, 20.0]) == len(records)
+    assert write_hparams(records) == len(records)
     union = {k for t in records for k in t.params} | {"status", "trial_id"}
     assert {"dice_weight", "st_weight", "rounds", "ema_decay"} <= union
     for t in records:

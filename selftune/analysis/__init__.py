@@ -14,7 +14,6 @@ from selftune.analysis.report import Analysis, analyze
 from selftune.analysis.study import Importance, analysis_study, load_study, param_importances
 from selftune.analysis.tables import (
     DEFAULT_METRIC,
-    STOPPED_BY_BUDGET,
     Sweep,
     available_metrics,
     load_history,
@@ -24,7 +23,7 @@ from selftune.analysis.tables import (
     metric_mode,
 )
 from selftune.analysis.verdict import Verdict, load_verdict
-from selftune.sweepfolder import TrialRecord, read_sweep_meta, read_trials
+from selftune.sweepfolder import STOPPED_BY_BUDGET, TrialRecord, read_sweep_meta, read_trials
 
 __all__ = [
     "DEFAULT_METRIC",

@@ -34,11 +34,11 @@ from selftune.analysis.study import (
     param_importances,
     trial_values,
 )
-from selftune.analysis.tables import DEFAULT_METRIC, NoResultsYet, Sweep, asha_rungs, load_sweep, method_table
+from selftune.analysis.tables import DEFAULT_METRIC, NoResultsYet, Sweep, load_sweep, method_table
 from selftune.analysis.verdict import Verdict, load_verdict, verdict_note
 from selftune.errors import SelftuneError
 from selftune.fileio import write_atomic
-from selftune.sweepfolder import trials_that_count
+from selftune.sweepfolder import sweep_rungs, trials_that_count
 from selftune.trainable.methods import DEFAULT_METHOD, counts_as_self_training
 
 PLOTLY_JS = "plotly.min.js"
@@ -375,7 +375,7 @@ def analyze(path: str, out: str | None = None, *, metric: str = DEFAULT_METRIC, 
             ("lr" if "lr" in varied else (varied[0] if varied else None))
     key_params = [p for p in importance.ranked() if p in varied and p != METHOD][:3] or \
         [p for p in varied if p != METHOD][:3]
-    rungs = asha_rungs(sweep.meta)
+    rungs = sweep_rungs(sweep.meta)
     verdict = load_verdict(path, warn=False)  # one damaged or missing is said where the verdict would be
     a = Analysis(sweep, "", study, importance, color_by, key_params, rungs, asha_review(sweep, rungs),
                  [], verdict=verdict, verdict_note=None if verdict else verdict_note(path, sweep.meta),

@@ -7,9 +7,9 @@ Column conventions of the trial table:
 - `best.<m>`: every metric at the trial's best evaluation (the report where `metric`, default
   `val_miou`, was best), so `best.val_iou/road` is the road IoU of the checkpoint worth keeping.
 - `final.<m>`: every metric of the last report.
-- `status`: completed | stopped_by_asha | early_stopped | diverged | errored | running
-  (`selftune.sweepfolder.outcome`), plus stopped_by_budget: stopped from outside but not at an ASHA rung,
-  so by the sweep's budget (time_budget_s, budget_iters); `ray_status` is Ray's own (TERMINATED, ERROR, RUNNING, PENDING, ...).
+- `status`: completed | early_stopped | diverged | stopped_by_asha | stopped_by_budget | errored | running | damaged
+  (`selftune.status`), read by the one rule the sweep's summary and its Optuna study use too
+  (`selftune.sweepfolder.outcome.trial_outcome`); `ray_status` is Ray's own (TERMINATED, ERROR, RUNNING, PENDING, ...).
 - `started_at`, `ended_at`: UTC timestamps, both `datetime64[ms, UTC]` (what trials.parquet keeps too).
 
 The history table has every key of every report; the report's own `status` (`running` at ordinary
@@ -28,15 +28,11 @@ import pyarrow.fs as pafs
 
 from selftune.errors import SelftuneError
 from selftune.sweepfolder import (
-    ERRORED,
     METRIC,
     OUTCOME_WORDS,
     OUTCOMES,
-    STOPPED_BY_BUDGET,
-    STOPPED_BY_SCHEDULER,
     SWEEP_FILE,
     TrialRecord,
-    asha_milestones,
     counts_mask,
     filesystem,
     metric_mode,
@@ -44,7 +40,6 @@ from selftune.sweepfolder import (
     read_text,
     read_trials,
     trials_that_count,
-    who_stopped,
 )
 
 DEFAULT_METRIC = METRIC
@@ -191,35 +186,6 @@ def load_history(path: str) -> pd.DataFrame:
     return history_frame(records)
 
 
-def asha_rungs(meta: dict[str, Any]) -> list[float]:
-    """The iterations where ASHA compared trials (Ray's milestones: grace * rf^k below max_t)."""
-    sweep = meta.get("sweep", {})
-    if sweep.get("scheduler", "asha") != "asha":
-        return []
-    try:
-        grace, max_t = float(meta["grace_period"]), float(meta["max_t"])
-        rf = float(sweep.get("reduction_factor") or 3.0)
-    except (KeyError, TypeError, ValueError):
-        return []
-    return asha_milestones(grace, max_t, rf)
-
-
-def _status(t: TrialRecord, rungs: list[float]) -> str:
-    """The outcome, with two corrections: a trial "stopped from outside" whose last report crossed no ASHA
-    rung was not cut by ASHA (ASHA decides only there) but by the sweep ending (time_budget_s, budget_iters); and
-    a trial Ray terminated without an error before its first report was cut the same way, not errored."""
-    outcome = t.outcome
-    if outcome == ERRORED and not t.errored and not t.results and t.ray_status == "TERMINATED":
-        return STOPPED_BY_BUDGET  # ended by the sweep before its first report, without an error
-    if outcome != STOPPED_BY_SCHEDULER:
-        return outcome
-    last = t.results[-1].get("iteration") if t.results else None
-    prev = t.results[-2].get("iteration", 0) if len(t.results) > 1 else 0
-    if not _is_number(last) or not _is_number(prev):
-        return outcome
-    return who_stopped(prev, last, rungs)
-
-
 def _best_index(results: list[dict[str, Any]], metric: str, mode: str) -> int | None:
     scored = [(r[metric], i) for i, r in enumerate(results) if _finite(r.get(metric))]
     if not scored:
@@ -250,11 +216,10 @@ TIME_DTYPE = "datetime64[ms, UTC]"
 def trials_frame(records: list[TrialRecord], meta: dict[str, Any], metric: str, mode: str) -> pd.DataFrame:
     sweep = meta.get("sweep", {})
     cpus, gpus = float(sweep.get("cpus_per_trial") or 1.0), float(sweep.get("gpus_per_trial") or 0.0)
-    rungs = asha_rungs(meta)
     rows = []
     for t in records:
         row: dict[str, Any] = {
-            "trial_id": t.trial_id, "number": t.number, "status": _status(t, rungs), "ray_status": t.ray_status,
+            "trial_id": t.trial_id, "number": t.number, "status": t.outcome, "ray_status": t.ray_status,
         }
         row.update({f"param.{k}": v for k, v in t.params.items()})
         last = t.results[-1] if t.results else {}

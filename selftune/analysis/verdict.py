@@ -102,9 +102,11 @@ class Verdict:
         return pd.DataFrame(rows, columns=cols)
 
     def runs(self) -> pd.DataFrame:
-        """The confirmation runs: arm, seed, status, best val evaluation, the decisive split's score."""
+        """The confirmation runs: arm, seed, status, best val evaluation (of the sweep's metric, named as it is), the
+        decisive split's score."""
+        metric = str(self.record.get("metric") or "val_miou")  # each run's `best_val_miou` holds its best of it
         rows = [{"arm": str(r.get("arm", "")).replace("_", "-"), "seed": r.get("seed"), "status": r.get("status"),
-                 "best val mIoU": _num(r.get("best_val_miou")), "best at": r.get("best_iteration"),
+                 f"best {metric}": _num(r.get("best_val_miou")), "best at": r.get("best_iteration"),
                  "iterations": r.get("iterations"), str(self.split): _num(r.get(self.split))}
                 for r in (self.record.get("runs") or [] if self.current else [])]
         return pd.DataFrame(rows)

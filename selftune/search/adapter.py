@@ -35,16 +35,14 @@ from selftune.sweepfolder import (
     METRIC,
     OBJECTIVE,
     REMOTE_SCHEMES,
-    STOPPED_BY_BUDGET,
-    STOPPED_BY_SCHEDULER,
     TIME_ATTR,
     TRIAL_RUN_DIR,
     asha_milestones,
     experiment_path,
+    last_two,
     optuna_state,
     trial_dirname,
     trial_outcome,
-    who_stopped,
 )
 from selftune.trainable.config import TrainConfig
 
@@ -148,6 +146,8 @@ class HonestOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        kept = self.__dict__.setdefault("_last_two", {})  # what `trial_outcome` reads when the trial ends
+        kept[trial_id] = last_two(kept.get(trial_id, []), result)
         if trial_id in self._completed_trials or trial_id not in self._ot_trials or self.metric not in result:
             return
         step = int(result.get(TIME_ATTR, result.get("training_iteration", 0)))
@@ -169,12 +169,8 @@ class HonestOptunaSearch(OptunaSearch):
         if result:  # Ray passes the last report here, not to on_trial_result
             self.on_trial_result(trial_id, result)
         ot_trial = self._ot_trials[trial_id]
-        outcome = trial_outcome(result, errored=error)
-        if outcome == STOPPED_BY_SCHEDULER:
-            steps = sorted(self.__dict__.get("_reported_steps", {}).get(trial_id, ()))
-            last = float(result.get(TIME_ATTR, steps[-1] if steps else 0)) if result else 0.0
-            prev = float(max((s for s in steps if s < last), default=0))
-            outcome = who_stopped(prev, last, self.rungs) if self.rungs else STOPPED_BY_BUDGET
+        # the one rule: as the summary and `selftune analyze` read it from the trial's result.json
+        outcome = trial_outcome(self.__dict__.get("_last_two", {}).get(trial_id, []), errored=error, rungs=self.rungs)
         state = getattr(optuna.trial.TrialState, optuna_state(outcome))
         value = None
         if state == optuna.trial.TrialState.COMPLETE:

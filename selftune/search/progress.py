@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from selftune.sweepfolder import ERRORED, METRIC, OUTCOME_WORDS, STOPPED_BY_SCHEDULER, trial_outcome, who_stopped
+from selftune.sweepfolder import ERRORED, METRIC, OUTCOME_WORDS, last_two, trial_outcome
 
 STATUS_EVERY_S = 60.0  # seconds between status lines while trials run
 
@@ -58,7 +58,7 @@ class ProgressLines:
         self.start = time.monotonic()
         self.last_status = self.start
         self.best: dict[str, tuple[float, Any]] = {}  # trial id -> (best value, its iteration)
-        self.iterations: dict[str, tuple[float, float]] = {}  # trial id -> (the report before the last, the last)
+        self.reports: dict[str, list[dict[str, Any]]] = {}  # trial id -> its last two reports (`last_two`)
         self.incumbent: tuple[float, str, str] | None = None  # (value, trial id, method)
         self.finished = 0
 
@@ -72,15 +72,12 @@ class ProgressLines:
         if isinstance(v, int | float) and math.isfinite(v) and (tid not in self.best or
                                                                  self.sign * v > self.sign * self.best[tid][0]):
             self.best[tid] = (float(v), it)
-        prev = self.iterations.get(tid, (0.0, 0.0))[1]
-        self.iterations[tid] = (prev, float(it) if isinstance(it, int | float) else prev)
+        self.reports[tid] = last_two(self.reports.get(tid, []), result)
 
     def _outcome(self, trial: Any, errored: bool) -> str:
-        """As the report will say it: an outside stop told apart as ASHA's (at a rung) or the budget's."""
-        outcome = trial_outcome(getattr(trial, "last_result", None) or None, errored=errored)
-        if outcome == STOPPED_BY_SCHEDULER:
-            outcome = who_stopped(*self.iterations.get(trial.trial_id, (0.0, 0.0)), self.rungs)
-        return outcome
+        """As the summary, `selftune analyze` and the Optuna study say it (`trial_outcome`, the one rule)."""
+        reports = last_two(self.reports.get(trial.trial_id, []), getattr(trial, "last_result", None) or None)
+        return trial_outcome(reports, errored=errored, rungs=self.rungs)
 
     def _ended(self, trial: Any, errored: bool) -> None:
         self.finished += 1

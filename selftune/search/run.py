@@ -565,11 +565,8 @@ def _finish(plan: SweepPlan, started: float | None = None) -> SweepSummary:
 
 def _hparams(plan: SweepPlan, trials: list[Any]) -> None:
     from selftune.search.tensorboard import write_hparams
-    from selftune.sweepfolder import asha_milestones
 
-    s = plan.sweep
-    rungs = asha_milestones(plan.grace_period, plan.max_t, s.reduction_factor) if s.scheduler == "asha" else []
-    write_hparams(trials, rungs)
+    write_hparams(trials)
 
 
 def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any], started_at: float | None = None

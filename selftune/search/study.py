@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import optuna
 
+from selftune.status import CUT, ERRORED, FAILED, STOPPED_BY_BUDGET
 from selftune.sweepfolder.journal import repair_journal
+from selftune.sweepfolder.outcome import optuna_state
 
 
 def open_optuna_storage(url: str) -> optuna.storages.BaseStorage:
@@ -21,19 +23,23 @@ def open_optuna_storage(url: str) -> optuna.storages.BaseStorage:
 NOT_STARTED = "not_started"  # selftune_status of an enqueued trial the sweep ended before starting
 
 
-def close_open_trials(url: str, study_name: str) -> int:
+def close_open_trials(url: str, study_name: str, outcomes: dict[str, str] | None = None) -> int:
     """After a sweep ends, leave no trial of its study open. Trials Ray stopped without a completion (time or
-    iteration budget) are told PRUNED if they reported an evaluation, FAIL if not. Trials still WAITING (enqueued
-    for the methods' fair share, never asked for because the sweep ended first) are FAIL, with Optuna's
-    `fail_reason` and selftune_status `not_started` saying why: optuna-dashboard showed them pending for good.
+    iteration budget) get the outcome the sweep folder gives them (`outcomes`: Ray trial id -> the one rule,
+    `TrialRecord.outcome`, so the study names them as the summary and `selftune analyze` do) when it is a cut or a
+    failure; without one, stopped by the budget if they reported an evaluation, errored if not (PRUNED or FAIL).
+    Trials still WAITING (enqueued for the methods' fair share, never asked for because the sweep ended first) are
+    FAIL, with Optuna's `fail_reason` and selftune_status `not_started` saying why: optuna-dashboard showed them
+    pending for good.
     Returns how many were closed."""
     study = optuna.load_study(study_name=study_name, storage=open_optuna_storage(url))
     closed = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        state = optuna.trial.TrialState.PRUNED if t.intermediate_values else optuna.trial.TrialState.FAIL
-        study._storage.set_trial_user_attr(t._trial_id, "selftune_status",
-                                           "stopped_by_budget" if t.intermediate_values else "errored")
-        study.tell(t.number, state=state)
+        outcome = (outcomes or {}).get(str(t.user_attrs.get("ray_trial_id")))
+        if outcome not in (*CUT, *FAILED):
+            outcome = STOPPED_BY_BUDGET if t.intermediate_values else ERRORED
+        study._storage.set_trial_user_attr(t._trial_id, "selftune_status", outcome)
+        study.tell(t.number, state=getattr(optuna.trial.TrialState, optuna_state(outcome)))
         closed += 1
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
         fixed = t.system_attrs.get("fixed_params") or {}  # what enqueue_trial fixed (the method)

@@ -17,18 +17,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from selftune.sweepfolder import METRIC, STOPPED_BY_SCHEDULER, TRIAL_RUN_DIR, TrialRecord, who_stopped
+from selftune.sweepfolder import METRIC, TRIAL_RUN_DIR, TrialRecord
 
 HPARAM_METRICS = (METRIC, "best_val_miou", "val_loss")  # scalars the loop logs; the tab shows their last values
-
-
-def trial_status(t: TrialRecord, rungs: list[float]) -> str:
-    """The trial's outcome, an outside stop told apart as ASHA's or the budget's."""
-    if t.outcome != STOPPED_BY_SCHEDULER or not t.results:
-        return t.outcome
-    last = float(t.results[-1].get("iteration", 0))
-    prev = float(t.results[-2].get("iteration", 0)) if len(t.results) > 1 else 0.0
-    return who_stopped(prev, last, rungs)
 
 
 def _value(v: Any) -> Any:
@@ -39,20 +30,20 @@ def _value(v: Any) -> Any:
     return str(v)
 
 
-def _trial_hparams(t: TrialRecord, rungs: list[float]) -> dict[str, Any]:
+def _trial_hparams(t: TrialRecord) -> dict[str, Any]:
     params = {k: _value(v) for k, v in t.params.items()}
-    params["status"] = trial_status(t, rungs)
+    params["status"] = t.outcome  # as the summary, `selftune analyze` and the Optuna study say it
     params["trial_id"] = t.trial_id
     return params
 
 
-def declared_hparams(trials: list[TrialRecord], rungs: list[float]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+def declared_hparams(trials: list[TrialRecord]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """The union of every trial's knobs (a value of each, which sets its type) and, for strings, every value seen
     (the HPARAMS tab's filter choices)."""
     union: dict[str, Any] = {}
     seen: dict[str, dict[Any, None]] = {}
     for t in trials:
-        for k, v in _trial_hparams(t, rungs).items():
+        for k, v in _trial_hparams(t).items():
             union.setdefault(k, v)
             if isinstance(v, str) and k != "trial_id":
                 seen.setdefault(k, {})[v] = None
@@ -60,7 +51,7 @@ def declared_hparams(trials: list[TrialRecord], rungs: list[float]) -> tuple[dic
     return union, discrete
 
 
-def write_hparams(trials: list[TrialRecord], rungs: list[float]) -> int:
+def write_hparams(trials: list[TrialRecord]) -> int:
     """One hparams summary per trial folder with a local `train/` run (params, status); returns how many.
     Every run declares the union of the trials' knobs (`declared_hparams`); each session holds its own."""
     from torch.utils.tensorboard import SummaryWriter
@@ -68,13 +59,13 @@ def write_hparams(trials: list[TrialRecord], rungs: list[float]) -> int:
 
     written = 0
     metrics = {m: float("nan") for m in HPARAM_METRICS}
-    union, discrete = declared_hparams(trials, rungs)
+    union, discrete = declared_hparams(trials)
     exp, _, _ = hparams(union, metrics, hparam_domain_discrete=discrete)
     for t in trials:
         run = Path(t.path) / TRIAL_RUN_DIR
         if "://" in t.path or not run.is_dir():
             continue
-        _, ssi, sei = hparams(_trial_hparams(t, rungs), metrics)
+        _, ssi, sei = hparams(_trial_hparams(t), metrics)
         writer = SummaryWriter(log_dir=str(run), filename_suffix=".hparams")
         for summary in (exp, ssi, sei):
             writer.file_writer.add_summary(summary)
@@ -83,4 +74,4 @@ def write_hparams(trials: list[TrialRecord], rungs: list[float]) -> int:
     return written
 
 
-__all__ = ["declared_hparams", "trial_status", "write_hparams"]
+__all__ = ["declared_hparams", "write_hparams"]

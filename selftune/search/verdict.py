@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from selftune.search import intervals, sequential
+from selftune.status import DIVERGED
 from selftune.trainable.config import TrainConfig
 
 CONTROL_MODES = ("tuned", "base", "none")  # sweep key control
@@ -187,7 +188,7 @@ def build_verdict(*, st: dict[str, Any], sup: dict[str, Any], runs: list[Confirm
     if early and score == "best":
         flags.append(f"the self-training arm's best checkpoint predates self-training (iteration <= {st_start}) on "
                      f"seed {', '.join(map(str, early))}: that run's score is its supervised part")
-    diverged = sorted({r["arm"] for r in run_rows if r["status"] == "diverged"})
+    diverged = sorted({r["arm"] for r in run_rows if r["status"] == DIVERGED})
     if diverged:
         flags.append(f"diverged: the {' and '.join(a.replace('_', '-') for a in diverged)} arm on some seed")
     if len(seeds) == 1:

@@ -1,4 +1,5 @@
-"""How a trial ended, from its last reported result: one rule for the searcher and for analysis."""
+"""How a trial ended, from its reports: one rule for the summary, `selftune analyze`, the Optuna study, the progress
+lines and TensorBoard's HPARAMS. The words themselves are `selftune.status`."""
 
 from __future__ import annotations
 
@@ -6,22 +7,25 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from selftune.status import (
+    COMPLETED,
+    CUT,
+    DAMAGED,
+    DIVERGED,
+    EARLY_STOPPED,
+    ENDED_BY_ITSELF,
+    ERRORED,
+    FAILED,
+    FINISHED,
+    OUTCOMES,
+    RUNNING,
+    STOPPED_BY_BUDGET,
+    STOPPED_BY_SCHEDULER,
+)
+
 if TYPE_CHECKING:
     import pandas as pd
 
-COMPLETED = "completed"  # ran to max_iters
-EARLY_STOPPED = "early_stopped"  # the loop's own patience ran out
-STOPPED_BY_SCHEDULER = "stopped_by_asha"  # the scheduler (ASHA) cut it while it was still running
-STOPPED_BY_BUDGET = "stopped_by_budget"  # ended by the sweep (time_budget_s, budget_iters), not at an ASHA rung
-DIVERGED = "diverged"  # a non-finite loss ended it
-ERRORED = "errored"  # it raised, or reported nothing
-RUNNING = "running"  # still going (a half-finished sweep)
-DAMAGED = "damaged"  # its result.json cannot be read: how it ended is unknown, and it is never read as anything else
-
-OUTCOMES = (COMPLETED, EARLY_STOPPED, STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET, DIVERGED, ERRORED, RUNNING, DAMAGED)
-FAILED = (DIVERGED, ERRORED, DAMAGED)  # without a value worth ranking, whatever they reported before
-FINISHED = (COMPLETED, EARLY_STOPPED)  # ended on their own: told to Optuna as COMPLETE
-CUT = (STOPPED_BY_SCHEDULER, STOPPED_BY_BUDGET)  # ended from outside: told to Optuna as PRUNED
 OUTCOME_WORDS = {  # how the report, the summary and the console say each outcome
     COMPLETED: "completed", EARLY_STOPPED: "stopped by patience", STOPPED_BY_SCHEDULER: "stopped by ASHA",
     STOPPED_BY_BUDGET: "stopped by the sweep budget", DIVERGED: "diverged", ERRORED: "errored",
@@ -29,20 +33,46 @@ OUTCOME_WORDS = {  # how the report, the summary and the console say each outcom
 }
 
 
-def trial_outcome(last_result: dict[str, Any] | None, *, errored: bool, finished: bool = True) -> str:
-    """Classify a trial from its last result.
+def trial_outcome(reports: Sequence[dict[str, Any]], *, errored: bool, finished: bool = True,
+                  rungs: Sequence[float] = ()) -> str:
+    """How a trial ended, from its reports in order (the last two are enough) and the sweep's ASHA `rungs`.
 
-    The loop reports `status: running` at ordinary evaluations and its final status in its last
-    report, so a finished trial whose last status is still `running` was stopped from outside.
+    It raised: errored. The loop's last report names its own ending (completed, early_stopped, diverged): that.
+    Not finished: running. Ended without an error before its first report: by the sweep's budget. Otherwise the
+    loop was still `running` when it was stopped from outside: by ASHA when its last report crossed a rung (ASHA
+    decides only there), by the sweep's budget (time_budget_s, budget_iters) when not.
     """
     if errored:
         return ERRORED
-    if not last_result or "status" not in last_result:
+    if not reports:
+        return STOPPED_BY_BUDGET if finished else RUNNING
+    last = reports[-1]
+    if "status" not in last:
         return ERRORED if finished else RUNNING
-    status = last_result["status"]
-    if status in (*FINISHED, DIVERGED):
-        return status
-    return STOPPED_BY_SCHEDULER if finished else RUNNING
+    if last["status"] in ENDED_BY_ITSELF:
+        return str(last["status"])
+    if not finished:
+        return RUNNING
+    it = last.get("iteration")
+    prev = reports[-2].get("iteration", 0) if len(reports) > 1 else 0
+    if not _is_number(it) or not _is_number(prev):
+        return STOPPED_BY_SCHEDULER  # where it stopped is unknown
+    return who_stopped(float(prev), float(it), rungs)
+
+
+def last_two(reports: Sequence[dict[str, Any]], report: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The last two reports once `report` came (what `trial_outcome` needs, kept by those who see reports one at a
+    time); `report` at the iteration of the last one replaces it (Ray hands the last report over twice)."""
+    kept = list(reports[-2:])
+    if not report:
+        return kept
+    if kept and kept[-1].get("iteration") == report.get("iteration"):
+        kept.pop()
+    return [*kept[-1:], report]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def optuna_state(outcome: str) -> str:
@@ -66,6 +96,20 @@ def asha_milestones(grace_period: float, max_t: float, reduction_factor: float) 
     return [grace_period * reduction_factor**k for k in range(n) if grace_period * reduction_factor**k < max_t]
 
 
+def sweep_rungs(meta: dict[str, Any]) -> list[float]:
+    """The iterations where the sweep's ASHA compared trials, from its record (selftune_sweep.yaml); none without
+    ASHA or when the record lacks them."""
+    sweep = meta.get("sweep") if isinstance(meta.get("sweep"), dict) else {}
+    if sweep.get("scheduler", "asha") != "asha":
+        return []
+    try:
+        grace, max_t = float(meta["grace_period"]), float(meta["max_t"])
+        rf = float(sweep.get("reduction_factor") or 3.0)
+    except (KeyError, TypeError, ValueError):
+        return []
+    return asha_milestones(grace, max_t, rf)
+
+
 def who_stopped(prev_iteration: float, last_iteration: float, rungs: Sequence[float]) -> str:
     """A trial stopped from outside: by ASHA if its last report crossed a rung (ASHA decides only there), else
     by the sweep's budget (time_budget_s, budget_iters)."""
@@ -87,3 +131,9 @@ def counts_mask(trials: pd.DataFrame, metric: str) -> pd.Series:
 def trials_that_count(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The rows of `trials` that count (`counts_mask`), in the table's order (best first)."""
     return trials[counts_mask(trials, metric)]
+
+
+__all__ = ["COMPLETED", "CUT", "DAMAGED", "DIVERGED", "EARLY_STOPPED", "ENDED_BY_ITSELF", "ERRORED", "FAILED",
+           "FINISHED", "OUTCOMES", "OUTCOME_WORDS", "RUNNING", "STOPPED_BY_BUDGET", "STOPPED_BY_SCHEDULER",
+           "asha_milestones", "counts_mask", "last_two", "optuna_state", "sweep_rungs", "trial_outcome", "trials_that_count",
+           "who_stopped"]

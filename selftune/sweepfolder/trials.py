@@ -26,10 +26,9 @@ from selftune.sweepfolder.layout import (
     is_remote,
     trial_number_from_dirname,
 )
-from selftune.sweepfolder.outcome import DAMAGED, DIVERGED, FINISHED, trial_outcome
+from selftune.sweepfolder.outcome import DAMAGED, ENDED_BY_ITSELF, sweep_rungs, trial_outcome
 from selftune.sweepfolder.paths import resolve_meta
 
-ENDED_BY_ITSELF = (*FINISHED, DIVERGED)  # a last report's status that says the loop ended the run
 # what every driver's selftune_sweep.yaml holds (selftune.search.run.SweepPlan.meta); one that lacks any was cut short
 DRIVER_KEYS = ("sweep", "base", "data_root", "data_fingerprint", "class_names", "max_t", "grace_period",
                "optuna_storage")
@@ -49,6 +48,7 @@ class TrialRecord:
     number: int | None = None  # Ray's creation index (the `_<n>_` in the folder name), 1-based
     error_file: str | None = None  # error.txt of the last failure, if any
     damaged: str | None = None  # why its result.json cannot be read, naming the file; None when it reads
+    rungs: tuple[float, ...] = ()  # the sweep's ASHA rungs (`outcome.sweep_rungs`): an outside stop at one is ASHA's
 
     @property
     def finished(self) -> bool:
@@ -58,8 +58,7 @@ class TrialRecord:
     def outcome(self) -> str:
         if self.damaged:  # not the last readable report's word: what came after it is unknown
             return DAMAGED
-        last = self.results[-1] if self.results else None
-        return trial_outcome(last, errored=self.errored, finished=self.finished)
+        return trial_outcome(self.results[-2:], errored=self.errored, finished=self.finished, rungs=self.rungs)
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
@@ -215,7 +214,7 @@ def _read_params(fs: pafs.FileSystem, tdir: str, results: list[dict[str, Any]], 
 def read_trials(path: str) -> list[TrialRecord]:
     """Every trial of a sweep folder, finished or not (pending ones included), in trial-id order."""
     path = str(path)
-    read_sweep_meta(path)
+    rungs = tuple(sweep_rungs(read_sweep_meta(path)))
     fs, root = filesystem(path)
     state = _read_state(fs, root)
     by_dir = {s["dir"]: tid for tid, s in state.items() if s["dir"]}
@@ -255,14 +254,14 @@ def read_trials(path: str) -> list[TrialRecord]:
             number = trial_number_from_dirname(name, trial_id)
         records.append(TrialRecord(
             trial_id, as_uri(path, tdir), params, results, status, errored, [as_uri(path, c) for c in checkpoints],
-            number, as_uri(path, error_file) if error_file else None, damaged,
+            number, as_uri(path, error_file) if error_file else None, damaged, rungs,
         ))
         seen.add(trial_id)
     for trial_id, s in state.items():  # created by Ray but not started yet: no folder
         if trial_id not in seen:
             tdir = _join(root, s["dir"]) if s["dir"] else _join(root, trial_id)
             records.append(TrialRecord(trial_id, as_uri(path, tdir), dict(s["params"]), [], s["status"], s["status"] == "ERROR",
-                                       [], s["number"], None))
+                                       [], s["number"], None, rungs=rungs))
     return sorted(records, key=lambda r: r.trial_id)
 
 

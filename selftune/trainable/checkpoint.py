@@ -30,6 +30,7 @@ import torch
 
 from selftune.errors import ConfigError, DataError, StorageError
 from selftune.fileio import write_atomic
+from selftune.status import RUNNING
 from selftune.trainable.config import TrainConfig
 
 STATE_VERSION = 1
@@ -205,7 +206,7 @@ class Progress:
     best_val_miou: float = -math.inf
     best_iteration: int = 0  # 0: no evaluation yet
     bad_evals: int = 0  # evaluations since the last new best (patience)
-    status: str = "running"
+    status: str = RUNNING
     early_losses: list[float] = field(default_factory=list)  # the first step losses: the divergence reference
 
     @property
@@ -308,7 +309,7 @@ def restore_state(state: dict[str, Any], st: TrainingState, device: torch.device
     st.method.load_state_dict(state["method"])
     st.window = type(st.window).from_state(state["window"], device)
     st.progress = Progress(int(state["iteration"]), float(state["best_val_miou"]), int(state["best_iteration"]),
-                           int(state["bad_evals"]), str(state.get("status", "running")),
+                           int(state["bad_evals"]), str(state.get("status", RUNNING)),
                            [float(x) for x in state.get("early_losses", [])])
     torch.set_rng_state(state["rng_cpu"])
     if device.type == "cuda" and state["rng_cuda"]:

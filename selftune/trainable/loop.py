@@ -65,6 +65,7 @@ from selftune.data.points import PointTargets
 from selftune.data.validate import dataset_fingerprint, fingerprint_matches
 from selftune.errors import ConfigError, DataError, StorageError
 from selftune.fileio import write_atomic
+from selftune.status import COMPLETED, DIVERGED, EARLY_STOPPED, ENDED_BY_ITSELF, RUNNING
 from selftune.trainable import checkpoint as ckpt
 from selftune.trainable.augment import crop_transform
 from selftune.trainable.checkpoint import Progress, TrainingState
@@ -96,14 +97,14 @@ Reporter = Callable[[dict[str, Any], Path | None], None]  # (metrics, checkpoint
 
 # Independent random streams, all derived from cfg.seed: batch t of each is a pure function of t.
 STREAM_LABELED, STREAM_UNLABELED, STREAM_STRONG_AUG, STREAM_ROUND_INIT = 0, 1, 2, 3
-FINAL_STATUSES = ("completed", "early_stopped", "diverged")
+FINAL_STATUSES = ENDED_BY_ITSELF  # a run's last report says one of these (`selftune.status`)
 SKIP_WARNINGS = 10  # unreadable unlabelled files named in a warning; the rest are only counted
 
 
 @dataclass
 class TrainResult:
     status: str  # completed | early_stopped | diverged
-    best_val_miou: float
+    best_val_miou: float  # the best value of cfg.select_metric, whichever it is (the records' key, kept for old files)
     best_iteration: int
     iterations: int  # optimizer steps completed
     out_dir: Path
@@ -194,7 +195,7 @@ def _train(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path |
             ).tolist()
             lr_used = st.optimizer.param_groups[0]["lr"]
             if (why := divergence(v_loss, p.early_losses, cfg.divergence_factor)) is not None:
-                p.status, p.iteration = "diverged", it + 1
+                p.status, p.iteration = DIVERGED, it + 1
                 message = _diverged_message(it, why, v_loss, v_sup, v_st, lr_used)
                 break
             if len(p.early_losses) < DIVERGENCE_REFERENCE_STEPS:
@@ -220,7 +221,7 @@ def _train(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path |
                                metrics["val_miou"])  # the last evaluations' EMA models (the verdict's scores)
             if method.round_over(p.iteration, p.bad_evals) and not method.is_last():
                 next_round(run, method.next_round(p.iteration))  # the round's best EMA model labels the next one
-            p.status = _finished_status(p.iteration, method, p.bad_evals) or "running"
+            p.status = _finished_status(p.iteration, method, p.bad_evals) or RUNNING
             metrics.update(best_val_miou=p.best_or_nan, best_iteration=p.best_iteration, status=p.status)
             st.window = Window.empty(run.classes.num_classes, device)
             ckpt.save_state(run.out_dir / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE, st, cfg, run.classes.names, device,
@@ -232,10 +233,10 @@ def _train(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path |
                           f"{p.best_iteration} | ST_cnt {metrics['st_count']}")
             if reporter is not None:
                 reporter(metrics, run.out_dir / ckpt.CHECKPOINT_DIR)
-            if p.status != "running":
+            if p.status != RUNNING:
                 break
 
-        if p.status == "diverged":  # report it too, with the metrics of the last finite weights
+        if p.status == DIVERGED:  # report it too, with the metrics of the last finite weights
             metrics = evaluation_metrics(run, p.iteration - 1, st.optimizer.param_groups[0]["lr"])
             metrics.update(best_val_miou=p.best_or_nan, best_iteration=p.best_iteration, status=p.status,
                            message=message)
@@ -244,9 +245,9 @@ def _train(cfg: TrainConfig, data_root: Path, out_dir: Path, resume_from: Path |
                 reporter(metrics, None)
             p.iteration -= 1  # steps completed
         else:
-            message = (f"{p.status} at iteration {p.iteration}: best {_label(cfg.select_metric)} {p.best_val_miou:.4f} at iteration "
+            message = (f"{p.status} at iteration {p.iteration}: best {metric_label(cfg.select_metric)} {p.best_val_miou:.4f} at iteration "
                        f"{p.best_iteration}"
-                       + (f" (no improvement in {p.bad_evals} evaluations)" if p.status == "early_stopped" else ""))
+                       + (f" (no improvement in {p.bad_evals} evaluations)" if p.status == EARLY_STOPPED else ""))
     finally:
         bar.close()
         run.writer.close()
@@ -442,7 +443,8 @@ def _selected(metrics: dict[str, Any], name: str) -> float:
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else float("nan")
 
 
-def _label(name: str) -> str:
+def metric_label(name: str) -> str:
+    """How a metric is printed: `val mIoU` for val_miou, any other by its name (val_f1, val_iou/road)."""
     return "val mIoU" if name == "val_miou" else name
 
 
@@ -584,9 +586,9 @@ def _finished_status(iteration: int, method: Method, bad_evals: int) -> str | No
     if not method.is_last():
         return None
     if iteration >= method.end():
-        return "completed"
+        return COMPLETED
     if method.cfg.patience and bad_evals >= method.cfg.patience:
-        return "early_stopped"
+        return EARLY_STOPPED
     return None
 
 
@@ -615,4 +617,4 @@ def frozen_model(cfg: TrainConfig, num_classes: int, weights: dict[str, torch.Te
     return model.to(device, memory_format=memory_format).eval().requires_grad_(False)
 
 
-__all__ = ["FINAL_STATUSES", "Method", "Reporter", "TrainResult", "train"]
+__all__ = ["FINAL_STATUSES", "Method", "Reporter", "TrainResult", "metric_label", "train"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from selftune.errors import ConfigError
+from selftune.status import DIVERGED
 from selftune.trainable.config import TEACHER_TTAS, parse_sets
 
 EXIT_DIVERGED = 3
@@ -54,7 +55,7 @@ def run_train(args: argparse.Namespace) -> int:
     from selftune.data.demo import ensure_demo
     from selftune.trainable import checkpoint as ckpt
     from selftune.trainable.config import TrainConfig, demo_config
-    from selftune.trainable.loop import train
+    from selftune.trainable.loop import metric_label, train
 
     cfg = _in_its_sweep_folder(args.config, TrainConfig.from_yaml(args.config)) if args.config else demo_config()
     overrides = parse_sets(args.overrides)
@@ -67,12 +68,12 @@ def run_train(args: argparse.Namespace) -> int:
     resume_from = out / ckpt.CHECKPOINT_DIR if args.resume else None  # the loop falls back to state.prev.pt
     result = train(cfg, data, out, resume_from=resume_from, progress=args.progress)
     print(f"status: {result.status} ({result.message})")
-    print(f"best val mIoU: {result.best_val_miou:.4f} at iteration {result.best_iteration}")
+    print(f"best {metric_label(cfg.select_metric)}: {result.best_val_miou:.4f} at iteration {result.best_iteration}")
     best = result.out_dir / ckpt.BEST_FILE
     if best.is_file():
         print(f"best EMA model: {best}")
     print(f"run folder: {result.out_dir} (tensorboard --logdir {result.out_dir})")
-    return EXIT_DIVERGED if result.status == "diverged" else 0
+    return EXIT_DIVERGED if result.status == DIVERGED else 0
 
 
 def _in_its_sweep_folder(config_file: Path, cfg: Any) -> Any:
