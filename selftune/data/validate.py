@@ -63,6 +63,7 @@ class DatasetSummary:
     warnings: list[str] = field(default_factory=list)
     points: dict[str, PointStats] = field(default_factory=dict)  # splits labelled by points.json
     point_targets: PointTargets | None = None  # the radius and ring their targets were drawn with
+    classes_in: dict[str, tuple[bool, ...]] = field(default_factory=dict)  # split -> does each class occur in it
 
     @property
     def num_classes(self) -> int:
@@ -174,6 +175,7 @@ def validate_dataset(root: Path, *, need_unlabeled: bool, num_classes: int | Non
         frequencies=freqs, suggested_weights=weights, ignored_pixels=ignored,
         image_sizes=tuple(sorted(sizes)), warnings=notes, points=point_stats,
         point_targets=(points or PointTargets()) if point_stats else None,
+        classes_in={split: tuple(bool(x) for x in seen) for split, seen in seen_in.items()},
     )
 
 
