@@ -63,7 +63,7 @@ def fixed(a: np.ndarray, b: np.ndarray, n: int, draws: int, seed: int) -> tuple[
 
 def sequential_verdict(a: np.ndarray, b: np.ndarray, planned: list[int], alphas: list[float], draws: int, seed: int,
                        futility: bool = True) -> tuple[str, int]:
-    """What `selftune.search.run.run_verdict` decides, on simulated runs."""
+    """What `selftune.search.confirm.run_verdict` decides, on simulated runs."""
     for k, n in enumerate(planned):
         d = intervals.paired_difference(a[:n], b[:n], hit_rate, draws=draws, seed=seed, confidence=1 - alphas[k])
         nxt = planned[k + 1] if k + 1 < len(planned) else None

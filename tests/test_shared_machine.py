@@ -9,7 +9,7 @@ def test_trial_workers_of_a_local_sweep_run_at_normal_priority() -> None:
 
     import ray
 
-    from selftune.search.run import start_ray
+    from selftune.search.ray_setup import start_ray
 
     assert not ray.is_initialized()
     start_ray(None, 1)

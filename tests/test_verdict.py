@@ -16,7 +16,7 @@ import pytest
 from selftune.errors import ConfigError, SelftuneError
 from selftune.search import intervals
 from selftune.search.adapter import TimeBudget
-from selftune.search.run import fair_share, plan_sweep
+from selftune.search.plan import fair_share, plan_sweep
 from selftune.search.sweepfile import SweepConfig
 from selftune.search.verdict import ConfirmRun, build_verdict, confirm_runs
 from selftune.sweepfolder import read_verdict
@@ -294,15 +294,15 @@ def test_a_methods_sweep_with_fewer_trials_than_methods_is_refused(tiny_data: Pa
 def test_budget_iters_holds_the_control_search_too(tiny_data: Path, tmp_path: Path) -> None:
     """A space without supervised trials: the trials get half of what the confirmation leaves, the control search
     (as many iterations as the best self-training method's trials) the other half."""
-    from selftune.search.run import _tuner_spec
+    from selftune.search.adapter import tuner_spec
 
     plan = plan_sweep(SweepConfig(data=str(tiny_data), base=tiny_config(), space="thresholds", num_samples=-1,
                                   budget_iters=1000, storage=str(tmp_path)))
     reserve = 2 * 5 * 40  # 2 arms x confirm_max_seeds (5 by default) x max_t
-    assert _tuner_spec(plan).budget_iters == 1000 - (1000 - reserve) // 2
+    assert tuner_spec(plan).budget_iters == 1000 - (1000 - reserve) // 2
     with_sup = plan_sweep(SweepConfig(data=str(tiny_data), base=tiny_config(), space="methods", num_samples=-1,
                                       budget_iters=1000, storage=str(tmp_path)))
-    assert _tuner_spec(with_sup).budget_iters == 1000  # its own supervised trials are the control
+    assert tuner_spec(with_sup).budget_iters == 1000  # its own supervised trials are the control
 
 
 def test_a_budget_that_did_not_hold_is_said_with_by_how_much() -> None:

@@ -3,11 +3,14 @@
     from selftune.search import SweepConfig, run_sweep
     summary = run_sweep(SweepConfig(space="thresholds", num_samples=16))
 
+The driver reads one module at a time: `plan` (the checks, one SweepPlan), `ray_setup`, `stage` (the shared
+stage), `adapter` (the trials as a Ray Tune experiment), `confirm` (the verdict's runs), `run` (run, resume, finish).
 Only `selftune.search.adapter` imports `ray.tune`; importing this package does not import Ray.
 """
 
 from selftune.search.export import export_best, rank_trials
-from selftune.search.run import SweepPlan, SweepSummary, plan_sweep, resume_sweep, run_sweep
+from selftune.search.plan import SweepPlan, plan_sweep
+from selftune.search.run import SweepSummary, resume_sweep, run_sweep
 from selftune.search.sweepfile import SweepConfig, demo_sweep
 from selftune.sweepfolder import trial_outcome
 

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import ray
@@ -37,7 +37,6 @@ from selftune.sweepfolder import (
     REMOTE_SCHEMES,
     TIME_ATTR,
     TRIAL_RUN_DIR,
-    asha_milestones,
     experiment_path,
     last_two,
     optuna_state,
@@ -45,6 +44,10 @@ from selftune.sweepfolder import (
     trial_outcome,
 )
 from selftune.trainable.config import TrainConfig
+
+if TYPE_CHECKING:
+    from selftune.search.plan import SweepPlan
+    from selftune.search.sweepfile import SweepConfig
 
 # ---------------------------------------------------------------------- the trial
 
@@ -292,47 +295,38 @@ class IterationBudget(tune.Stopper):
 
 @dataclass(frozen=True)
 class TunerSpec:
-    """Plain values the driver hands over; nothing Ray-specific leaks out of this module."""
+    """One Ray experiment of a sweep: its plan (`plan.sweep`, the sweep file's settings; the rest, what planning
+    resolved) and what this experiment runs differently from the plan. Plain values; nothing Ray-specific leaks
+    out of this module."""
 
-    name: str
-    storage: str
-    base: dict[str, Any]
-    data_root: str
-    space: str
-    ctx: SpaceContext
-    searcher: str
-    seed: int
-    scheduler: str
-    max_t: int
-    grace_period: int
-    reduction_factor: float
-    num_samples: int
-    time_budget_s: float | None
-    budget_iters: int | None
-    max_concurrent: int
-    cpus_per_trial: float
-    gpus_per_trial: float
-    optuna_storage: str
-    keep_checkpoints: int
-    max_failures: int
-    reuse_actors: bool
-    wandb_project: str | None
-    mlflow_uri: str | None
-    verbose: int
-    stage_model: str | None = None
-    stage_iters: int = 0
-    metric: str = METRIC  # the sweep's metric (sweep key metric): ASHA, Optuna and checkpoint ranking follow it
+    plan: SweepPlan
+    budget_iters: int | None = None  # the trials' share of the sweep's budget_iters (`SweepPlan.trial_budget_iters`)
     enqueue: tuple[dict[str, Any], ...] = ()  # partial params of the first trials of a new sweep (fair share)
     confirm_runs: int = 0  # the verdict's confirmation runs, each max_t long: their compute is kept out of the budgets
     started: float | None = None  # time.monotonic() when the sweep started: time_budget_s counts from there
 
+    @property
+    def sweep(self) -> SweepConfig:
+        return self.plan.sweep
+
+
+def tuner_spec(plan: SweepPlan, started: float | None = None) -> TunerSpec:
+    """The sweep's own Ray experiment: the plan, the trials' share of budget_iters, every method tried before TPE
+    chooses (`plan.fair_share`), and the confirmation's reserve."""
+    from selftune.search.plan import fair_share
+
+    s = plan.sweep
+    return TunerSpec(plan, budget_iters=plan.trial_budget_iters, confirm_runs=plan.confirm_runs, started=started,
+                     enqueue=fair_share(plan.methods, startup_trials(s.num_samples, s.budget_iters, plan.max_t),
+                                        s.trials_per_method))
+
 
 def _trainable(spec: TunerSpec) -> Any:
     fn = tune.with_parameters(
-        selftune_trial, base=spec.base, data_root=spec.data_root, cpus=spec.cpus_per_trial, gpus=spec.gpus_per_trial,
-        experiment_dir=experiment_path(spec.storage, spec.name), stage_model=spec.stage_model,
+        selftune_trial, base=spec.plan.base, data_root=spec.plan.data_root, cpus=spec.sweep.cpus_per_trial, gpus=spec.sweep.gpus_per_trial,
+        experiment_dir=experiment_path(spec.plan.storage, spec.sweep.name), stage_model=spec.plan.stage_model,
     )
-    return tune.with_resources(fn, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+    return tune.with_resources(fn, {"cpu": spec.sweep.cpus_per_trial, "gpu": spec.sweep.gpus_per_trial})
 
 
 def _callbacks(spec: TunerSpec) -> list[Any]:
@@ -342,22 +336,21 @@ def _callbacks(spec: TunerSpec) -> list[Any]:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback()]
-    if spec.verbose == 1:
+    if spec.sweep.verbose == 1:
         class Progress(ProgressLines, tune.Callback):  # the plain progress lines, as a Ray callback
             def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
                 if not _sigint_caught():  # after Ctrl-C, fit's message says where the sweep stopped instead
                     super().on_experiment_end(trials, **info)
 
-        rungs = asha_milestones(spec.grace_period, spec.max_t, spec.reduction_factor) if spec.scheduler == "asha" else []
-        callbacks.append(Progress(spec.metric, rungs=rungs))
-    if spec.wandb_project:
+        callbacks.append(Progress(spec.sweep.metric, rungs=spec.plan.rungs))
+    if spec.sweep.wandb_project:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
-        callbacks.append(WandbLoggerCallback(project=spec.wandb_project, group=spec.name))
-    if spec.mlflow_uri:
+        callbacks.append(WandbLoggerCallback(project=spec.sweep.wandb_project, group=spec.sweep.name))
+    if spec.sweep.mlflow_uri:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-        callbacks.append(MLflowLoggerCallback(tracking_uri=spec.mlflow_uri, experiment_name=spec.name))
+        callbacks.append(MLflowLoggerCallback(tracking_uri=spec.sweep.mlflow_uri, experiment_name=spec.sweep.name))
     return callbacks
 
 
@@ -382,12 +375,12 @@ def _stoppers(spec: TunerSpec) -> Any:
 
     stoppers: list[Any] = []
     if spec.budget_iters:
-        stoppers.append(IterationBudget(spec.budget_iters, spec.stage_iters + spec.confirm_runs * spec.max_t))
-    if spec.time_budget_s and spec.started is not None:
+        stoppers.append(IterationBudget(spec.budget_iters, spec.plan.stage_iters + spec.confirm_runs * spec.plan.max_t))
+    if spec.sweep.time_budget_s and spec.started is not None:
         methods = tuple(str(e["method"]) for e in spec.enqueue) if spec.confirm_runs else ()
-        stoppers.append(TimeBudget(spec.time_budget_s, spec.started, spec.confirm_runs, spec.max_concurrent,
-                                   spec.max_t, int(spec.base.get("eval_every", 0)), methods=tuple(dict.fromkeys(methods)),
-                                   grace=spec.grace_period))
+        stoppers.append(TimeBudget(spec.sweep.time_budget_s, spec.started, spec.confirm_runs, spec.sweep.max_concurrent,
+                                   spec.plan.max_t, int(spec.plan.base.get("eval_every", 0)), methods=tuple(dict.fromkeys(methods)),
+                                   grace=spec.plan.grace_period))
     return None if not stoppers else stoppers[0] if len(stoppers) == 1 else CombinedStopper(*stoppers)
 
 
@@ -408,17 +401,17 @@ def largest_node_cpus(want: float) -> float:
 
 def build_tuner(spec: TunerSpec) -> tune.Tuner:
     searcher = make_searcher(
-        spec.searcher, spec.space, spec.ctx, seed=spec.seed, num_samples=spec.num_samples,
-        max_concurrent=spec.max_concurrent, study_name=spec.name, storage_url=spec.optuna_storage,
-        budget_iters=spec.budget_iters, max_t=spec.max_t,
-        rungs=asha_milestones(spec.grace_period, spec.max_t, spec.reduction_factor) if spec.scheduler == "asha" else [],
-        metric=spec.metric,
+        spec.sweep.searcher, spec.sweep.space, spec.plan.ctx, seed=spec.sweep.seed, num_samples=spec.sweep.num_samples,
+        max_concurrent=spec.sweep.max_concurrent, study_name=spec.sweep.name, storage_url=spec.plan.optuna_storage,
+        budget_iters=spec.budget_iters, max_t=spec.plan.max_t,
+        rungs=spec.plan.rungs,
+        metric=spec.sweep.metric,
     )
     _enqueue(searcher, spec.enqueue)
-    if spec.scheduler == "asha":
+    if spec.sweep.scheduler == "asha":
         scheduler: Any = ASHAScheduler(
-            time_attr=TIME_ATTR, max_t=spec.max_t, grace_period=spec.grace_period,
-            reduction_factor=spec.reduction_factor,
+            time_attr=TIME_ATTR, max_t=spec.plan.max_t, grace_period=spec.plan.grace_period,
+            reduction_factor=spec.sweep.reduction_factor,
         )
     else:
         scheduler = FIFOScheduler()
@@ -426,23 +419,23 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
     tuner = tune.Tuner(
         _trainable(spec),
         tune_config=tune.TuneConfig(
-            metric=spec.metric, mode="max", search_alg=searcher, scheduler=scheduler,
+            metric=spec.sweep.metric, mode="max", search_alg=searcher, scheduler=scheduler,
             # unlimited: Ray prints sys.maxsize as a number ("Number of trials 9223372036854775807"), one more as
             # "infinite"
-            num_samples=spec.num_samples if spec.num_samples > 0 else sys.maxsize + 1,
-            time_budget_s=None if spec.started is not None else spec.time_budget_s, reuse_actors=spec.reuse_actors, trial_dirname_creator=_trial_dirname,
+            num_samples=spec.sweep.num_samples if spec.sweep.num_samples > 0 else sys.maxsize + 1,
+            time_budget_s=None if spec.started is not None else spec.sweep.time_budget_s, reuse_actors=spec.sweep.reuse_actors, trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=spec.storage, verbose=ray_verbosity(spec.verbose), callbacks=_callbacks(spec),
+            name=spec.sweep.name, storage_path=spec.plan.storage, verbose=ray_verbosity(spec.sweep.verbose), callbacks=_callbacks(spec),
             stop=_stoppers(spec),
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=spec.metric, checkpoint_score_order="max"
+                num_to_keep=spec.sweep.keep_checkpoints, checkpoint_score_attribute=spec.sweep.metric, checkpoint_score_order="max"
             ),
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            sync_config=tune.SyncConfig(sync_artifacts=spec.storage.startswith(REMOTE_SCHEMES)),
+            failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
+            sync_config=tune.SyncConfig(sync_artifacts=spec.plan.storage.startswith(REMOTE_SCHEMES)),
         ),
     )
-    tuner._selftune_folder = experiment_path(spec.storage, spec.name)  # for fit's Ctrl-C message
+    tuner._selftune_folder = experiment_path(spec.plan.storage, spec.sweep.name)  # for fit's Ctrl-C message
     return tuner
 
 

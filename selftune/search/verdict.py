@@ -11,7 +11,7 @@ run's model is then scored once on test (val when the dataset has none, and labe
 against the dataset's own masks, and `selftune.search.intervals` turns the paired runs into a mean difference
 with a 95% interval: "helps" / "hurts" only when the interval excludes 0.
 
-No Ray here: `selftune.search.run` hands these functions to `adapter.run_task(s)`.
+No Ray here: `selftune.search.confirm` hands these functions to `adapter.run_task(s)`.
 """
 
 from __future__ import annotations

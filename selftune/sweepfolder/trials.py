@@ -29,7 +29,7 @@ from selftune.sweepfolder.layout import (
 from selftune.sweepfolder.outcome import DAMAGED, ENDED_BY_ITSELF, sweep_rungs, trial_outcome
 from selftune.sweepfolder.paths import resolve_meta
 
-# what every driver's selftune_sweep.yaml holds (selftune.search.run.SweepPlan.meta); one that lacks any was cut short
+# what every driver's selftune_sweep.yaml holds (selftune.search.plan.SweepPlan.meta); one that lacks any was cut short
 DRIVER_KEYS = ("sweep", "base", "data_root", "data_fingerprint", "class_names", "max_t", "grace_period",
                "optuna_storage")
 
