@@ -115,3 +115,13 @@ def test_a_finished_sweep_leaves_no_enqueued_trial_waiting(tmp_path: Path) -> No
         assert t.user_attrs["selftune_status"] == NOT_STARTED
         assert t.system_attrs["fail_reason"].startswith("never started: enqueued (method=")
     assert close_open_trials(url, "s") == 0  # nothing left open
+
+
+def test_ctrl_c_in_the_control_search_names_the_sweep_folder_to_resume() -> None:
+    """The tuned control search is a Ray experiment inside the sweep folder: `--resume` takes the sweep's folder."""
+    from selftune.search.adapter import _interrupted_message, sweep_folder_of
+
+    assert sweep_folder_of("/r/s/control_search") == "/r/s" and sweep_folder_of("/r/s/") == "/r/s"
+    said = _interrupted_message("/r/s/control_search", None)
+    assert "during its tuned control search" in said and "`selftune sweep --resume /r/s`" in said
+    assert "during its trials" in _interrupted_message("/r/s", None) and "no best config" in said
