@@ -19,3 +19,17 @@ def test_trial_workers_of_a_local_sweep_run_at_normal_priority() -> None:
         ray.shutdown()
         os.environ.pop("RAY_worker_niceness", None)
     assert niceness == os.nice(0)  # the same priority as the driver (0 for a normal shell)
+
+
+def test_openmp_threads_sleep_instead_of_spinning_unless_the_user_says_otherwise() -> None:
+    """selftune sets OMP_WAIT_POLICY=PASSIVE before torch loads (its Ray workers inherit it); a user's value stays."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import selftune, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "PASSIVE"
+    assert subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                          capture_output=True, text=True, check=True).stdout.strip() == "ACTIVE"
