@@ -44,29 +44,30 @@ from bench.demo_fairness import ST_SETTINGS  # noqa: E402
 
 
 def _retrain(pairs: list[tuple[dict[str, Any], dict[str, Any]]], seeds: list[int], stage: str | None, folder: Path,
-             data: str) -> list[dict[str, Any]]:
+             data: str, score: str = "average", last: int = 4) -> list[dict[str, Any]]:
     """Each (self-training config, supervised config) pair retrained on `seeds` and scored on test, as the verdict
-    does; returns the verdict records (one per pair)."""
+    does (`score`: the sweep's confirm_score); returns the verdict records (one per pair)."""
     from selftune.data import read_classes
     from selftune.search import adapter
-    from selftune.search.verdict import arm_summary, build_verdict, confirm_runs, score_images, train_run
+    from selftune.search.verdict import arm_summary, build_verdict, confirm_runs, score_run, train_run
     from selftune.trainable.config import TrainConfig
 
     out = []
     for i, (st, sup) in enumerate(pairs):
-        runs = confirm_runs(st, sup, seeds, stage, folder / f"pair{i}", threads=1)
+        runs = confirm_runs(st, sup, seeds, stage, folder / f"pair{i}", threads=1,
+                            keep_last=0 if score == "best" else last)
         results = adapter.run_tasks([(train_run, (r.config, data, r.out_dir)) for r in runs], cpus=1, gpus=0,
                                     desc=f"retrain pair {i}")
         base = TrainConfig.from_dict(sup)
-        cms = adapter.run_tasks([(score_images, (res["best_model"], data, "test", base.point_radius,
-                                                 base.point_ring)) for res in results], cpus=1, gpus=0)
+        cms = adapter.run_tasks([(score_run, (r.out_dir, score, data, "test", base.point_radius,
+                                              base.point_ring)) for r in runs], cpus=1, gpus=0)
         names = list(read_classes(Path(data)).names)
         st_entry = {"trial_id": "fixed", "config": st, "metric": "val_miou", "value": float("nan"), "iteration": 0}
         sup_entry = {"trial_id": "fixed", "config": sup, "metric": "val_miou", "value": float("nan"), "iteration": 0}
         out.append(build_verdict(
             st=arm_summary(st_entry, "self-training", True), sup=arm_summary(sup_entry, "supervised", True),
             runs=runs, results=results, cms=list(cms), split="test", class_names=list(names), metric="val_miou",
-            best_by_val=None, compute={}, stage_model=stage))
+            best_by_val=None, compute={}, stage_model=stage, score=score))
     return out
 
 
@@ -81,7 +82,7 @@ def sweeps(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         if not (exp / "verdict.json").is_file():
             cmd = [sys.executable, "-m", "selftune", "sweep", "--demo", "--seed", str(s), "--name", name,
-                   "--storage", str(work)]
+                   "--storage", str(work), *args.sweep_arg]
             if exp.exists():
                 cmd = [sys.executable, "-m", "selftune", "sweep", "--resume", str(exp)]
             log = work / f"{name}.log"
@@ -99,7 +100,8 @@ def sweeps(args: argparse.Namespace) -> int:
         truth_seeds = [2000 + i for i in range(args.truth_seeds)]
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
         try:
-            [truth] = _retrain([(st, sup)], truth_seeds, stage, work / f"truth_seed{s}", meta_data)
+            [truth] = _retrain([(st, sup)], truth_seeds, stage, work / f"truth_seed{s}", meta_data,
+                               score=v.get("score", "best"))
         finally:
             ray.shutdown()
         d, t = v["difference"], truth["difference"]
@@ -109,8 +111,11 @@ def sweeps(args: argparse.Namespace) -> int:
             "best_by_val": (v.get("best_trial_by_val") or {}).get("method"),
             "verdict_mean": round(d["mean"] * 100, 2), "verdict_low": round(d["low"] * 100, 2),
             "verdict_high": round(d["high"] * 100, 2), "width": round((d["high"] - d["low"]) * 100, 2),
-            "seed_half_width": round(d["seed_half_width"] * 100, 2),
-            "image_half_width": round((d["image_interval"][1] - d["image_interval"][0]) * 50, 2),
+            "seed_half_width": round(d["seed_half_width"] * 100, 2) if d["seed_half_width"] is not None else "",
+            "seeds": len(v["seeds"]), "stopped": (v.get("sequential") or {}).get("stopped", ""),
+            "score": v.get("score", "best"),
+            "image_half_width": (round((d["image_interval"][1] - d["image_interval"][0]) * 50, 2)
+                                 if None not in d["image_interval"] else ""),
             "truth_mean": round(t["mean"] * 100, 2), "truth_low": round(t["low"] * 100, 2),
             "truth_high": round(t["high"] * 100, 2), "truth_per_seed": " ".join(f"{x * 100:.1f}" for x in t["per_seed"]),
             "contains_truth": d["low"] <= t["mean"] <= d["high"],
@@ -153,7 +158,7 @@ def known(args: argparse.Namespace) -> int:
                 sup, stage),
         }
         for i, (name, (st, su, start)) in enumerate(settings.items()):
-            [v] = _retrain([(st, su)], seeds, start, work / f"setting{i}", data)
+            [v] = _retrain([(st, su)], seeds, start, work / f"setting{i}", data, score=args.score)
             d = v["difference"]
             rows.append({"setting": name, "outcome": v["outcome"], "mean": round(d["mean"] * 100, 2),
                          "low": round(d["low"] * 100, 2), "high": round(d["high"] * 100, 2),
@@ -303,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--work", default=str(ROOT / "bench" / "out" / "verdict"))
     p.add_argument("--suffix", default="", help="appended to the result files' names")
+    p.add_argument("--sweep-arg", action="append", default=[],
+                   help="sweeps: an argument added to each `selftune sweep --demo` (repeat it), e.g. "
+                        "--sweep-arg=--time-budget-s=1200 on a shared machine")
+    p.add_argument("--score", default="average", help="known: how each run is scored (confirm_score)")
     args = p.parse_args(argv)
     args.sweep_seeds = args.sweep_seeds or ("0,1,2,3,4" if args.full else "0,1,2")
     args.truth_seeds = args.truth_seeds or (5 if args.full else 3)
