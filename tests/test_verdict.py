@@ -331,3 +331,33 @@ def test_a_run_keeps_its_last_evaluations_and_each_score_reads_them(tiny_data: P
     a, b = (ckpt.load(tmp_path / "run" / "last" / k)["model"] for k in kept)
     key = next(k for k, v in avg["model"].items() if v.is_floating_point() and not (a[k] == b[k]).all())
     assert ((a[key] + b[key]) / 2 - avg["model"][key]).abs().max() < 1e-6  # the mean of the two
+
+
+def test_a_metric_whose_class_is_absent_from_test_is_refused_before_any_trial(tiny_data: Path, tmp_path: Path
+                                                                              ) -> None:
+    """metric val_iou/road with no road pixels in test/ printed "+nan points, 95% CI [-100.00, +100.00]" after all
+    the work; now it is refused by name before anything runs."""
+    import shutil
+
+    from PIL import Image
+
+    from selftune.data import read_classes
+    from selftune.data.format import read_mask
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    classes = read_classes(data)
+    road = classes.names.index("road")
+    for f in sorted((data / "test" / "masks").iterdir()):  # road -> background, in the dataset's own format
+        mask = read_mask(f, classes)
+        mask[mask == road] = 0
+        rgb = np.zeros((*mask.shape, 3), dtype=np.uint8)
+        for c, color in enumerate(classes.colors):
+            rgb[mask == c] = color
+        Image.fromarray(rgb).save(f)
+    with pytest.raises(SelftuneError, match=r"metric 'val_iou/road' needs class 'road', which has no pixels in test "
+                                            r"\(where the verdict scores\)"):
+        plan_sweep(SweepConfig(data=str(data), base=tiny_config(), space="methods", metric="val_iou/road",
+                               storage=str(tmp_path / "results")))
+    plan_sweep(SweepConfig(data=str(data), base=tiny_config(), space="methods", metric="val_iou/road",
+                           control="none", storage=str(tmp_path / "results")))  # no verdict: val is enough

@@ -122,6 +122,7 @@ def plan_sweep(sweep: SweepConfig, *, resume: bool = False, base_dict: dict[str,
     k = len(summary.class_names)
     base = base.for_classes(k)
     sweep.check_metric(summary.class_names, base.binary or report0.constants.get("binary") is True)
+    _check_metric_classes(sweep, summary)
     base = base.replace(select_metric=sweep.metric)  # the trials keep the checkpoint the sweep ranks them by
     for key in CHECKPOINT_KEYS:  # the checks each trial's loop makes, once, before any trial starts
         weights_from(key, getattr(base, key), summary.class_names)
@@ -281,6 +282,30 @@ def fair_share(methods: tuple[str, ...] | list[str], startup: int, per_method: i
         return ()
     cycles = max(per_method, math.ceil(startup / len(methods)))
     return tuple({"method": m} for _ in range(cycles) for m in methods)
+
+
+def _check_metric_classes(sweep: SweepConfig, summary: Any) -> None:
+    """A metric of one class (val_iou/<class>; F1, precision, recall, positive IoU and AUC: the positive class)
+    needs that class in val, where the trials are ranked, and in test, where the verdict scores: else it is NaN
+    after all the work ("+nan points, 95% CI [-100, +100]"). Refused naming the class and the split."""
+    from selftune.trainable.records import metric_names
+
+    name = sweep.metric.removeprefix("val_").removesuffix("_raw")
+    keys = metric_names(list(summary.class_names))
+    if name.startswith("iou/") and name[4:] in keys:
+        c = keys.index(name[4:])
+    elif name in ("f1", "precision", "recall", "pos_iou", "auc") and len(summary.class_names) == 2:
+        c = 1
+    else:
+        return
+    splits = ["val"] + (["test"] if "test" in summary.classes_in and sweep.control != "none" else [])
+    absent = [split for split in splits if not summary.classes_in.get(split, (True,) * (c + 1))[c]]
+    if absent:
+        raise SelftuneError(
+            f"metric {sweep.metric!r} needs class {summary.class_names[c]!r}, which has no pixels in "
+            f"{' or '.join(absent)} ({'where the trials are ranked' if absent[0] == 'val' else 'where the verdict scores'}"
+            f"): it could not be measured; label some {summary.class_names[c]!r} pixels there or choose another metric "
+            "(val_miou)")
 
 
 def _check_fair_share(sweep: SweepConfig, methods: list[str]) -> None:
