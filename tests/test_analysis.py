@@ -57,7 +57,7 @@ def sweep_dir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     sweep = SweepConfig(
         name="tiny", data=str(tiny_data), base=TINY_BASE, space="analysis_test_spaces:tiny", searcher="random", seed=17,
         num_samples=6, max_concurrent=1, reduction_factor=2, storage=str(tmp_path_factory.mktemp("results")),
-        num_cpus=2, verbose=0, confirm_seeds=1, control_trials=1,  # the verdict's smallest run: 3 more runs
+        num_cpus=2, verbose=0, confirm_seeds=1, confirm_max_seeds=1, control_trials=1,  # the smallest verdict: 3 runs
     )
     try:
         summary = run_sweep(sweep)

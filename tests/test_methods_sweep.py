@@ -46,7 +46,7 @@ def staged_sweep(tiny_data: Path, spaces_module: str, tmp_path_factory: pytest.T
     sweep = SweepConfig(
         name="staged", data=str(tiny_data), base=BASE, space=f"{spaces_module}:rounds_only", searcher="random",
         num_samples=2, max_concurrent=1, scheduler="fifo", storage=str(tmp_path_factory.mktemp("results")),
-        num_cpus=2, verbose=0, shared_stage={"max_iters": 10}, confirm_seeds=1,  # pairs: test_verdict
+        num_cpus=2, verbose=0, shared_stage={"max_iters": 10}, confirm_seeds=1, confirm_max_seeds=1,  # pairs: test_verdict
     )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

@@ -280,14 +280,16 @@ def test_supervised_best_a_kill_while_confirming_and_the_answer_is_not_helps(tin
 
 
 def test_a_methods_sweep_with_fewer_trials_than_methods_is_refused(tiny_data: Path, tmp_path: Path) -> None:
-    base = tiny_config()
-    with pytest.raises(SelftuneError, match=r"num_samples 2 is fewer than the 4 methods of space 'methods' "
-                                            r"\(supervised, ema_self_training, rounds, s4gan\): rounds, s4gan would "
+    from selftune.trainable.methods import method_names
+
+    base, names = tiny_config(), method_names()
+    with pytest.raises(SelftuneError, match=rf"num_samples 2 is fewer than the {len(names)} methods of space "
+                                            rf"'methods' \({', '.join(names)}\): {', '.join(names[2:])} would "
                                             r"never run"):
         plan_sweep(SweepConfig(data=str(tiny_data), base=base, space="methods", num_samples=2, storage=str(tmp_path)))
     with pytest.warns(UserWarning, match="fewer than the fair share"):
-        plan_sweep(SweepConfig(data=str(tiny_data), base=base, space="methods", num_samples=5, trials_per_method=2,
-                               storage=str(tmp_path)))
+        plan_sweep(SweepConfig(data=str(tiny_data), base=base, space="methods", num_samples=len(names) + 1,
+                               trials_per_method=2, storage=str(tmp_path)))
     assert [p["method"] for p in fair_share(("a", "b"), 1, per_method=2)] == ["a", "b", "a", "b"]
 
 
