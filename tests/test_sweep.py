@@ -173,7 +173,8 @@ def test_best_config_export_then_train_round_trip(sweep_dir: Path, tiny_data: Pa
 
 def test_existing_sweep_name_is_refused_and_untouched(sweep_dir: Path, tiny_data: Path, capsys) -> None:
     before = sorted(p.name for p in sweep_dir.iterdir())
-    rc = main(["sweep", "--demo", "--data", str(tiny_data), "--storage", str(sweep_dir.parent), "--name", "tiny"])
+    rc = main(["sweep", "--demo", "--data", str(tiny_data), "--storage", str(sweep_dir.parent), "--name", "tiny",
+                "--set", "crop_size=32"])  # the demo's 64 px crop does not fit the 32 px tiles
     assert rc == 2
     assert "a sweep named 'tiny' already exists" in capsys.readouterr().err
     assert sorted(p.name for p in sweep_dir.iterdir()) == before
