@@ -68,7 +68,7 @@ def sequential_verdict(a: np.ndarray, b: np.ndarray, planned: list[int], alphas:
         d = intervals.paired_difference(a[:n], b[:n], hit_rate, draws=draws, seed=seed, confidence=1 - alphas[k])
         nxt = planned[k + 1] if k + 1 < len(planned) else None
         look = sequential.decide(d.low, d.high, d.mean, seeds=n, seeds_next=nxt, spread=d.spread,
-                                 image_half_width=d.image_half_width, last_alpha=alphas[-1])
+                                 image_half_width=d.image_half_width_at(1 - alphas[-1]), last_alpha=alphas[-1])
         if look.stop and (futility or look.reason != "futile"):
             return d.outcome, n
     return d.outcome, planned[-1]

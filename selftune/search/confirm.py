@@ -98,7 +98,7 @@ def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]
             write_atomic(Path(exp) / VERDICT_FILE, json.dumps(record, indent=1))
             return record
         runs, results, cms = runs + wave, results + done[0], cms + done[1]
-        look = look_at(runs, cms, split, plan, alphas[k])
+        look = look_at(runs, cms, split, plan, alphas[k], alphas[-1])
         looks.append(look["summary"])
         nxt = planned[k + 1] if k + 1 < len(planned) else None
         decision = sequential.decide(look["low"], look["high"], look["mean"], seeds=n, seeds_next=nxt,
@@ -153,8 +153,10 @@ def _confirm_wave(plan: SweepPlan, wave: list[Any], split: str, base: Any) -> tu
     return list(results), list(cms)
 
 
-def look_at(runs: list[Any], cms: list[Any], split: str, plan: SweepPlan, alpha: float) -> dict[str, Any]:
-    """The paired difference of the runs so far at a look's level `1 - alpha`."""
+def look_at(runs: list[Any], cms: list[Any], split: str, plan: SweepPlan, alpha: float, last_alpha: float
+            ) -> dict[str, Any]:
+    """The paired difference of the runs so far at a look's level `1 - alpha`; the images' half-width at the last
+    look's level `1 - last_alpha` (what the futility rule projects)."""
     import numpy as np
 
     from selftune.search import intervals
@@ -170,7 +172,7 @@ def look_at(runs: list[Any], cms: list[Any], split: str, plan: SweepPlan, alpha:
     print(f"selftune: verdict look at {len(seeds)} seeds: {d.mean * 100:+.2f} points, "
           f"{(1 - alpha) * 100:.1f}% interval [{d.low * 100:+.2f}, {d.high * 100:+.2f}]", file=sys.stderr)
     return {"summary": summary, "mean": d.mean, "low": d.low, "high": d.high, "spread": d.spread,
-            "image_half_width": d.image_half_width}
+            "image_half_width": d.image_half_width_at(1 - last_alpha)}
 
 
 def _time_for_wave(plan: SweepPlan, started_at: float | None, results: list[dict[str, Any]], runs: int) -> bool:

@@ -81,7 +81,7 @@ def decide(low: float, high: float, mean: float, *, seeds: int, seeds_next: int 
     futile: the chance that the final look (`most` seeds, default `seeds_next`) excludes 0, if the true
     difference were the one observed, is below FUTILITY_POWER (conditional power: the seeds still to come drawn
     at the spread seen, `spread` the paired differences' standard deviation, the final half-width at the last
-    look's level combined with the images' as the interval does). One seed sees no training noise: it never
+    look's level combined with the images' `image_half_width`, given at that level too, as the interval does). One seed sees no training noise: it never
     decides and is never futile (it has no spread to project)."""
     if seeds >= 2 and (low > 0 or high < 0):
         return Look(True, "decided")

@@ -230,7 +230,8 @@ def rules_out(d: intervals.Difference) -> dict[str, Any]:
     an effect of the observed size would need at the spread seen (None: the images' own width is larger)."""
     if d.seeds < 2 or not (math.isfinite(d.low) and math.isfinite(d.high)) or d.images < intervals.MIN_IMAGES:
         return {"within": None, "seeds_needed": None}
-    needed = sequential.seeds_needed(d.mean, d.spread, d.image_half_width) if d.outcome == intervals.UNCLEAR else None
+    needed = (sequential.seeds_needed(d.mean, d.spread, d.image_half_width_at(1 - sequential.ALPHA))
+              if d.outcome == intervals.UNCLEAR else None)
     return {"within": max(abs(d.low), abs(d.high)), "seeds_needed": needed}
 
 
