@@ -1,6 +1,6 @@
 """Do runs keep their pace beside other work? Threads and OpenMP's wait policy, alone and beside a busy process.
 
-    python bench/bench_threads.py [--iters 60] [--repeats 3]
+    python bench/bench_threads.py [--iters 60] [--repeats 3] [--quick]
 
 Each case is `selftune train` of the demo sweep's base config, supervised, `--iters` iterations (no images, one
 evaluation at the end), as a fresh process, timed as a whole; "beside" runs one busy pure-Python loop (a
@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--iters", type=int, default=60)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="a smoke run: 10 iterations, one round")
     args = p.parse_args(argv)
+    if args.quick:
+        args.iters, args.repeats = 10, 1
     times: dict[tuple[str, bool], list[float]] = {}
     for _ in range(args.repeats):
         for beside in (False, True):
