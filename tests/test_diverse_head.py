@@ -307,3 +307,44 @@ def test_binary_mode_trains_diverse_head(tmp_path_factory: pytest.TempPathFactor
     result = loop.train(cfg, data, tmp_path_factory.mktemp("binary") / "run", progress=False)
     assert result.status == "completed"
     assert 0 < read_metrics(result.out_dir)[-1]["head_agreement"] <= 1
+
+
+def test_a_dpt_style_head_is_split_and_an_unknown_head_is_refused_by_name() -> None:
+    from selftune.trainable.heads import replace_head
+
+    class DPTLike(nn.Module):  # smp's DPTSegmentationHead: a Sequential `head`, then its own upsampling in forward
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 5, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.interpolate(self.head(x), scale_factor=2)
+
+    model = nn.Module()
+    model.segmentation_head = DPTLike()
+    replace_head(model, 3, 0.0, "DPT")
+    heads = multi_head(model)
+    assert heads is not None and len(heads.heads) == 3 and heads.heads[0].head[-1].out_channels == 5
+    assert heads.train()(torch.randn(2, 8, 4, 4)).shape == (2, 3, 5, 8, 8)
+    model.segmentation_head = nn.Identity()
+    with pytest.raises(ConfigError, match=r"arch 'Odd' has a segmentation head of its own kind \(Identity\)"):
+        replace_head(model, 2, 0.0, "Odd")
+
+
+def test_its_step_is_dtype_correct_under_bf16_autocast() -> None:
+    """The loop's AMP path on CPU: the heads' dropout, the vote and the losses under bf16 autocast, then backward."""
+    cfg = dh(head_dropout=0.5)
+    torch.manual_seed(0)
+    model = build_model(cfg, 7).train()
+    method = create_method(cfg, 7)
+    method.before_step(model, 7)  # freezing is on: 2 of 4 heads
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 7, (2, 32, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+        pseudo = method.pseudo_batch(model, x[2:], 7, torch.Generator())
+        loss = method.supervised_loss(logits[:2], y, torch.nn.CrossEntropyLoss()) + method.unlabeled_loss(
+            logits[2:], pseudo, torch.nn.CrossEntropyLoss())
+    assert logits.dtype == torch.bfloat16 and pseudo.labels.dtype == torch.int64 and torch.isfinite(loss)
+    loss.backward()
+    learned = {i for i, h in enumerate(multi_head(model).heads) if h[0][0].weight.grad is not None}  # type: ignore[union-attr]
+    assert learned == {0, 1, 2, 3} - set(method.frozen)
