@@ -1,7 +1,9 @@
-"""Bad input, tried as a new user would (issues 19 and 29): every case must be one message naming the culprit, exit 2.
+"""Bad input, tried as a new user would (issues 19, 29 and 35): every case must be one message naming the culprit,
+exit 2.
 
-    python bench/bad_inputs.py            # a few minutes on 2 CPUs; prints one line per case and the counts
+    python bench/bad_inputs.py            # a quarter of an hour on 2 CPUs; one line per case and the counts
     python bench/bad_inputs.py --quick    # one case per command
+    python bench/bad_inputs.py --issue 35 # one issue's classes only
 
 Each case runs `selftune.cli.main(argv)` in this process on a small demo dataset made here, and is
 sorted into: named (exit 2, one `selftune: error:` line, nothing left in the output folder it named),
@@ -9,8 +11,11 @@ traceback (an exception escaped), accepted (exit 0 where an error was due) or ot
 input that was read wrongly before (palette masks listing the colours in another order, quoted numbers and
 durations in a sweep file, the demo's lengths following --set max_iters, a params.json cut in half): they
 must exit 0 and pass their check: right, or silently wrong when they exit 0 and fail it. Cases marked
-[trainable] need the fixes listed for selftune/trainable in issue 29. The injected faults
-(a truncated or empty checkpoint, a torn journal, a lost metrics line, a corrupt pool image, a full disk)
+[trainable] need the fixes listed for selftune/trainable in issue 29. A few of issue 35's cases run themselves
+(`Case.runner`, in a subprocess of this tree): a real sweep stopped by Ctrl-C to its process group must exit 130
+naming `selftune sweep --resume` with no best_config.yaml (named); a budgeted sweep must leave no Optuna trial WAITING
+(right); a run whose checkpoint folder turns read-only (a read-only bind mount as root) must say so (named).
+The injected faults (a truncated or empty checkpoint, a torn journal, a lost metrics line, a corrupt pool image, a full disk)
 are tests: tests/test_reliability.py and tests/test_journal.py; `--faults` runs them and counts them too.
 """
 
@@ -25,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,11 +59,17 @@ class Case:
     expect: str = "named"  # or "right": valid input that must be read right (exit 0, and `check` passes)
     check: Callable[[str], str | None] | None = None  # for "right": given stdout and stderr, a complaint or None
     names: tuple[str, ...] = ()  # for "named": words its message must hold (else it failed for another reason)
+    runner: Callable[[], tuple[str, int | None, str]] | None = None  # runs the case itself (a real sweep, a signal)
+    issue: int = 0  # the issue whose classes the case is of (19, 29, 35)
 
 
 def cases(tmp: Path, data: Path, three: Path) -> list[Case]:
-    """Issue 19's cases, then issue 29's."""
-    out = [Case(*c) for c in issue19_cases(tmp, data, three)] + issue29_cases(tmp, data)
+    """Issue 19's cases, then issue 29's, then issue 35's."""
+    out = [Case(*c, issue=19) for c in issue19_cases(tmp, data, three)]
+    for issue, more in ((29, issue29_cases(tmp, data)), (35, issue35_cases(tmp, data))):
+        for case in more:
+            case.issue = issue
+        out += more
     for case in out:
         case.names = MUST_NAME.get(case.name, case.names)
     return out
@@ -88,6 +100,9 @@ MUST_NAME = {
     "[trainable] train: max_iters .inf": ("max_iters",), "[trainable] train: max_iters .nan": ("max_iters",),
     "[trainable] train: patience inf": ("patience",), "[trainable] train: seed 2^64": ("seed",),
     "[trainable] evaluate: --confusion names a folder": ("--confusion",),
+    "train: crop_size 512 on 32 px tiles": ("crop_size 512",), "sweep: crop_size 512 on 32 px tiles": ("crop_size 512",),
+    "train: scale_min and scale_max 0.001": ("scale_min",), "sweep: scale_min and scale_max 0.001": ("scale_min",),
+    "sweep: control none with control_trials": ("control_trials",),
 }
 
 
@@ -176,10 +191,10 @@ def issue19_cases(tmp: Path, data: Path, three: Path) -> list[tuple[str, list[st
          None, None),
         ("sweep: shared stage with the thresholds space", ["sweep", str(tmp / "s2.yaml"), "--check"],
          sweep_file("s2.yaml", f"name: s2\ndata: {d}\nspace: thresholds\nshared_stage: {{max_iters: 10}}\n"
-                    f"storage: {sweeps}\n"), None),
+                    f"storage: {sweeps}\nbase: {{crop_size: 32}}\n"), None),
         ("sweep: shared stage checkpoint missing", ["sweep", str(tmp / "s3.yaml"), "--check"],
          sweep_file("s3.yaml", f"name: s3\ndata: {d}\nspace: methods\nshared_stage: {{checkpoint: {tmp}/none.pt}}\n"
-                    f"storage: {sweeps}\n"), None),
+                    f"storage: {sweeps}\nbase: {{crop_size: 32}}\n"), None),
         ("sweep: shared stage with both keys", ["sweep", str(tmp / "s4.yaml"), "--check"],
          sweep_file("s4.yaml", f"name: s4\ndata: {d}\nshared_stage: {{max_iters: 5, checkpoint: x}}\n"), None),
         ("sweep: num_samples 0", ["sweep", "--data", d, "--num-samples", "0", "--check"], None, None),
@@ -335,7 +350,8 @@ def issue29_cases(tmp: Path, data: Path) -> list[Case]:
              sweep_file("typed.yaml", f"data: {d}\nnum_samples: '3'\ntime_budget_s: 10m\nstorage: {t / 'sweeps'}\n"
                         f"base: {SWEEP_BASE}\n"), expect="right", check=says("is valid")),
         Case("sweep: --demo --set max_iters=20 scales the shared stage",
-             ["sweep", "--demo", "--data", d, "--set", "max_iters=20", "--check", "--storage", str(t / "sweeps")],
+             ["sweep", "--demo", "--data", d, "--set", "max_iters=20", "--set", "crop_size=32", "--check", "--storage",
+              str(t / "sweeps")],
              expect="right", check=says("max_t 20", "shared stage 10 iterations")),
         Case("sweep: --resume with --data", ["sweep", "--resume", str(t / "sweeps" / "flags"), "--data", d],
              recorded_sweep("flags")),
@@ -368,7 +384,7 @@ def issue29_cases(tmp: Path, data: Path) -> list[Case]:
               "--set", "st_rampup_iters=50"], None, True),
         Case("[trainable] sweep: base max_iters 300, default warmup 1500",
              ["sweep", str(t / "warm.yaml"), "--check"],
-             sweep_file("warm.yaml", f"data: {d}\nstorage: {t / 'sweeps'}\nbase: {{max_iters: 300}}\n"),
+             sweep_file("warm.yaml", f"data: {d}\nstorage: {t / 'sweeps'}\nbase: {{max_iters: 300, crop_size: 32}}\n"),
              expect="right", check=says("warmup_iters", "is valid")),  # defaults scaled, with a warning naming each
         Case("[trainable] train: rounds knob on the mean teacher", ["train", "--data", d, "--out", str(t / "o5"), *TINY,
                                                                      "--set", "round_init=fresh"], None, True),
@@ -389,6 +405,244 @@ def issue29_cases(tmp: Path, data: Path) -> list[Case]:
              ["evaluate", "--checkpoint", str(t / "run" / "best_model_ema.pt"), "--data", str(t / "data_run"),
               "--confusion", str(t)]),
     ]
+
+
+def issue35_cases(tmp: Path, data: Path) -> list[Case]:
+    """Issue 35's classes: Ctrl-C on a running sweep; a sweep folder copied elsewhere; damaged or missing records
+    (verdict.json deleted or of the wrong types, a trial's garbage result.json); enqueued trials left WAITING; inputs
+    that waste the run (a crop no image fills, a rescale near 0, a checkpoint folder turned read-only mid-run, a class
+    absent from val or test, control: none with control_trials); warnings as Python prints them."""
+    import yaml
+
+    d = str(data)
+    t = tmp / "i35"
+    t.mkdir(exist_ok=True)
+    sweeps = t / "sweeps"
+    tiny_base = yaml.safe_load(SWEEP_BASE)
+
+    def says(*words: str, absent: tuple[str, ...] = ()) -> Callable[[str], str | None]:
+        def check(out: str) -> str | None:
+            lacks = [w for w in words if w not in out]
+            has = [w for w in absent if w in out]
+            return (f"output lacks {lacks!r}" if lacks else "") + (f" output holds {has!r}" if has else "") or None
+        return check
+
+    def hand_sweep(name: str, control: str = "tuned") -> Path:
+        folder = _hand_sweep(sweeps, name)
+        meta = yaml.safe_load((folder / "selftune_sweep.yaml").read_text())
+        meta["sweep"]["control"] = control
+        (folder / "selftune_sweep.yaml").write_text(yaml.safe_dump(meta))
+        return folder
+
+    verdict = {"format": 2, "outcome": "helps", "split": "test", "headline": "VERDICT: HELPS +3.00 [+1.00, +5.00]",
+               "lines": ["VERDICT: HELPS +3.00 [+1.00, +5.00]"], "flags": [], "difference": {"mean": 0.03},
+               "arms": {"self_training": {}, "supervised": {}}, "runs": [], "per_class": {}}
+
+    def verdict_deleted() -> None:
+        folder = hand_sweep("no_verdict")
+        (folder / "best_config.yaml").write_text(yaml.safe_dump({"provenance": {"verdict": {
+            "headline": verdict["headline"]}}, "config": {}}))
+
+    def verdict_wrong_types() -> None:
+        folder = hand_sweep("bad_verdict")
+        (folder / "verdict.json").write_text(json.dumps({**verdict, "arms": [1, 2]}))
+
+    def garbage_result() -> None:
+        folder = hand_sweep("garbage_result", control="none")
+        (sorted(p for p in folder.iterdir() if p.is_dir())[0] / "result.json").write_text("garbage\n")
+
+    def copied_sweep() -> None:  # a sweep with a shared stage, as its driver records it, copied; the original deleted
+        from selftune.search.run import plan_sweep
+        from selftune.search.sweepfile import SweepConfig
+
+        base = {**tiny_base, "max_iters": 12, "st_start_iter": 0}  # the methods space's rounds: 6-iteration rounds
+        plan = plan_sweep(SweepConfig(name="moved", data=d, base=base, space="methods", control="none",
+                                      shared_stage={"max_iters": 4}, storage=str(sweeps)))
+        folder = Path(plan.experiment_dir)
+        (folder / "shared_stage").mkdir(parents=True, exist_ok=True)
+        (folder / "shared_stage" / "best_model_ema.pt").write_bytes(b"the stage's model")
+        (folder / "selftune_sweep.yaml").write_text(yaml.safe_dump(plan.meta(), sort_keys=False))
+        trial = folder / "trial_001_t1_method=rounds"
+        trial.mkdir(exist_ok=True)
+        (trial / "params.json").write_text(json.dumps({"method": "rounds", "lr": 1e-3}))
+        (trial / "result.json").write_text(json.dumps({"trial_id": "t1", "iteration": 4, "val_miou": 0.3,
+                                                       "status": "completed"}) + "\n")
+        shutil.rmtree(t / "elsewhere", ignore_errors=True)
+        shutil.copytree(folder, t / "elsewhere" / "moved")
+        shutil.rmtree(folder)
+
+    def in_the_copy(out: str) -> str | None:
+        stage = str(t / "elsewhere" / "moved" / "shared_stage" / "best_model_ema.pt")
+        doc = yaml.safe_load(out.split("\nselftune: ")[0])  # the YAML on stdout, then stderr's lines
+        got = (doc or {}).get("config", {}).get("teacher_checkpoint")
+        return None if got == stage else f"teacher_checkpoint {got}, expected {stage} (in the copy)"
+
+    def relabel(split: str, name: str) -> Callable[[], None]:
+        def make() -> None:  # class 1 relabelled as 0 in `split`: that split lacks it
+            import numpy as np
+            from PIL import Image
+
+            root = t / name
+            if not root.exists():
+                shutil.copytree(data, root, ignore=shutil.ignore_patterns(".*"))
+            for mask in (root / split / "masks").glob("*.png"):
+                m = np.array(Image.open(mask))
+                Image.fromarray(np.where(m == 1, 0, m).astype(np.uint8)).save(mask)
+        return make
+
+    def warm_yaml() -> None:
+        (t / "warm.yaml").write_text(f"data: {d}\nstorage: {sweeps}\nbase: {{max_iters: 300, crop_size: 32}}\n")
+
+    def readable_warnings(out: str) -> str | None:
+        lines = [line for line in out.splitlines() if "warmup_iters" in line and "scaled" in line]
+        if len(lines) != 1 or not lines[0].startswith("selftune: warning: "):
+            return f"the warmup warning is not one `selftune: warning:` line: {lines!r}"
+        if any(".py:" in line or line.startswith("  ") for line in out.splitlines()):
+            return "a source line or a file:line location was printed"
+        return None
+
+    return [
+        # --- interrupting and moving sweeps
+        Case("sweep: Ctrl-C while its trials run", ["sweep", "SWEEP.yaml", "(then SIGINT)"], runner=lambda: _ctrl_c_sweep(t, d)),
+        Case("export: a copied sweep folder, the original deleted", ["export", str(t / "elsewhere" / "moved")],
+             copied_sweep, expect="right", check=in_the_copy),
+        # --- damaged or missing records
+        Case("analyze: verdict.json deleted, best_config.yaml carries it",
+             ["analyze", str(sweeps / "no_verdict"), "--out", str(t / "a1")], verdict_deleted, expect="right",
+             check=says("verdict.json is missing")),
+        Case("analyze: verdict.json with arms a list", ["analyze", str(sweeps / "bad_verdict"), "--out", str(t / "a2")],
+             verdict_wrong_types, expect="right", check=says("verdict.json is damaged", "`arms`")),
+        Case("analyze: a trial's result.json is garbage",
+             ["analyze", str(sweeps / "garbage_result"), "--out", str(t / "a3")], garbage_result, expect="right",
+             check=says("result.json is damaged", absent=("stopped by the sweep budget", "cut by the sweep's budget"))),
+        Case("sweep: enqueued trials left WAITING when the budget ends it", ["sweep", "--demo", "--budget-iters", "40"],
+             runner=lambda: _waiting_sweep(t, d)),
+        # --- inputs that waste the run
+        Case("train: crop_size 512 on 32 px tiles", ["train", "--data", d, "--out", str(t / "o1"), *TINY,
+                                                    "--set", "crop_size=512"], None, True),
+        Case("sweep: crop_size 512 on 32 px tiles", ["sweep", "--data", d, "--storage", str(sweeps), "--set",
+                                                    "crop_size=512", "--check"]),
+        Case("train: scale_min and scale_max 0.001", ["train", "--data", d, "--out", str(t / "o2"), *TINY,
+                                                     "--set", "scale_min=0.001", "--set", "scale_max=0.001"], None, True),
+        Case("sweep: scale_min and scale_max 0.001", ["sweep", "--data", d, "--storage", str(sweeps), "--set",
+                                                     "crop_size=32", "--set", "scale_min=0.001", "--set",
+                                                     "scale_max=0.001", "--check"]),
+        Case("train: checkpoint folder turns read-only mid-run", ["train", "(checkpoint/ then read-only)"],
+             runner=lambda: _read_only_mid_run(t, d)),
+        Case("data check: a class absent from test", ["data", "check", str(t / "no_test_1"), "--no-unlabeled"],
+             relabel("test", "no_test_1"), expect="right", check=says("does not occur in test")),
+        Case("data check: a class absent from val", ["data", "check", str(t / "no_val_1"), "--no-unlabeled"],
+             relabel("val", "no_val_1"), expect="right", check=says("does not occur in val")),
+        Case("sweep: control none with control_trials", ["sweep", "--data", d, "--storage", str(sweeps), "--set",
+                                                        "crop_size=32", "--control", "none", "--check",
+                                                        str(t / "ct.yaml")],
+             lambda: (t / "ct.yaml").write_text(f"data: {d}\ncontrol_trials: 3\nspace: methods\n")),
+        # --- warnings a user can read
+        Case("sweep: warnings print as one line each", ["sweep", str(t / "warm.yaml"), "--check"], warm_yaml,
+             expect="right", check=readable_warnings),
+    ]
+
+
+def _subprocess_env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(ROOT)}  # this tree's selftune, whatever the venv installed
+
+
+def _ctrl_c_sweep(t: Path, d: str) -> tuple[str, int | None, str]:
+    """A real sweep of tiny trials; SIGINT to its process group (as a terminal's Ctrl-C) once a trial has reported.
+    Named: exit 130, one message naming `selftune sweep --resume FOLDER`, no best_config.yaml."""
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    storage, name = t / "sweeps", "ctrl_c"
+    folder = storage / name
+    (t / "ctrl_c.yaml").write_text(yaml.safe_dump({
+        "name": name, "data": d, "storage": str(storage), "space": "thresholds_shared", "searcher": "random",
+        "scheduler": "fifo", "num_samples": 3, "max_concurrent": 1, "control": "none", "num_cpus": 2,
+        "base": {**yaml.safe_load(SWEEP_BASE), "max_iters": 60}}))
+    p = subprocess.Popen([sys.executable, "-m", "selftune", "sweep", str(t / "ctrl_c.yaml")], cwd=ROOT,
+                         env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    deadline = time.monotonic() + 300
+    while p.poll() is None and time.monotonic() < deadline and \
+            not any(f.stat().st_size for f in folder.glob("trial_*/result.json")):
+        time.sleep(0.1)
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    text = out + err
+    if "Traceback" in text:
+        return "traceback", p.returncode, text
+    if p.returncode == 0:
+        return "accepted", 0, text + f"\nbest_config.yaml written: {(folder / 'best_config.yaml').exists()}"
+    named = (p.returncode == 130 and f"selftune sweep --resume {folder}" in err
+             and not (folder / "best_config.yaml").exists())
+    return ("named" if named else "other"), p.returncode, text
+
+
+def _waiting_sweep(t: Path, d: str) -> tuple[str, int | None, str]:
+    """Issue 35's command on the small data: a budgeted methods sweep that ends before its fair-share cycle. Right:
+    exit 0 and no Optuna trial of it WAITING (or RUNNING) afterwards."""
+    import optuna
+
+    storage, name = t / "sweeps", "waiting"
+    p = subprocess.run([sys.executable, "-m", "selftune", "sweep", "--demo", "--data", d, "--no-control",
+                        "--num-samples", "-1", "--budget-iters", "40", "--set", "max_iters=20", "--set", "crop_size=32",
+                        "--storage", str(storage), "--name", name, "--num-cpus", "2"], cwd=ROOT, env=_subprocess_env(),
+                       capture_output=True, text=True, timeout=900)
+    text = p.stdout + p.stderr
+    if "Traceback" in text:
+        return "traceback", p.returncode, text
+    if p.returncode != 0:
+        return "other", p.returncode, text
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage / name / "optuna_journal.log"))))
+    pending = [t_.number for t_ in study.trials if t_.state.name in ("WAITING", "RUNNING")]
+    if pending:
+        return "wrong", 0, text + f"\nWRONG: trials {pending} of {len(study.trials)} left WAITING or RUNNING"
+    return "right", 0, text
+
+
+def _read_only_mid_run(t: Path, d: str) -> tuple[str, int | None, str]:
+    """`selftune train` whose checkpoint/ turns read-only after its first checkpoint (a read-only bind mount as root,
+    else its permissions). Named: exit 2, one message saying the folder is not writable any more."""
+    import os
+    import time
+
+    out = t / "ro_run"
+    ck = out / "checkpoint"
+    shutil.rmtree(out, ignore_errors=True)
+    p = subprocess.Popen([sys.executable, "-m", "selftune", "train", "--data", d, "--out", str(out), "--no-progress",
+                          *TINY, "--set", "max_iters=400"], cwd=ROOT, env=_subprocess_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    while p.poll() is None and not (ck / "state.pt").exists():
+        time.sleep(0.05)
+    mounted = False
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "--bind", str(ck), str(ck)], capture_output=True).returncode == 0 and \
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(ck)], capture_output=True).returncode == 0
+    else:
+        ck.chmod(0o555)
+    try:
+        stdout, err = p.communicate(timeout=600)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(ck)], capture_output=True)
+        elif os.geteuid() != 0:
+            ck.chmod(0o755)
+    text = stdout + err
+    if os.geteuid() == 0 and not mounted:
+        return "other", p.returncode, text + "\n(could not make the folder read-only here)"
+    if "Traceback" in text:
+        return "traceback", p.returncode, text
+    errors = [line for line in err.splitlines() if line.startswith("selftune: error:")]
+    named = p.returncode == 2 and len(errors) == 1 and f"{ck} is not writable any more" in errors[0]
+    return ("named" if named else "accepted" if p.returncode == 0 else "other"), p.returncode, text
 
 
 def _hand_sweep(root: Path, name: str) -> Path:
@@ -436,6 +690,8 @@ def run_case(case: Case) -> tuple[str, int | None, str]:
     """(kind, exit code, what it said): kind is named, right, traceback, accepted, wrong or other."""
     from selftune.cli import main
 
+    if case.runner is not None:
+        return case.runner()
     err, out = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out), warnings.catch_warnings():
@@ -465,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faults", action="store_true", help="also run the injected-fault tests and count them")
     p.add_argument("--quick", action="store_true", help="one case per command (train, data, sweep, ...): seconds")
     p.add_argument("--only", action="append", metavar="TEXT", help="only the cases whose name holds TEXT (repeatable)")
+    p.add_argument("--issue", type=int, action="append", choices=(19, 29, 35),
+                   help="only the cases of this issue's classes (repeatable): 19, 29 or 35")
     args = p.parse_args(argv)
     from selftune.data.demo import DemoSpec, generate_demo
 
@@ -475,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
         counts: dict[str, int] = {}
         chosen, seen = [], set()
         for case in cases(tmp, data, three):
-            if args.only and not any(text in case.name for text in args.only):
+            if (args.only and not any(text in case.name for text in args.only)) or \
+                    (args.issue and case.issue not in args.issue):
                 continue
             if not args.quick or case.argv[0] not in seen:
                 chosen.append(case)
@@ -486,8 +745,11 @@ def main(argv: list[str] | None = None) -> int:
                 if case.setup is not None:
                     case.setup()
                 before = _snapshot(tmp)
+                started = time.monotonic()
                 kind, code, text = run_case(case)
-                changed = [f for f, digest in before.items() if _snapshot(tmp).get(f) != digest]
+                seconds = time.monotonic() - started
+                after = _snapshot(tmp)  # once: hashing every file again for each file made a case take minutes
+                changed = [f for f, digest in before.items() if after.get(f) != digest]
                 if changed:  # a file that was there before the bad input was changed or removed by it
                     lost += 1
                     text += f"\nDATA LOST: {', '.join(changed[:3])}"
@@ -495,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
                     kind = "other"  # named, but it wrote the output folder first
                 counts[kind] = counts.get(kind, 0) + 1
                 first = (text.strip().splitlines() or [""])[-1][:150]
-                print(f"{kind:9} exit {code!s:4} {case.name}: {first}", flush=True)
+                print(f"{kind:9} exit {code!s:4} {seconds:5.0f}s {case.name}: {first}", flush=True)
         finally:
             for proc in HOLDERS:
                 proc.communicate("")
