@@ -363,3 +363,10 @@ def test_a_metric_whose_class_is_absent_from_test_is_refused_before_any_trial(ti
                                storage=str(tmp_path / "results")))
     plan_sweep(SweepConfig(data=str(data), base=tiny_config(), space="methods", metric="val_iou/road",
                            control="none", storage=str(tmp_path / "results")))  # no verdict: val is enough
+
+
+def test_control_trials_without_a_control_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(SelftuneError, match=r"control_trials 3: only a tuned control search uses it, and control "
+                                            r"is 'none'"):
+        plan_sweep(SweepConfig(data=str(tiny_data), base=tiny_config(), space="thresholds", control="none",
+                               control_trials=3, storage=str(tmp_path)))

@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
     p.add_argument("--check", action="store_true", help="check the sweep file, data, space and storage, then exit")
     p.add_argument("--data", help="dataset root (default: the built-in demo data)")
     p.add_argument("--space", help="space name (methods, thresholds, thresholds_independent, thresholds_shared, wide, "
-                   "supervised) or module:function")
+                   "supervised, s4gan, diverse_head, binary, binary_points) or module:function")
     p.add_argument("--searcher", choices=["tpe", "tpe-stock", "random"],
                    help="tpe (default: Optuna's TPE, told ASHA-stopped trials as PRUNED), tpe-stock (Ray's "
                    "OptunaSearch as is, which tells them COMPLETE) or random (uniform, same bookkeeping as tpe)")

@@ -207,6 +207,9 @@ def _check_control(plan: SweepPlan) -> None:
     """The verdict's keys against what the space can serve; fails naming the key and value."""
     sweep, methods, experiment_dir, max_t = plan.sweep, plan.methods, plan.experiment_dir, plan.max_t
     if sweep.control == "none":
+        if sweep.control_trials is not None:
+            raise SelftuneError(f"control_trials {sweep.control_trials}: only a tuned control search uses it, and "
+                                "control is 'none' (no verdict); drop control_trials or set control: tuned")
         return
     if not plan.verdict:
         raise SelftuneError(f"control {sweep.control!r}: space {sweep.space!r} has no self-training method (its "
