@@ -60,7 +60,8 @@ def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]
         if not sup_entries:
             method = best_st["config"]["method"]
             n = s.control_trials or sum(1 for e in st_entries if e["config"]["method"] == method)
-            iters = None if s.control_trials else _iterations([t for t in trials if _method_of(t) == method])
+            ids = {e["trial_id"] for e in st_entries if e["config"]["method"] == method}
+            iters = None if s.control_trials else (_iterations([t for t in trials if t.trial_id in ids]) or None)
             sup_entries = run_control_search(plan, n, best_st["config"], iters, started_at)
         sup_entry = sup_entries[0] if sup_entries else None
         if sup_entry is None:
@@ -183,11 +184,6 @@ def _time_for_wave(plan: SweepPlan, started_at: float | None, results: list[dict
     slowest = max(float(r.get("seconds") or 0.0) for r in results)
     waves = math.ceil(runs / max(1, plan.sweep.max_concurrent))
     return time.monotonic() - started_at + waves * slowest <= budget
-
-
-def _method_of(trial: Any) -> str:
-    """The method a trial ran (its config's)."""
-    return str((getattr(trial, "config", None) or {}).get("method", ""))
 
 
 def _iterations(trials: list[Any]) -> int:
