@@ -234,8 +234,11 @@ class TrainConfig:
         return self.replace(**paths) if paths else self
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (tuples become lists) that `from_dict` takes back unchanged."""
-        out = dataclasses.asdict(self)
+        """Plain data (tuples become lists) that `from_dict` takes back unchanged. The knobs of a method no longer
+        registered (`unregister`) are left out: another process (a Ray worker) would refuse them as unknown."""
+        live = {k.name for spec in METHODS.values() for k in spec.knobs}
+        out = {k: v for k, v in dataclasses.asdict(self).items()
+               if k in live or "knob" not in getattr(TrainConfig.__dataclass_fields__[k], "metadata", {})}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     def to_yaml(self) -> str:
