@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -162,26 +163,62 @@ def test_every_method_gets_a_fair_share_of_the_first_trials() -> None:
     assert fair_share(("rounds",), 4) == ()
 
 
+def _report(budget: TimeBudget, trial: str, method: str, pace: float, value: float | None = None, **extra: Any) -> None:
+    """One trial report of `pace` seconds per iteration (step 0.5 s and an evaluation every 10 iterations)."""
+    budget(trial, {"step_seconds": 0.5, "eval_seconds": (pace - 0.5) * 10, "val_miou": value,
+                   "config": {"method": method}, **extra})
+
+
 def test_the_time_budget_keeps_the_confirmation_s_time_free() -> None:
     now = time.monotonic()
-    b = TimeBudget(100.0, now, runs=4, concurrent=2, max_t=40, eval_every=10)
-    assert b.reserve_s() == 0 and not b.stop_all()  # nothing measured yet: nothing reserved
-    b("t1", {"step_seconds": 0.5, "eval_seconds": 5.0, "config": {"method": "supervised"}})  # 0.5 + 5/10 = 1 s
-    assert b.reserve_s() == pytest.approx(2 * 40 * 1.0) and not b.stop_all()
-    for _ in range(3):  # the slowest method's pace sets each wave's length, however many fast reports there are
-        b("t1", {"step_seconds": 0.5, "eval_seconds": 5.0, "config": {"method": "supervised"}})
-    b("t2", {"step_seconds": 1.0, "eval_seconds": 3.0, "config": {"method": "ema_self_training"}})
-    assert b.reserve_s() == pytest.approx(2 * 40 * 1.3) and b.stop_all()  # 104 s > the 100 left: stop now
+    b = TimeBudget(1000.0, now, looks=(2, 3), concurrent=2, max_t=40, eval_every=10)
+    assert b.reserve_s() == 0 and not b.closed() and not b.stop_all()  # nothing measured yet: nothing reserved
+    _report(b, "t1", "supervised", 1.0, 0.30)  # a supervised run: 40 s
+    # no self-training method measured: its arm at the slowest pace (40 s); look 1: 2 seeds x 2 arms on 2 slots,
+    # look 2: one seed per arm, as long as one run
+    assert b.reserve_s() == pytest.approx(80 + 40)
+    for _ in range(3):  # a method's pace is the median of its reports, however many
+        _report(b, "t1", "supervised", 1.0, 0.30)
+    _report(b, "t2", "rounds", 2.0, 0.50)  # 80 s, the best self-training method
+    _report(b, "t3", "ema_self_training", 3.0, 0.40)  # 120 s, slower but worse by val: not the one confirmed
+    assert b.reserve_s() == pytest.approx(max(2 * 120 / 2, 80) + max(120 / 2, 80))  # 200 s
+    assert b.reserve_s(looks=1) == pytest.approx(120) and not b.closed()  # 1,000 s left: trials go on starting
+    b.deadline = time.monotonic() + 150  # 150 s left: the first look fits, both do not: no new trial, none cut
+    assert b.closed() and not b.stop_all()
+    _report(b, "t3", "ema_self_training", 3.0, 0.60)  # now the best: the confirmation runs at its pace
+    assert b.reserve_s() == pytest.approx(max(2 * 160 / 2, 120) + max(160 / 2, 120))  # 280 s
+    assert b.reserve_s(looks=1) == pytest.approx(160) and b.stop_all()  # 150 s left: the running trials are cut
     # a sweep over methods waits until a trial of each method has reached the grace period (a busy machine's
     # stage left the demo 36 s of trials and no evaluated self-training trial: a verdict of none)
-    w = TimeBudget(1.0, now - 10, runs=4, concurrent=2, max_t=40, eval_every=10, methods=("supervised", "rounds"),
+    w = TimeBudget(1.0, now - 10, looks=(2,), concurrent=2, max_t=40, eval_every=10, methods=("supervised", "rounds"),
                    grace=20)
-    w("t1", {"step_seconds": 0.5, "eval_seconds": 5.0, "iteration": 20, "config": {"method": "supervised"}})
-    assert not w.stop_all()  # past its deadline, but no rounds trial has reached iteration 20
-    w("t2", {"step_seconds": 0.5, "eval_seconds": 5.0, "iteration": 10, "config": {"method": "rounds"}})
+    _report(w, "t1", "supervised", 1.0, iteration=20)
+    assert not w.stop_all() and not w.closed()  # past its deadline, but no rounds trial has reached iteration 20
+    _report(w, "t2", "rounds", 1.0, iteration=10)
     assert not w.stop_all()
-    w("t2", {"step_seconds": 0.5, "eval_seconds": 5.0, "iteration": 20, "config": {"method": "rounds"}})
-    assert w.stop_all()
+    _report(w, "t2", "rounds", 1.0, iteration=20)
+    assert w.stop_all() and w.closed()
+
+
+def test_a_closed_search_suggests_no_new_trial_and_does_not_save_its_clock(capsys: pytest.CaptureFixture[str]) -> None:
+    from ray.tune.search import Searcher
+
+    from selftune.search.adapter import ClosingLimiter
+
+    class Counting(Searcher):
+        def suggest(self, trial_id: str) -> dict:
+            return {"lr": 0.1}
+
+    shut = {"now": False}
+    limiter = ClosingLimiter(Counting(metric="val_miou", mode="max"), max_concurrent=2)
+    limiter.closed = lambda: shut["now"]
+    assert limiter.suggest("a") == {"lr": 0.1}
+    shut["now"] = True
+    state = limiter.get_state()
+    assert "closed" not in state and state["started_trials"] == 1
+    limiter.set_state(state)  # a restored searcher keeps this run's clock
+    assert limiter.suggest("b") == Searcher.FINISHED
+    assert "no new trials after 1" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- bad input, before any trial

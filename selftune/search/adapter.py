@@ -5,6 +5,7 @@ Everything else in selftune is plain Python, so Ray's API churn touches this fil
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import functools
 import logging
@@ -23,7 +24,7 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from selftune.errors import Interrupted
@@ -217,7 +218,7 @@ def make_searcher(
     kind: str, space: str, ctx: SpaceContext, *, seed: int, num_samples: int, max_concurrent: int,
     study_name: str, storage_url: str, budget_iters: int | None = None, max_t: int | None = None,
     rungs: list[float] | None = None, metric: str = METRIC,
-) -> ConcurrencyLimiter:
+) -> ClosingLimiter:
     """TPE (multivariate, constant liar, seeded) or random, over a persisted Optuna study."""
     if kind == "random":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
@@ -233,45 +234,95 @@ def make_searcher(
     )
     if isinstance(searcher, HonestOptunaSearch):
         searcher.rungs = tuple(rungs or ())
-    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    return ClosingLimiter(searcher, max_concurrent=max_concurrent)
 
 
 # ---------------------------------------------------------------------- the compute budget
 
 
 class TimeBudget(tune.Stopper):
-    """Stops the whole sweep when the time left is what the verdict's confirmation runs will take: `runs` runs of
-    `max_t` iterations, `concurrent` at a time, each wave as long as its slowest run. A run's seconds per iteration
-    (training steps and their share of evaluations) is estimated per method from the trials so far, and the
-    slowest method's is taken (self-training steps cost 2-4x a supervised one). Before the first report nothing
-    is reserved. It never stops the sweep before a trial of each of `methods` has reached `grace` iterations: on a
-    busy machine a sweep overruns its budget rather than end with no trial of a method to compare."""
+    """The sweep's time_budget_s, with the verdict's confirmation time kept free. Two moments:
 
-    def __init__(self, budget_s: float, started: float, runs: int, concurrent: int, max_t: int,
-                 eval_every: int, methods: tuple[str, ...] = (), grace: int = 0) -> None:
+    - `closed()`: no new trial starts once the time left is the confirmation's reserve, every look of it (the
+      most seeds); the running trials go on to max_t or their ASHA rung;
+    - `stop_all()`: the running trials are cut once the time left is the first look's reserve (a verdict needs
+      its first look; later looks run while the budget has room for them, and the verdict says when it had not).
+
+    The reserve: the confirmation's looks (`looks`, the seeds per arm each adds) at the pace of the two arms it
+    will train, the best self-training method so far by `metric` and supervised, each look as long as its runs
+    on `concurrent` slots and at least one run. A method's pace (seconds per iteration: its steps and their
+    share of evaluations) is the median of its trials' reports; an arm not measured yet takes the slowest
+    method's. Before the first report nothing is reserved. It never stops before a trial of each of `methods`
+    has reached `grace` iterations: on a busy machine a sweep overruns its budget rather than end with no trial
+    of a method to compare."""
+
+    def __init__(self, budget_s: float, started: float, looks: tuple[int, ...], concurrent: int, max_t: int,
+                 eval_every: int, methods: tuple[str, ...] = (), grace: int = 0, metric: str = METRIC) -> None:
         self.deadline = started + budget_s
         self.eval_every = eval_every
-        self.waves = math.ceil(runs / max(1, concurrent)) if runs else 0
+        self.adds = tuple(b - a for a, b in zip((0, *looks), looks, strict=False))  # seeds each look adds
+        self.concurrent = max(1, concurrent)
         self.max_t = max_t
+        self.metric = metric
         self.per_iter: dict[str, list[float]] = {}
+        self.best: dict[str, float] = {}  # method -> the best value of `metric` its trials reported
         self.waiting = {m: min(grace, max_t) for m in methods}  # method -> iterations one trial must reach first
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         step, evals = result.get("step_seconds"), result.get("eval_seconds")
+        method = str((result.get("config") or {}).get("method", ""))
         if isinstance(step, int | float) and math.isfinite(step):
             per_eval = evals / self.eval_every if isinstance(evals, int | float) and self.eval_every else 0.0
-            method = str((result.get("config") or {}).get("method", ""))
             self.per_iter.setdefault(method, []).append(float(step) + float(per_eval))
             if int(result.get(TIME_ATTR, 0)) >= self.waiting.get(method, math.inf) or result.get("done"):
                 self.waiting.pop(method, None)
+        value = result.get(self.metric)
+        if isinstance(value, int | float) and math.isfinite(value):
+            self.best[method] = max(self.best.get(method, value), float(value))
         return False
 
-    def reserve_s(self) -> float:
-        slowest = max((statistics.median(v) for v in self.per_iter.values() if v), default=0.0)
-        return self.waves * self.max_t * slowest
+    def run_s(self, method: str | None) -> float:
+        """Seconds one max_t run of `method` takes at its measured pace (the slowest method's if unmeasured)."""
+        paces = {m: statistics.median(v) for m, v in self.per_iter.items() if v}
+        if not paces:
+            return 0.0
+        return self.max_t * paces.get(method or "", max(paces.values()))
+
+    def reserve_s(self, looks: int | None = None) -> float:
+        """Seconds the confirmation's first `looks` looks (all by default) take at the arms' paces."""
+        st = [m for m in self.best if m != "supervised"]
+        st_s = self.run_s(max(st, key=self.best.__getitem__) if st else None)
+        sup_s = self.run_s("supervised") if "supervised" in self.per_iter else st_s  # a control search: unmeasured
+        return sum(max(k * (st_s + sup_s) / self.concurrent, st_s, sup_s) for k in self.adds[:looks])
+
+    def closed(self) -> bool:
+        return not self.waiting and time.monotonic() + self.reserve_s() >= self.deadline
 
     def stop_all(self) -> bool:
-        return not self.waiting and time.monotonic() + self.reserve_s() >= self.deadline
+        return not self.waiting and time.monotonic() + self.reserve_s(looks=1) >= self.deadline
+
+
+class ClosingLimiter(ConcurrencyLimiter):
+    """Ray's ConcurrencyLimiter that starts no new trial once `closed()` says so (`TimeBudget.closed`): the
+    search ends there and the running trials finish. `closed` is this run's, never saved with the searcher."""
+
+    closed: Any = None
+
+    started_trials: int = 0  # this search's suggestions (restored with its state)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.closed is not None and self.closed():
+            print(f"selftune: time_budget_s: no new trials after {self.started_trials}; the running ones finish, "
+                  "the time left is the verdict's confirmation's", file=sys.stderr)
+            self.closed = None  # said once; the search has ended
+            return Searcher.FINISHED
+        config = super().suggest(trial_id)
+        if config not in (None, Searcher.FINISHED):
+            self.started_trials += 1
+        return config
+
+    def get_state(self) -> dict:
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in ("searcher", "closed")})
 
 
 class IterationBudget(tune.Stopper):
@@ -303,6 +354,7 @@ class TunerSpec:
     budget_iters: int | None = None  # the trials' share of the sweep's budget_iters (`SweepPlan.trial_budget_iters`)
     enqueue: tuple[dict[str, Any], ...] = ()  # partial params of the first trials of a new sweep (fair share)
     confirm_runs: int = 0  # the verdict's confirmation runs, each max_t long: their compute is kept out of the budgets
+    confirm_looks: tuple[int, ...] = ()  # the seeds per arm at each of the verdict's looks: their time is kept free
     started: float | None = None  # time.monotonic() when the sweep started: time_budget_s counts from there
 
     @property
@@ -316,7 +368,8 @@ def tuner_spec(plan: SweepPlan, started: float | None = None) -> TunerSpec:
     from selftune.search.plan import fair_share
 
     s = plan.sweep
-    return TunerSpec(plan, budget_iters=plan.trial_budget_iters, confirm_runs=plan.confirm_runs, started=started,
+    return TunerSpec(plan, budget_iters=plan.trial_budget_iters, confirm_runs=plan.confirm_runs,
+                     confirm_looks=plan.confirm_looks, started=started,
                      enqueue=fair_share(plan.methods, startup_trials(s.num_samples, s.budget_iters, plan.max_t),
                                         s.trials_per_method))
 
@@ -368,19 +421,26 @@ def _trial_dirname(trial: Any) -> str:
     return trial_dirname(int(head) if head.isdigit() else None, trial.trial_id, dict(trial.evaluated_params or {}))
 
 
-def _stoppers(spec: TunerSpec) -> Any:
-    """The sweep's budgets: iterations (the stage and the confirmation runs counted in) and time (the confirmation
-    runs' expected time kept free); None without either."""
+def _time_budget(spec: TunerSpec) -> TimeBudget | None:
+    """The sweep's time_budget_s counted from `spec.started` (the stage, the trials, the confirmation's reserve)."""
+    if not (spec.sweep.time_budget_s and spec.started is not None):
+        return None
+    methods = tuple(str(e["method"]) for e in spec.enqueue) if spec.confirm_runs else ()
+    return TimeBudget(spec.sweep.time_budget_s, spec.started, spec.confirm_looks,
+                      spec.sweep.max_concurrent, spec.plan.max_t, int(spec.plan.base.get("eval_every", 0)),
+                      methods=tuple(dict.fromkeys(methods)), grace=spec.plan.grace_period, metric=spec.sweep.metric)
+
+
+def _stoppers(spec: TunerSpec, clock: TimeBudget | None) -> Any:
+    """The sweep's budgets: iterations (the stage and the confirmation runs counted in) and time (`clock`); None
+    without either."""
     from ray.tune.stopper import CombinedStopper
 
     stoppers: list[Any] = []
     if spec.budget_iters:
         stoppers.append(IterationBudget(spec.budget_iters, spec.plan.stage_iters + spec.confirm_runs * spec.plan.max_t))
-    if spec.sweep.time_budget_s and spec.started is not None:
-        methods = tuple(str(e["method"]) for e in spec.enqueue) if spec.confirm_runs else ()
-        stoppers.append(TimeBudget(spec.sweep.time_budget_s, spec.started, spec.confirm_runs, spec.sweep.max_concurrent,
-                                   spec.plan.max_t, int(spec.plan.base.get("eval_every", 0)), methods=tuple(dict.fromkeys(methods)),
-                                   grace=spec.plan.grace_period))
+    if clock is not None:
+        stoppers.append(clock)
     return None if not stoppers else stoppers[0] if len(stoppers) == 1 else CombinedStopper(*stoppers)
 
 
@@ -408,6 +468,8 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
         metric=spec.sweep.metric,
     )
     _enqueue(searcher, spec.enqueue)
+    clock = _time_budget(spec)
+    searcher.closed = clock.closed if clock is not None else None
     if spec.sweep.scheduler == "asha":
         scheduler: Any = ASHAScheduler(
             time_attr=TIME_ATTR, max_t=spec.plan.max_t, grace_period=spec.plan.grace_period,
@@ -427,7 +489,7 @@ def build_tuner(spec: TunerSpec) -> tune.Tuner:
         ),
         run_config=tune.RunConfig(
             name=spec.sweep.name, storage_path=spec.plan.storage, verbose=ray_verbosity(spec.sweep.verbose), callbacks=_callbacks(spec),
-            stop=_stoppers(spec),
+            stop=_stoppers(spec, clock),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.sweep.keep_checkpoints, checkpoint_score_attribute=spec.sweep.metric, checkpoint_score_order="max"
             ),

@@ -73,7 +73,7 @@ def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]
 
     base = TrainConfig.from_dict(plan.base)
     sup_config = sup_entry["config"] if sup_entry is not None else base.as_supervised().to_dict()
-    planned = sequential.looks(min(s.confirm_seeds, s.max_seeds), s.max_seeds)
+    planned = list(plan.confirm_looks)
     alphas = sequential.nominal_alphas(planned)
     threads = max(1, int(s.cpus_per_trial))
     from selftune.data import split_exists
@@ -92,6 +92,7 @@ def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]
         wave = confirm_runs(best_st["config"], sup_config, fresh_seeds(base.seed, n)[len(runs) // len(ARMS):],
                             plan.stage_model, Path(exp) / CONFIRM_DIR, threads,
                             keep_last=0 if s.confirm_score == "best" else s.confirm_last)
+        wave.sort(key=lambda r: r.arm != "self_training")  # the longer runs first: the wave's tail is a short run
         done = _confirm_wave(plan, wave, split, base)
         if done is None:
             record = no_verdict(f"confirmation run(s) without a best model (diverged before any evaluation?) among "
@@ -108,7 +109,7 @@ def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]
         if decision.stop:
             stopped = decision.reason
             break
-        if not _time_for_wave(plan, started_at, results, len(ARMS) * (nxt - n)):
+        if not _time_for_wave(plan, started_at, runs, results, nxt - n):
             stopped = "budget (time_budget_s has no room for the next wave)"
             break
     search_dir = Path(exp) / CONTROL_SEARCH_DIR
@@ -176,14 +177,17 @@ def look_at(runs: list[Any], cms: list[Any], split: str, plan: SweepPlan, alpha:
             "image_half_width": d.image_half_width_at(1 - last_alpha)}
 
 
-def _time_for_wave(plan: SweepPlan, started_at: float | None, results: list[dict[str, Any]], runs: int) -> bool:
-    """With time_budget_s: is there time for `runs` more confirmation runs, at the pace of the slowest so far?"""
+def _time_for_wave(plan: SweepPlan, started_at: float | None, runs: list[Any], results: list[dict[str, Any]],
+                   seeds: int) -> bool:
+    """With time_budget_s: is there time for `seeds` more seeds per arm? Each arm's run as long as its slowest so
+    far, the wave's runs on max_concurrent slots, at least one run long (as `adapter.TimeBudget` reserves it)."""
     budget = plan.sweep.time_budget_s
     if budget is None or started_at is None or not results:
         return True
-    slowest = max(float(r.get("seconds") or 0.0) for r in results)
-    waves = math.ceil(runs / max(1, plan.sweep.max_concurrent))
-    return time.monotonic() - started_at + waves * slowest <= budget
+    arm_s = {arm: max((float(res.get("seconds") or 0.0) for r, res in zip(runs, results, strict=True) if r.arm == arm),
+                      default=0.0) for arm in ARMS}
+    wave_s = max(seeds * sum(arm_s.values()) / max(1, plan.sweep.max_concurrent), *arm_s.values())
+    return time.monotonic() - started_at + wave_s <= budget
 
 
 def _iterations(trials: list[Any]) -> int:

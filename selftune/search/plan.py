@@ -63,6 +63,14 @@ class SweepPlan:
         return len(ARMS) * self.sweep.max_seeds if self.verdict else 0
 
     @property
+    def confirm_looks(self) -> tuple[int, ...]:
+        """The seeds per arm at each of the verdict's looks (3, 5 -> (3, 5)); none without a verdict."""
+        from selftune.search.sequential import looks
+
+        s = self.sweep
+        return tuple(looks(min(s.confirm_seeds, s.max_seeds), s.max_seeds)) if self.verdict else ()
+
+    @property
     def trial_budget_iters(self) -> int | None:
         """The trials' budget_iters: all of the sweep's; or, when a tuned control search follows (as many iterations
         as the best self-training method's trials ran), half of what the stage and the confirmation leave, so both

@@ -257,7 +257,7 @@ DEMO_ITERS = 300  # the demo sweep's trial length; the lengths below are its fra
 DEMO_LENGTHS = {"eval_every": 25, "warmup_iters": 10, "st_start_iter": 25, "st_rampup_iters": 50,
                 "threshold_ramp_iters": 600}  # demo_config's 600 is kept as is at 300 iterations
 DEMO_STAGE_ITERS = 150
-DEMO_TIME_BUDGET_S = 540.0  # stage, trials and confirmation; Ray's start, the data and the scoring fit in 10 minutes
+DEMO_TIME_BUDGET_S = 570.0  # stage, trials and confirmation; Ray's start and the summary fit in 10 minutes
 DEMO_DECODER = (64, 32, 16, 16, 16)  # 2.3x faster steps than smp's (256, 128, 64, 32, 16) at -0.3 supervised val mIoU
 # points (3 seeds; bench/bench_decoder.py, docs/benchmarks.md); (32, 16, 16, 8, 8) was 3.4x but -2.2 points
 
@@ -286,7 +286,7 @@ def demo_sweep(base: dict[str, Any] | None = None, **overrides: Any) -> SweepCon
 
     sweep = dict(
         name="demo", data=None, base={**demo_base, **sets}, space="methods", max_concurrent=2,
-        num_samples=max(12, 3 * len(method_names())),  # two thirds the methods in turn, then TPE chooses
+        num_samples=max(12, 2 * len(method_names()) + 2),  # every method twice in turn, then TPE chooses
         trials_per_method=2, cpus_per_trial=1.0, reduction_factor=3.0, time_budget_s=DEMO_TIME_BUDGET_S,
         shared_stage={"max_iters": scaled(DEMO_STAGE_ITERS)},
         confirm_seeds=3, confirm_max_seeds=5,  # the verdict: 3 fresh seeds per arm, 5 while the answer is unclear

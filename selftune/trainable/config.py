@@ -181,7 +181,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 0  # CPU threads for torch; 0 means the process's CPU allocation
     amp: str = "auto"  # CUDA only: auto (bf16 if supported else fp16) | bf16 | fp16 | off
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # memory layout of the model and batches on CUDA and CPU (faster convolutions on both)
     seed: int = 0
 
     # ------------------------------------------------------------------ construction
