@@ -23,6 +23,9 @@ def rounds_only(trial, ctx):
     trial.suggest_float("threshold_base", 0.0, 0.5)
     return {"method": "rounds"}
 
+def two_methods(trial, ctx):
+    return {"method": trial.suggest_categorical("method", ["supervised", "rounds"])}
+
 def bogus_method(trial, ctx):
     trial.suggest_float("lr", 1e-4, 1e-3)
     return {"method": "bogus"}
@@ -199,3 +202,29 @@ def test_tensorboard_has_every_trial_with_its_status_on_one_step_axis(staged_swe
         info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
         assert info.hparams["status"].string_value == t.outcome
         assert info.hparams["trial_id"].string_value == t.trial_id
+
+
+@pytest.mark.slow
+def test_a_spent_time_budget_starts_no_new_trial_once_each_method_has_run(
+        tiny_data: Path, spaces_module: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Real Ray: a time budget already spent when the trials begin. The search still runs each method to its grace
+    period (a verdict needs both), then ends (`adapter.ClosingLimiter` answers Ray's searcher FINISHED) and says so;
+    the verdict's one look still runs."""
+    import ray
+
+    from selftune.search import run_sweep
+
+    sweep = SweepConfig(
+        name="closing", data=str(tiny_data), base=BASE, space=f"{spaces_module}:two_methods", searcher="random",
+        num_samples=6, max_concurrent=1, scheduler="fifo", storage=str(tmp_path), num_cpus=2, verbose=0,
+        time_budget_s=1.0, confirm_seeds=1, confirm_max_seeds=1,
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = run_sweep(sweep)
+    finally:
+        ray.shutdown()
+    trials = read_trials(summary.experiment_dir)
+    assert sorted(t.config["method"] for t in trials) == ["rounds", "supervised"]  # the fair share, then no more
+    assert "time_budget_s: no new trials after 2" in capfd.readouterr().err
+    assert summary.verdict is not None and summary.verdict["outcome"] is not None

@@ -200,6 +200,20 @@ def test_the_time_budget_keeps_the_confirmation_s_time_free() -> None:
     assert w.stop_all() and w.closed()
 
 
+def test_the_time_budget_pickles_the_time_it_has_left() -> None:
+    """Ray keeps the stopper in tuner.pkl and restores it on resume, in another process: the time left travels,
+    the monotonic deadline does not."""
+    import pickle
+
+    b = TimeBudget(100.0, time.monotonic() - 30, looks=(2,), concurrent=2, max_t=40, eval_every=10)
+    _report(b, "t1", "supervised", 1.0, 0.3)
+    state = pickle.dumps(b)
+    time.sleep(0.2)
+    c = pickle.loads(state)
+    assert c.deadline - time.monotonic() == pytest.approx(70, abs=0.5)  # 70 s left when pickled, 70 s left now
+    assert c.per_iter == b.per_iter and c.best == b.best and "left" not in c.__dict__
+
+
 def test_a_closed_search_suggests_no_new_trial_and_does_not_save_its_clock(capsys: pytest.CaptureFixture[str]) -> None:
     from ray.tune.search import Searcher
 

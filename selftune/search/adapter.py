@@ -268,6 +268,17 @@ class TimeBudget(tune.Stopper):
         self.best: dict[str, float] = {}  # method -> the best value of `metric` its trials reported
         self.waiting = {m: min(grace, max_t) for m in methods}  # method -> iterations one trial must reach first
 
+    def __getstate__(self) -> dict:
+        """Pickled (Ray keeps it in tuner.pkl, and restores it on `sweep --resume`) with the time it had left, not
+        the deadline: a monotonic clock means nothing in another process."""
+        state = dict(self.__dict__)
+        state["left"] = state.pop("deadline") - time.monotonic()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        self.__dict__.update(state, deadline=time.monotonic() + state.pop("left"))
+
     def __call__(self, trial_id: str, result: dict) -> bool:
         step, evals = result.get("step_seconds"), result.get("eval_seconds")
         method = str((result.get("config") or {}).get("method", ""))

@@ -7,7 +7,6 @@ The sweep file's confirm_seeds, confirm_max_seeds and confirm_score are read her
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
