@@ -421,3 +421,21 @@ def test_control_trials_without_a_control_is_refused(tiny_data: Path, tmp_path: 
                                             r"is 'none'"):
         plan_sweep(SweepConfig(data=str(tiny_data), base=tiny_config(), space="thresholds", control="none",
                                control_trials=3, storage=str(tmp_path)))
+
+
+def test_a_next_wave_without_room_in_the_time_budget_is_said_with_its_seconds() -> None:
+    from types import SimpleNamespace
+
+    from selftune.search.confirm import _no_room_for_wave
+
+    plan = SimpleNamespace(sweep=SimpleNamespace(time_budget_s=300.0, max_concurrent=2))
+    runs = [SimpleNamespace(arm=a) for a in ("self_training", "supervised", "self_training", "supervised")]
+    results = [{"seconds": s} for s in (80.0, 30.0, 90.0, 28.0)]  # each arm at its slowest: 90 s and 30 s
+    now = time.monotonic()
+    # 2 more seeds per arm on 2 slots: 2 x 120 / 2 = 120 s; 200 s left
+    assert _no_room_for_wave(plan, now - 100, runs, results, seeds=2) == ""
+    said = _no_room_for_wave(plan, now - 250, runs, results, seeds=2)  # 50 s left
+    assert said.startswith("budget (time_budget_s has no room for the next wave: about 120 s of runs, 50 s left")
+    assert _no_room_for_wave(plan, now - 250, runs, results, seeds=1) != ""  # one seed: one 90 s run is longer
+    assert _no_room_for_wave(SimpleNamespace(sweep=SimpleNamespace(time_budget_s=None, max_concurrent=2)), now - 1e6,
+                             runs, results, seeds=2) == ""  # no time budget: always room

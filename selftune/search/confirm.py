@@ -108,8 +108,8 @@ def run_verdict(plan: SweepPlan, ranked: list[dict[str, Any]], trials: list[Any]
         if decision.stop:
             stopped = decision.reason
             break
-        if not _time_for_wave(plan, started_at, runs, results, nxt - n):
-            stopped = "budget (time_budget_s has no room for the next wave)"
+        stopped = _no_room_for_wave(plan, started_at, runs, results, nxt - n)
+        if stopped:
             break
     search_dir = Path(exp) / CONTROL_SEARCH_DIR
     control_trials = read_trials(str(search_dir)) if (search_dir / SWEEP_FILE).is_file() else []
@@ -176,17 +176,22 @@ def look_at(runs: list[Any], cms: list[Any], split: str, plan: SweepPlan, alpha:
             "image_half_width": d.image_half_width_at(1 - last_alpha)}
 
 
-def _time_for_wave(plan: SweepPlan, started_at: float | None, runs: list[Any], results: list[dict[str, Any]],
-                   seeds: int) -> bool:
-    """With time_budget_s: is there time for `seeds` more seeds per arm? Each arm's run as long as its slowest so
-    far, the wave's runs on max_concurrent slots, at least one run long (as `adapter.TimeBudget` reserves it)."""
+def _no_room_for_wave(plan: SweepPlan, started_at: float | None, runs: list[Any], results: list[dict[str, Any]],
+                      seeds: int) -> str:
+    """With time_budget_s: why `seeds` more seeds per arm do not fit ("" when they do). Each arm's run as long as its
+    slowest so far, the wave's runs on max_concurrent slots, at least one run long (as `adapter.TimeBudget`
+    reserves it)."""
     budget = plan.sweep.time_budget_s
     if budget is None or started_at is None or not results:
-        return True
+        return ""
     arm_s = {arm: max((float(res.get("seconds") or 0.0) for r, res in zip(runs, results, strict=True) if r.arm == arm),
                       default=0.0) for arm in ARMS}
     wave_s = max(seeds * sum(arm_s.values()) / max(1, plan.sweep.max_concurrent), *arm_s.values())
-    return time.monotonic() - started_at + wave_s <= budget
+    left = budget - (time.monotonic() - started_at)
+    if wave_s <= left:
+        return ""
+    return (f"budget (time_budget_s has no room for the next wave: about {wave_s:.0f} s of runs, {max(0.0, left):.0f} s "
+            "left; a larger time_budget_s lets it go on)")
 
 
 def _iterations(trials: list[Any]) -> int:
