@@ -25,11 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 BUSY = "while True: pass"
-CASES = {  # name: (threads, extra environment)
-    "1 thread": (1, {}),
-    "2 threads": (2, {}),
-    "2 threads, OMP_WAIT_POLICY=PASSIVE": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
-    "1 thread, OMP_WAIT_POLICY=PASSIVE": (1, {"OMP_WAIT_POLICY": "PASSIVE"}),
+CASES = {  # name: (threads, extra environment); an empty OMP_WAIT_POLICY is libgomp's own default, and it keeps
+    # `import selftune` from setting PASSIVE (it sets the policy only where the user did not)
+    "1 thread, OpenMP's default policy": (1, {"OMP_WAIT_POLICY": ""}),
+    "2 threads, OpenMP's default policy": (2, {"OMP_WAIT_POLICY": ""}),
+    "2 threads, OMP_WAIT_POLICY=PASSIVE (selftune's default)": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "1 thread, OMP_WAIT_POLICY=PASSIVE (selftune's default)": (1, {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
 
 

@@ -279,12 +279,12 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         color = {"helps": "#2f855a", "hurts": "#c53030"}.get(r["outcome"], "0.45")
         ax.plot([r["verdict_low"], r["verdict_high"]], [y, y], color=color, lw=6, alpha=0.55, solid_capstyle="butt",
                 label="verdict's 95% interval" if y == 0 else None)
-        ax.plot(r["verdict_mean"], y, "o", color=color, ms=7, label="verdict's mean (2 seeds)" if y == 0 else None)
+        ax.plot(r["verdict_mean"], y, "o", color=color, ms=7, label="verdict's mean" if y == 0 else None)
         ax.plot(r["truth_mean"], y, "D", color="black", ms=7,
                 label=f"ground truth ({r['truth_seeds']} other seeds)" if y == 0 else None)
         ax.text(max(r["verdict_high"], r["truth_mean"]) + 0.5, y, r["outcome"], va="center", fontsize=9)
     ax.axvline(0, color="0.2", lw=0.9)
-    ax.set_yticks(range(len(rows)), [f"sweep seed {r['sweep_seed']}\n{r['st_method']}" for r in rows])
+    ax.set_yticks(range(len(rows)), [f"sweep seed {r['sweep_seed']}\n{r['st_method']}, {r['seeds']} seeds" for r in rows])
     ax.set_xlabel("test mIoU points: self-training minus supervised")
     ax.set_title("The demo sweep's verdict against a ground truth it never saw")
     ax.set_ylim(-0.6, len(rows) - 0.4)

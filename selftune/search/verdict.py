@@ -312,8 +312,9 @@ def budget_lines(c: dict[str, Any]) -> list[str]:
                    f"({c['total'] - c['budget_iters']} over: runs already started finish their iterations)")
     if c.get("time_budget_s") and c.get("seconds") and c["seconds"] > c["time_budget_s"]:
         out.append(f"  over budget: {c['seconds']:.0f} s against time_budget_s {c['time_budget_s']:.0f} "
-                   f"({c['seconds'] - c['time_budget_s']:.0f} s over: the verdict's runs finish once started; the "
-                   "sweep keeps their time free by the slowest method's pace so far)")
+                   f"({c['seconds'] - c['time_budget_s']:.0f} s over: the verdict's runs finish once started, and "
+                   "the time kept free for them was measured on the best self-training method before the search "
+                   "ended)")
     return out
 
 
