@@ -1,6 +1,6 @@
 """Memory layout on CPU: `train()` of the demo's model in NCHW against channels_last, interleaved.
 
-    python bench/bench_layout.py [--iters 100] [--repeats 2]
+    python bench/bench_layout.py [--iters 100] [--repeats 2] [--quick]
 
 Each case is one `train()` of the demo sweep's base config for `--iters` iterations (evaluations every 25, as the
 demo), 1 torch thread, in this process; the two layouts alternate over `--repeats` rounds and the median of each
@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="a smoke run: 40 iterations, one round")
     args = p.parse_args(argv)
+    if args.quick:  # rounds of 20 iterations: a shorter self-training ramp
+        args.iters, args.repeats = 40, 1
+        CASES["rounds, 4 heads"].update(st_start_iter=5, st_rampup_iters=10)
 
     import torch
 
