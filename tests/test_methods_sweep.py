@@ -205,11 +205,10 @@ def test_tensorboard_has_every_trial_with_its_status_on_one_step_axis(staged_swe
 
 
 @pytest.mark.slow
-def test_a_spent_time_budget_starts_no_new_trial_once_each_method_has_run(
-        tiny_data: Path, spaces_module: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_spent_time_budget_still_runs_each_method_then_ends_with_a_verdict(
+        tiny_data: Path, spaces_module: str, tmp_path: Path) -> None:
     """Real Ray: a time budget already spent when the trials begin. The search still runs each method to its grace
-    period (a verdict needs both), then ends (`adapter.ClosingLimiter` answers Ray's searcher FINISHED) and says so;
-    the verdict's one look still runs."""
+    period (a verdict needs both), then ends; the verdict's first look still runs."""
     import ray
 
     from selftune.search import run_sweep
@@ -225,6 +224,33 @@ def test_a_spent_time_budget_starts_no_new_trial_once_each_method_has_run(
     finally:
         ray.shutdown()
     trials = read_trials(summary.experiment_dir)
-    assert sorted(t.config["method"] for t in trials) == ["rounds", "supervised"]  # the fair share, then no more
-    assert "time_budget_s: no new trials after 2" in capfd.readouterr().err
+    assert sorted(t.params["method"] for t in trials) == ["rounds", "supervised"]  # the fair share, then no more
     assert summary.verdict is not None and summary.verdict["outcome"] is not None
+
+
+@pytest.mark.slow
+def test_a_closed_search_ends_in_ray_after_its_running_trials(tmp_path: Path, capfd: pytest.CaptureFixture[str]
+                                                              ) -> None:
+    """Real Ray Tune: once `ClosingLimiter.closed()` says so, Ray starts no new trial and the experiment ends when
+    the running ones finish, each to its end (none stopped)."""
+    import ray
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from selftune.search.adapter import ClosingLimiter
+
+    def trainable(config: dict) -> None:
+        for i in range(3):
+            tune.report({"score": config["x"] + i})
+
+    limiter = ClosingLimiter(OptunaSearch(space={"x": tune.uniform(0, 1)}, metric="score", mode="max", seed=0),
+                             max_concurrent=1)
+    limiter.closed = lambda: limiter.started_trials >= 2
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        grid = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=limiter, num_samples=6),
+                          run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    finally:
+        ray.shutdown()
+    assert len(grid) == 2 and all(r.metrics["training_iteration"] == 3 for r in grid)
+    assert "time_budget_s: no new trials after 2" in capfd.readouterr().err
