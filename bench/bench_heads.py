@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import platform
 import statistics
@@ -43,6 +42,8 @@ if __package__ in (None, ""):  # `python bench/bench_heads.py` from the reposito
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+
+from bench import write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "bench_results"
@@ -210,7 +211,7 @@ def cost(args: argparse.Namespace) -> int:
             print(json.dumps(rows[-1]), flush=True)
         del benches
     _table(rows)
-    _write(RESULTS / f"heads_cost_{device.type}{args.suffix}.csv", rows)
+    write_rows(RESULTS / f"heads_cost_{device.type}{args.suffix}.csv", rows)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s)" + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda"
                                                     else ""))
@@ -319,7 +320,7 @@ def verdict(args: argparse.Namespace) -> int:
         print(json.dumps(rows[-1]), flush=True)
     finally:
         ray.shutdown()
-    _write(RESULTS / f"heads_verdict{args.suffix}.csv", rows)
+    write_rows(RESULTS / f"heads_verdict{args.suffix}.csv", rows)
     return 0
 
 
@@ -330,15 +331,6 @@ def _knobs(cfg: dict[str, Any]) -> str:
             "vote_weight", "unlabeled_heads", "max_iters")
     return " ".join(f"{k}={cfg[k]:.4g}" if isinstance(cfg.get(k), float) else f"{k}={cfg.get(k)}" for k in keys
                     if k in cfg)
-
-
-def _write(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> int:

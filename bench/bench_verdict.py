@@ -26,7 +26,6 @@ A run folder that holds a finished run is read, not trained again.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -40,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "bench_results"
 sys.path.insert(0, str(ROOT))
 
+from bench import write_rows  # noqa: E402
 from bench.demo_fairness import ST_SETTINGS  # noqa: E402
 
 
@@ -124,7 +124,7 @@ def sweeps(args: argparse.Namespace) -> int:
             "trials_per_method": _per_method(exp),
         })
         print(json.dumps(rows[-1]), flush=True)
-    _write(RESULTS / f"verdict_sweeps{args.suffix}.csv", rows)
+    write_rows(RESULTS / f"verdict_sweeps{args.suffix}.csv", rows)
     _plot(rows, RESULTS / f"verdict_sweeps{args.suffix}.png")
     return 0
 
@@ -169,7 +169,7 @@ def known(args: argparse.Namespace) -> int:
             print(json.dumps(rows[-1]), flush=True)
     finally:
         ray.shutdown()
-    _write(RESULTS / f"verdict_known{args.suffix}.csv", rows)
+    write_rows(RESULTS / f"verdict_known{args.suffix}.csv", rows)
     return 0
 
 
@@ -231,7 +231,7 @@ def scoring(args: argparse.Namespace) -> int:
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         ray.shutdown()
-    _write(RESULTS / f"verdict_scoring{args.suffix}.csv", rows)
+    write_rows(RESULTS / f"verdict_scoring{args.suffix}.csv", rows)
     return 0
 
 
@@ -257,15 +257,6 @@ def _data_root(exp: Path) -> str:
     import yaml
 
     return str(yaml.safe_load((exp / "selftune_sweep.yaml").read_text())["data_root"])
-
-
-def _write(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {path}")
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
