@@ -29,6 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from selftune.errors import Interrupted
 from selftune.search.progress import ProgressLines, ray_verbosity
+from selftune.search.sequential import wave_seconds
 from selftune.search.study import open_optuna_storage
 from selftune.spaces import SpaceContext, apply_params, call_space, get_space
 from selftune.sweepfolder import (
@@ -304,7 +305,7 @@ class TimeBudget(tune.Stopper):
         st = [m for m in self.best if m != "supervised"]
         st_s = self.run_s(max(st, key=self.best.__getitem__) if st else None)
         sup_s = self.run_s("supervised") if "supervised" in self.per_iter else st_s  # a control search: unmeasured
-        return sum(max(k * (st_s + sup_s) / self.concurrent, st_s, sup_s) for k in self.adds[:looks])
+        return sum(wave_seconds(k, st_s, sup_s, self.concurrent) for k in self.adds[:looks])
 
     def closed(self) -> bool:
         return not self.waiting and time.monotonic() + self.reserve_s() >= self.deadline

@@ -181,12 +181,14 @@ def _no_room_for_wave(plan: SweepPlan, started_at: float | None, runs: list[Any]
     """With time_budget_s: why `seeds` more seeds per arm do not fit ("" when they do). Each arm's run as long as its
     slowest so far, the wave's runs on max_concurrent slots, at least one run long (as `adapter.TimeBudget`
     reserves it)."""
+    from selftune.search import sequential
+
     budget = plan.sweep.time_budget_s
     if budget is None or started_at is None or not results:
         return ""
     arm_s = {arm: max((float(res.get("seconds") or 0.0) for r, res in zip(runs, results, strict=True) if r.arm == arm),
                       default=0.0) for arm in ARMS}
-    wave_s = max(seeds * sum(arm_s.values()) / max(1, plan.sweep.max_concurrent), *arm_s.values())
+    wave_s = sequential.wave_seconds(seeds, arm_s["self_training"], arm_s["supervised"], plan.sweep.max_concurrent)
     left = budget - (time.monotonic() - started_at)
     if wave_s <= left:
         return ""

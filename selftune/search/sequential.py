@@ -38,6 +38,12 @@ def looks(first: int, most: int) -> list[int]:
     return out
 
 
+def wave_seconds(seeds: int, st_s: float, sup_s: float, concurrent: int) -> float:
+    """Seconds a look adding `seeds` seeds per arm takes: both arms' runs (`st_s`, `sup_s` seconds each) on
+    `concurrent` slots, and at least one run."""
+    return max(seeds * (st_s + sup_s) / max(1, concurrent), st_s, sup_s)
+
+
 def spent(t: float, alpha: float = ALPHA) -> float:
     """The error spent by information fraction `t` (O'Brien-Fleming-shaped Lan-DeMets spending)."""
     if t <= 0:
